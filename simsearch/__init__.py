@@ -1,0 +1,48 @@
+"""simsearch: find similar photos in your own collection.
+
+    import simsearch
+    with simsearch.open("data/photos") as store:
+        store.index("~/Pictures")
+        for hit in store.query("probe.jpg", k=10):
+            print(hit.score, hit.path)
+"""
+
+from .config import DEFAULT_MODEL, ModelSpec, Settings
+from .embedder import CallableEmbedder, Embedder, HubEmbedder
+from .engine import Failure, Hit, IndexReport, Progress, Store, open
+from .errors import (
+    EmptyStoreError,
+    ImageError,
+    ModelError,
+    ModelMismatchError,
+    NotFoundError,
+    QueryError,
+    SimsearchError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Store",
+    "Hit",
+    "IndexReport",
+    "Progress",
+    "Failure",
+    "Settings",
+    "ModelSpec",
+    "Embedder",
+    "HubEmbedder",
+    "CallableEmbedder",
+    "DEFAULT_MODEL",
+    "SimsearchError",
+    "ImageError",
+    "ModelError",
+    "ModelMismatchError",
+    "StoreError",
+    "EmptyStoreError",
+    "NotFoundError",
+    "QueryError",
+    "__version__",
+]

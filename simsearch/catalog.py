@@ -1,0 +1,384 @@
+"""The catalog: one row per image file, its vector, and the store's provenance, in any SQL database.
+
+The catalog is the source of truth. Vectors live here too, so the FAISS file is a cache that can
+always be rebuilt; `vectors_version` is bumped in every transaction that changes a vector and is
+saved beside the FAISS file, so a stale index file is detected even when its ids look right.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
+
+from .errors import StoreError
+
+SCHEMA_VERSION = 1
+OK, FAILED = "ok", "failed"
+
+_Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite AUTOINCREMENT needs exactly INTEGER
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRecord(Base):
+    __tablename__ = "images"
+    # AUTOINCREMENT: ids are never reused, so an id in an old FAISS file can never name another photo.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime)
+    indexed_at: Mapped[datetime] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(8), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class VectorRecord(Base):
+    __tablename__ = "vectors"
+
+    image_id: Mapped[int] = mapped_column(_Id, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MetaRecord(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the indexer needs to know of a catalogued file to decide whether to touch it."""
+
+    id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class ImageFields:
+    """A row as the indexer writes it; vector is None exactly when status is failed."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: datetime | None = None
+    error: str | None = None
+
+
+@dataclass
+class Changes:
+    """One batch of indexing, written in one transaction."""
+
+    upserts: list[tuple[ImageFields, np.ndarray | None]] = field(default_factory=list)
+    moves: list[tuple[int, str, int, int]] = field(default_factory=list)  # id, new path, size, mtime_ns
+    touches: list[tuple[int, int, int]] = field(default_factory=list)  # id, size, mtime_ns
+    deletes: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.moves) + len(self.touches) + len(self.deletes)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write did to vectors, so the caller can mirror it in FAISS."""
+
+    added_ids: np.ndarray  # ids whose (new) vector is in added_vectors
+    added_vectors: np.ndarray
+    removed_ids: np.ndarray  # ids whose old vector must leave the index first
+    version: int
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _db_errors(fn: F) -> F:
+    """Database failures surface as StoreError, with the original chained."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"catalog database error: {exc.__class__.__name__}: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def make_engine(url: str) -> Engine:
+    """SQLite gets WAL, full fsync on commit and a busy timeout; in-memory SQLite one shared connection."""
+    if url in ("sqlite://", "sqlite:///:memory:"):
+        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    else:
+        engine = create_engine(url)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            if url not in ("sqlite://", "sqlite:///:memory:"):
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+    return engine
+
+
+def _prefix_filter(prefix: str) -> Any:
+    folder = prefix.rstrip(os.sep) + os.sep
+    # LIKE with escaping would be dialect-dependent; a range on the sorted text is exact and uses the index.
+    return (ImageRecord.path >= folder) & (ImageRecord.path < folder[:-1] + chr(ord(os.sep) + 1))
+
+
+def _row_dict(r: ImageRecord) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "path": r.path,
+        "size": r.size,
+        "mtime": None if r.mtime_ns is None else r.mtime_ns / 1e9,
+        "sha256": r.sha256,
+        "width": r.width,
+        "height": r.height,
+        "format": r.format,
+        "taken_at": r.taken_at.isoformat() if r.taken_at else None,
+        "indexed_at": r.indexed_at.isoformat() + "Z" if r.indexed_at else None,
+        "status": r.status,
+        "error": r.error,
+    }
+
+
+class Catalog:
+    """Rows, vectors and provenance; every public method is its own transaction."""
+
+    def __init__(self, db: str | Engine) -> None:
+        self.engine = make_engine(db) if isinstance(db, str) else db
+        self.url = self.engine.url.render_as_string(hide_password=True)
+        self._create()
+
+    @_db_errors
+    def _create(self) -> None:
+        Base.metadata.create_all(self.engine)
+        found = self.get_meta("schema_version")
+        if found is None:
+            self.set_meta(schema_version=SCHEMA_VERSION, vectors_version=0)
+        elif found != SCHEMA_VERSION:
+            raise StoreError(f"catalog schema version {found} is not supported (this simsearch reads {SCHEMA_VERSION})")
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            yield s
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # provenance -----------------------------------------------------------------------------
+    @_db_errors
+    def get_meta(self, key: str) -> Any:
+        with self._session() as s:
+            row = s.get(MetaRecord, key)
+            return None if row is None else json.loads(row.value)
+
+    @_db_errors
+    def meta(self) -> dict[str, Any]:
+        with self._session() as s:
+            return {r.key: json.loads(r.value) for r in s.scalars(select(MetaRecord))}
+
+    @_db_errors
+    def set_meta(self, **values: Any) -> None:
+        with self._session() as s:
+            for key, value in values.items():
+                s.merge(MetaRecord(key=key, value=json.dumps(value)))
+
+    # reading ----------------------------------------------------------------------------------
+    @_db_errors
+    def entries_under(self, folder: str) -> dict[str, Entry]:
+        with self._session() as s:
+            rows = s.execute(
+                select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
+                       ImageRecord.sha256, ImageRecord.status).where(_prefix_filter(folder))
+            )
+            return {r.path: Entry(*r) for r in rows}
+
+    @_db_errors
+    def ok_hashes(self) -> dict[str, int]:
+        """sha256 -> id of one indexed image with that content (to reuse vectors of copies and moves)."""
+        with self._session() as s:
+            rows = s.execute(select(ImageRecord.sha256, func.min(ImageRecord.id))
+                             .where(ImageRecord.status == OK).group_by(ImageRecord.sha256))
+            return {sha: i for sha, i in rows if sha}
+
+    @_db_errors
+    def ids_for_paths(self, paths: Iterable[str]) -> list[int]:
+        """Exact files, and everything under any path that is a folder."""
+        conds = []
+        for p in paths:
+            conds.append(ImageRecord.path == p)
+            conds.append(_prefix_filter(p))
+        if not conds:
+            return []
+        with self._session() as s:
+            return list(s.scalars(select(ImageRecord.id).where(or_(*conds))))
+
+    @_db_errors
+    def id_for_path(self, path: str) -> Entry | None:
+        with self._session() as s:
+            r = s.execute(
+                select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
+                       ImageRecord.sha256, ImageRecord.status).where(ImageRecord.path == path)
+            ).first()
+            return None if r is None else Entry(*r)
+
+    @_db_errors
+    def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(i) for i in ids]
+        out: dict[int, dict[str, Any]] = {}
+        with self._session() as s:
+            for start in range(0, len(ids), 500):
+                for r in s.scalars(select(ImageRecord).where(ImageRecord.id.in_(ids[start : start + 500]))):
+                    out[r.id] = _row_dict(r)
+        return out
+
+    @_db_errors
+    def vector(self, image_id: int, dim: int) -> np.ndarray | None:
+        with self._session() as s:
+            data = s.scalar(select(VectorRecord.data).where(VectorRecord.image_id == image_id))
+        return None if data is None else np.frombuffer(data, np.float32).reshape(dim)
+
+    @_db_errors
+    def vector_ids(self) -> np.ndarray:
+        with self._session() as s:
+            return np.fromiter(s.scalars(select(VectorRecord.image_id)), dtype=np.int64)
+
+    @_db_errors
+    def iter_vectors(self, dim: int, chunk: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, vectors) in chunks by id, for rebuilding the index in bounded memory."""
+        last = -1
+        while True:
+            with self._session() as s:
+                rows = s.execute(
+                    select(VectorRecord.image_id, VectorRecord.data)
+                    .where(VectorRecord.image_id > last).order_by(VectorRecord.image_id).limit(chunk)
+                ).all()
+            if not rows:
+                return
+            ids = np.array([r[0] for r in rows], np.int64)
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), dim)
+            yield ids, vecs
+            last = int(ids[-1])
+
+    @_db_errors
+    def counts(self) -> dict[str, int]:
+        with self._session() as s:
+            by_status = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
+            vectors = s.scalar(select(func.count()).select_from(VectorRecord)) or 0
+            last = s.scalar(select(func.max(ImageRecord.indexed_at)))
+        return {"images": by_status.get(OK, 0), "failed": by_status.get(FAILED, 0), "vectors": vectors,
+                "last_indexed_at": last.isoformat() + "Z" if last else None}
+
+    @_db_errors
+    def failures(self) -> list[dict[str, Any]]:
+        with self._session() as s:
+            rows = s.scalars(select(ImageRecord).where(ImageRecord.status == FAILED).order_by(ImageRecord.path))
+            return [{"id": r.id, "path": r.path, "reason": r.error, "size": r.size,
+                     "indexed_at": r.indexed_at.isoformat() + "Z"} for r in rows]
+
+    # writing ----------------------------------------------------------------------------------
+    @_db_errors
+    def write(self, changes: Changes) -> Written:
+        """Apply one batch atomically; returns what FAISS must do to mirror it."""
+        added_ids: list[int] = []
+        added_vecs: list[np.ndarray] = []
+        removed: list[int] = []
+        now = _now()
+        with self._session() as s:
+            for facts, vec in changes.upserts:
+                row = s.scalar(select(ImageRecord).where(ImageRecord.path == facts.path))
+                if row is None:
+                    row = ImageRecord(path=facts.path)
+                    s.add(row)
+                elif s.get(VectorRecord, row.id) is not None:
+                    removed.append(row.id)
+                row.size, row.mtime_ns, row.sha256 = facts.size, facts.mtime_ns, facts.sha256
+                row.width, row.height, row.format = facts.width, facts.height, facts.format
+                row.taken_at, row.indexed_at = facts.taken_at, now
+                row.status, row.error = (OK, None) if vec is not None else (FAILED, facts.error)
+                s.flush()
+                if vec is not None:
+                    s.merge(VectorRecord(image_id=row.id, data=np.asarray(vec, np.float32).tobytes()))
+                    added_ids.append(row.id)
+                    added_vecs.append(vec)
+                else:
+                    s.execute(delete(VectorRecord).where(VectorRecord.image_id == row.id))
+            for image_id, path, size, mtime_ns in changes.moves:
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id)
+                          .values(path=path, size=size, mtime_ns=mtime_ns, indexed_at=now))
+            for image_id, size, mtime_ns in changes.touches:
+                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(size=size, mtime_ns=mtime_ns))
+            if changes.deletes:
+                had = s.scalars(select(VectorRecord.image_id).where(VectorRecord.image_id.in_(changes.deletes)))
+                removed.extend(had)
+                s.execute(delete(VectorRecord).where(VectorRecord.image_id.in_(changes.deletes)))
+                s.execute(delete(ImageRecord).where(ImageRecord.id.in_(changes.deletes)))
+            meta = s.get(MetaRecord, "vectors_version")
+            version = json.loads(meta.value) if meta else 0
+            if added_ids or removed:
+                version += 1
+                s.merge(MetaRecord(key="vectors_version", value=json.dumps(version)))
+        dim = len(added_vecs[0]) if added_vecs else 0
+        return Written(
+            added_ids=np.array(added_ids, np.int64),
+            added_vectors=np.stack(added_vecs).astype(np.float32) if added_vecs else np.zeros((0, dim), np.float32),
+            removed_ids=np.array(removed, np.int64),
+            version=version,
+        )

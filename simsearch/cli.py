@@ -1,0 +1,189 @@
+"""The `simsearch` command: parse, call one Store method, print. Errors become exit codes in one place."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter is not for users
+
+from . import __version__  # noqa: E402
+from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
+from .engine import Progress, Store  # noqa: E402
+from .errors import SimsearchError  # noqa: E402
+
+
+class _Group(click.Group):
+    """Library errors become `Error: message` and exit 1; usage errors stay click's exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SimsearchError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo("interrupted: every committed batch is kept; run the same command again to resume", err=True)
+            ctx.exit(130)
+
+
+def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--db", envvar="SIMSEARCH_DB", metavar="URL",
+                      help="SQLAlchemy URL of the catalog [default: SQLite in the store folder].")(fn)
+    fn = click.option("--model", envvar="SIMSEARCH_MODEL", metavar="HANDLE",
+                      help=f"TF-Hub handle: URL or local module folder [default: the store's model, "
+                           f"or {DEFAULT_MODEL}]. Env: SIMSEARCH_MODEL.")(fn)
+    fn = click.option("--store", envvar="SIMSEARCH_STORE", metavar="DIR", type=click.Path(file_okay=False),
+                      help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")(fn)
+    return fn
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def _open(store: str | None, model: str | None, db: str | None, **settings: Any) -> Store:
+    return Store(store, model=model, db=db, settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="simsearch")
+def main() -> None:
+    """Find similar photos in your own collection.
+
+    \b
+      simsearch index ~/Pictures
+      simsearch query probe.jpg -k 10
+    """
+
+
+@main.command()
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@_store_options
+@click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per model call [default: 32].")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: 2].")
+@click.option("--resize", type=click.Choice(RESIZE_POLICIES),
+              help="How photos are fitted to the model's square input [default: the store's, or whole].")
+@_json_option
+def index(folder: str, store: str | None, model: str | None, db: str | None, batch_size: int | None,
+          workers: int | None, resize: str | None, as_json: bool) -> None:
+    """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
+
+    \b
+      simsearch index ~/Pictures --store data/photos
+    """
+    from tqdm import tqdm
+
+    with _open(store, model, db, batch_size=batch_size, workers=workers, resize=resize) as s:
+        bar: tqdm | None = None
+
+        def progress(p: Progress) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
+            bar.update(p.done - bar.n)
+            bar.set_postfix(failed=p.failed, refresh=False)
+
+        try:
+            report = s.index(folder, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    work = report.added + report.updated
+    rate = f" ({work / report.seconds:.1f} images/s)" if work and report.seconds > 0 else ""
+    click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
+               f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
+               f"in {report.seconds:.1f} s{rate}")
+    if report.failed:
+        click.echo(f"{report.failed} files could not be indexed: see `simsearch failures`", err=True)
+
+
+@main.command()
+@click.argument("image", required=False)
+@click.option("--id", "image_id", type=int, help="Query by the id of an indexed image instead of a file.")
+@click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="How many neighbours to return.")
+@_store_options
+@_json_option
+def query(image: str | None, image_id: int | None, k: int, store: str | None, model: str | None,
+          db: str | None, as_json: bool) -> None:
+    """Print the photos most similar to IMAGE (a file), or to an indexed photo with --id.
+
+    \b
+      simsearch query probe.jpg -k 10
+      simsearch query --id 42 --json
+    """
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give either IMAGE or --id")
+    if image is not None and not os.path.exists(image):
+        raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+    with _open(store, model, db) as s:
+        hits = s.query(image if image is not None else image_id, k=k)
+    if as_json:
+        _print_json([h.to_dict() for h in hits])
+        return
+    for h in hits:
+        click.echo(f"{h.score:.4f}  {h.id:>7}  {h.path}")
+
+
+@main.command()
+@_store_options
+@_json_option
+def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+    """Show what the store holds and which model built it."""
+    with _open(store, model, db) as s:
+        info = s.stats()
+    if as_json:
+        _print_json(info)
+        return
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@_store_options
+@_json_option
+def remove(paths: tuple[str, ...], store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+    """Forget PATHS (files, or everything under folders); the files themselves are not touched.
+
+    A later `simsearch index` of their folder adds them again if they are still there.
+    """
+    with _open(store, model, db) as s:
+        removed = s.remove(paths)
+    if as_json:
+        _print_json({"removed": removed})
+    else:
+        click.echo(f"removed {removed} images")
+
+
+@main.command()
+@_store_options
+@_json_option
+def failures(store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+    """List the files that could not be indexed, with the reason."""
+    with _open(store, model, db) as s:
+        items = s.failures()
+    if as_json:
+        _print_json([f.to_dict() for f in items])
+        return
+    for f in items:
+        click.echo(f"{f.path}: {f.reason}")
+    if not items:
+        click.echo("no failures", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Settings and model provenance as frozen dataclasses."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "https://tfhub.dev/google/imagenet/inception_v2/feature_vector/1"
+DEFAULT_INPUT_SIZE = (224, 224)
+RESIZE_POLICIES = ("whole", "center-crop")
+# Chosen by measurement on corel1k (see README "Preprocessing"); "whole" keeps the full scene.
+DEFAULT_RESIZE = "whole"
+# Pillow raises DecompressionBombError at twice its warning limit; we refuse at the same size, with our own message.
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a vector means: which model made it, from which input size, with which preprocessing."""
+
+    handle: str
+    input_size: tuple[int, int]  # (height, width)
+    dim: int
+
+    def as_meta(self) -> dict[str, object]:
+        return {"model": self.handle, "input_size": list(self.input_size), "dim": self.dim}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Knobs of indexing; the defaults suit a 2-4 core laptop."""
+
+    batch_size: int = 32
+    workers: int = 2  # decode threads; Pillow releases the GIL while decoding and resizing
+    resize: str | None = None  # None: the store's own policy, or DEFAULT_RESIZE for a new store
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    save_every_s: float = 60.0  # how often the FAISS file is checkpointed during a long run
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.resize is not None and self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
+
+
+def default_store_dir() -> Path:
+    """SIMSEARCH_STORE, else the per-user data dir ($XDG_DATA_HOME/simsearch or ~/.local/share/simsearch)."""
+    env = os.environ.get("SIMSEARCH_STORE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "simsearch"

@@ -1,0 +1,592 @@
+"""The store: indexing a folder (read -> decode -> embed -> write, in batches) and querying it.
+
+Crash safety: every batch is one catalog transaction, and the catalog holds the vectors. The FAISS
+file is a checkpoint of them, written atomically with the catalog's `vectors_version`; on open a
+file that disagrees with the catalog (version, count or ids) is rebuilt from it. So a killed run
+loses at most the batch in flight, and the next run resumes from what was committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image
+
+from .catalog import OK, Catalog, Changes, Entry, ImageFields
+from .config import DEFAULT_MODEL, DEFAULT_RESIZE, ModelSpec, Settings, default_store_dir
+from .embedder import Embedder, l2_normalize, load_embedder, normalize_handle
+from .errors import (
+    EmptyStoreError,
+    ImageError,
+    ModelMismatchError,
+    NotFoundError,
+    QueryError,
+    SimsearchError,
+    StoreError,
+)
+from .images import ImageInfo, array_to_image, find_images, load_image
+from .index import VectorIndex, atomic_write
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second writer is then the user's responsibility
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+INDEX_FILE = "index.faiss"
+INDEX_STATE_FILE = "index.json"
+LOCK_FILE = "lock"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported after every committed batch; `total` counts the files that needed work."""
+
+    done: int
+    total: int
+    failed: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    folder: str
+    scanned: int
+    added: int
+    updated: int
+    moved: int
+    removed: int
+    unchanged: int
+    failed: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode summed over workers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: int
+    path: str
+    score: float
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: str | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Failure:
+    id: int
+    path: str
+    reason: str
+    size: int | None
+    indexed_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Task:
+    path: str
+    size: int
+    mtime_ns: int
+    old: Entry | None
+
+
+@dataclass
+class _Prepared:
+    task: _Task
+    kind: str  # "embed" | "touch" | "move" | "copy" | "failed"
+    sha256: str | None = None
+    pixels: np.ndarray | None = None
+    info: ImageInfo | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def open(
+    store: str | os.PathLike[str] | None = None,
+    *,
+    model: str | os.PathLike[str] | Embedder | None = None,
+    db: Any = None,
+    settings: Settings | None = None,
+) -> Store:
+    """Open (or create) a store folder.
+
+    model: a TF-Hub handle (URL or module folder) or an Embedder; by default SIMSEARCH_MODEL, else the
+    model the store was built with, else the Inception V2 module. db: a SQLAlchemy URL or Engine;
+    by default SQLite in the store folder.
+    """
+    return Store(store, model=model, db=db, settings=settings)
+
+
+class Store:
+    """A folder with a catalog and a vector index, built with one model."""
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | None = None,
+        *,
+        model: str | os.PathLike[str] | Embedder | None = None,
+        db: Any = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.root = Path(store).expanduser() if store is not None else default_store_dir()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create store folder {self.root}: {exc.strerror or exc}") from exc
+        self.root = self.root.resolve()
+        self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}")
+        settings = settings or Settings()
+        self._recorded: dict[str, Any] | None = self.catalog.get_meta("model")
+        resize = settings.resize or (self._recorded or {}).get("resize") or DEFAULT_RESIZE
+        self.settings = Settings(**{**asdict(settings), "resize": resize})
+        self._embedder: Embedder | None = None
+        self._model_arg = model
+        if model is None and os.environ.get("SIMSEARCH_MODEL"):
+            self._model_arg = os.environ["SIMSEARCH_MODEL"]
+        self._check_provenance()
+        self._index: VectorIndex | None = None
+        self._version = 0
+        self.rebuilt_index = False
+        if self._recorded:
+            self._open_index(int(self._recorded["dim"]))
+
+    # provenance -------------------------------------------------------------------------------
+    @property
+    def model_handle(self) -> str:
+        arg = self._model_arg
+        if isinstance(arg, Embedder):
+            return arg.spec.handle
+        if arg is not None:
+            return normalize_handle(arg)
+        return self._recorded["model"] if self._recorded else DEFAULT_MODEL
+
+    def _check_provenance(self, spec: ModelSpec | None = None) -> None:
+        rec = self._recorded
+        if not rec:
+            return
+        problems = []
+        if self.model_handle != rec["model"]:
+            problems.append(f"model {self.model_handle}")
+        if self.settings.resize != rec.get("resize"):
+            problems.append(f"resize policy {self.settings.resize!r}")
+        if spec is not None and (spec.dim != rec["dim"] or list(spec.input_size) != rec["input_size"]):
+            problems.append(f"a model of {spec.dim} dimensions at {spec.input_size[0]}x{spec.input_size[1]}")
+        if problems:
+            raise ModelMismatchError(
+                f"store {self.root} was built with model {rec['model']} ({rec['dim']} dimensions, input "
+                f"{rec['input_size'][0]}x{rec['input_size'][1]}, resize {rec.get('resize')!r}), but this run "
+                f"uses {', '.join(problems)}. Vectors of different models cannot be mixed: use the store's "
+                f"model, or another --store."
+            )
+
+    @property
+    def embedder(self) -> Embedder:
+        """Loaded on first use: stats, failures and queries by id or vector need no model."""
+        if self._embedder is None:
+            arg = self._model_arg
+            emb = arg if isinstance(arg, Embedder) else load_embedder(self.model_handle, batch_size=self.settings.batch_size)
+            self._check_provenance(emb.spec)
+            self._embedder = emb
+        return self._embedder
+
+    @property
+    def _input_size(self) -> tuple[int, int]:
+        """Known from the store without loading the model, so an unchanged folder re-indexes in seconds."""
+        if self._recorded:
+            h, w = self._recorded["input_size"]
+            return int(h), int(w)
+        return self.embedder.spec.input_size
+
+    def _record_provenance(self) -> None:
+        if self._recorded:
+            return
+        spec = self.embedder.spec
+        rec = {**spec.as_meta(), "resize": self.settings.resize, "preprocessing":
+               f"RGB float32 in [0,1]; EXIF-oriented; alpha on white; resize={self.settings.resize}, bilinear"}
+        self.catalog.set_meta(model=rec)
+        self._recorded = rec
+        self._index = VectorIndex(spec.dim)
+
+    # vector index -----------------------------------------------------------------------------
+    def _open_index(self, dim: int) -> None:
+        """Load the FAISS checkpoint if it matches the catalog exactly, else rebuild it from the catalog."""
+        path, state_path = self.root / INDEX_FILE, self.root / INDEX_STATE_FILE
+        version = int(self.catalog.get_meta("vectors_version") or 0)
+        self._version = version
+        reason = "no index file"
+        if path.exists() and state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+                index = VectorIndex.load(path, dim)
+            except (ValueError, OSError, StoreError) as exc:
+                reason = f"unreadable index file ({exc})"
+            else:
+                ids = self.catalog.vector_ids()
+                if state.get("version") != version:
+                    reason = f"index file is at version {state.get('version')}, catalog at {version}"
+                elif len(index) != len(ids) or not np.array_equal(np.sort(index.ids()), np.sort(ids)):
+                    reason = f"index file holds {len(index)} vectors, catalog {len(ids)}"
+                else:
+                    self._index = index
+                    return
+        index = VectorIndex(dim)
+        for ids, vecs in self.catalog.iter_vectors(dim):
+            index.add(ids, vecs)
+        self._index = index
+        if len(index) or path.exists():
+            log.info("rebuilt vector index of %s from the catalog: %s", self.root, reason)
+            self.rebuilt_index = True
+            self._save_index()
+
+    def _save_index(self) -> None:
+        if self._index is None:
+            return
+        self._index.save(self.root / INDEX_FILE)
+        atomic_write(self.root / INDEX_STATE_FILE,
+                     json.dumps({"version": self._version, "count": len(self._index)}).encode())
+
+    @property
+    def vectors(self) -> VectorIndex:
+        if self._index is None:
+            raise EmptyStoreError(f"store {self.root} is empty: run `simsearch index FOLDER` first")
+        return self._index
+
+    def _apply(self, changes: Changes) -> None:
+        """One transaction in the catalog, then the same change in memory."""
+        if not len(changes):
+            return
+        written = self.catalog.write(changes)
+        self.vectors.remove(written.removed_ids)
+        self.vectors.add(written.added_ids, written.added_vectors)
+        self._version = written.version
+
+    @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """One writer per store: two indexers would race on the FAISS file."""
+        with (self.root / LOCK_FILE).open("a+") as f:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(f"store {self.root} is being updated by another simsearch process; "
+                                     f"try again when it has finished") from None
+            try:
+                yield
+            finally:
+                self._save_index()
+
+    # indexing ---------------------------------------------------------------------------------
+    def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None) -> IndexReport:
+        """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted."""
+        t0 = time.perf_counter()
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise NotFoundError(f"folder {root} does not exist or is not a folder")
+        root = root.resolve()
+        with self._writer():
+            self._record_provenance()  # a new store loads its model here, before any scanning
+            folders = set(self.catalog.get_meta("folders") or [])
+            if str(root) not in folders:
+                self.catalog.set_meta(folders=sorted(folders | {str(root)}))
+            return self._index_folder(root, progress, t0)
+
+    def _index_folder(self, root: Path, progress: Callable[[Progress], None] | None, t0: float) -> IndexReport:
+        s = self.settings
+        entries = self.catalog.entries_under(str(root))
+        tasks: list[_Task] = []
+        early = Changes()
+        seen: set[str] = set()
+        unchanged = 0
+        for path in find_images(root):
+            p = str(path)
+            seen.add(p)
+            old = entries.get(p)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                early.upserts.append((ImageFields(p, None, None, None, error=f"cannot read file: {exc.strerror or exc}"), None))
+                continue
+            if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+                unchanged += 1
+            else:
+                tasks.append(_Task(p, st.st_size, st.st_mtime_ns, old))
+        missing = {p: e for p, e in entries.items() if p not in seen}
+        movable = {e.sha256: e for e in missing.values() if e.status == OK and e.sha256}
+        known = self.catalog.ok_hashes()
+        timings = {"scan": time.perf_counter() - t0, "decode": 0.0, "embed": 0.0, "write": 0.0}
+        counts = {"added": 0, "updated": 0, "moved": 0, "failed": len(early.upserts)}
+        self._apply(early)
+
+        total, done = len(tasks), 0
+        if progress:
+            progress(Progress(0, total, counts["failed"], time.perf_counter() - t0))
+        pending, batch = Changes(), []
+
+        def flush() -> None:
+            nonlocal done, pending, batch
+            if batch:
+                t = time.perf_counter()
+                vecs = self.embedder.embed(np.stack([b.pixels for b in batch]))  # loads the model on first use
+                timings["embed"] += time.perf_counter() - t
+                for b, v in zip(batch, vecs):
+                    pending.upserts.append((self._fields(b), v))
+            t = time.perf_counter()
+            self._apply(pending)
+            timings["write"] += time.perf_counter() - t
+            done += len(pending.upserts) + len(pending.moves) + len(pending.touches)
+            pending, batch = Changes(), []
+            if time.perf_counter() - last_save[0] > s.save_every_s:
+                self._save_index()
+                last_save[0] = time.perf_counter()
+            if progress:
+                progress(Progress(done, total, counts["failed"], time.perf_counter() - t0))
+
+        last_save = [time.perf_counter()]
+        for item in self._prepared(tasks, movable, known):
+            timings["decode"] += item.seconds
+            task = item.task
+            if item.kind == "embed":
+                batch.append(item)
+                counts["updated" if task.old else "added"] += 1
+            elif item.kind == "failed":
+                pending.upserts.append((ImageFields(task.path, task.size, task.mtime_ns, item.sha256, error=item.error), None))
+                counts["failed"] += 1
+            elif item.kind == "touch":
+                unchanged += 1
+                pending.touches.append((task.old.id, task.size, task.mtime_ns))  # type: ignore[union-attr]
+            elif item.kind == "move" and item.sha256 in movable:
+                src = movable.pop(item.sha256)
+                missing.pop(src.path, None)
+                pending.moves.append((src.id, task.path, task.size, task.mtime_ns))
+                counts["moved"] += 1
+            else:  # content already indexed under another path: reuse its vector
+                if self._copy(item, known[item.sha256], pending):
+                    counts["updated" if task.old else "added"] += 1
+                else:
+                    try:
+                        batch.append(self._decode_now(item))
+                        counts["updated" if task.old else "added"] += 1
+                    except ImageError as exc:
+                        pending.upserts.append((ImageFields(task.path, task.size, task.mtime_ns, item.sha256,
+                                                            error=exc.reason), None))
+                        counts["failed"] += 1
+            if len(batch) >= s.batch_size or len(pending) >= 4 * s.batch_size:
+                flush()
+        flush()
+
+        gone = [e.id for e in missing.values()]
+        for i in range(0, len(gone), 1000):
+            self._apply(Changes(deletes=gone[i : i + 1000]))
+        return IndexReport(
+            folder=str(root), scanned=len(seen), added=counts["added"], updated=counts["updated"],
+            moved=counts["moved"], removed=len(gone), unchanged=unchanged,
+            failed=counts["failed"], seconds=time.perf_counter() - t0,
+            timings={k: round(v, 3) for k, v in timings.items()},
+        )
+
+    def _copy(self, item: _Prepared, src_id: int, pending: Changes) -> bool:
+        """Queue a row that reuses src_id's vector; False if that row no longer holds this content."""
+        rec = self.catalog.records([src_id]).get(src_id)
+        vec = self.catalog.vector(src_id, self.vectors.dim)
+        if rec is None or vec is None or rec["sha256"] != item.sha256:
+            return False  # the source was re-embedded or removed earlier in this run
+        task, taken = item.task, rec["taken_at"]
+        fields = ImageFields(task.path, task.size, task.mtime_ns, item.sha256, rec["width"], rec["height"],
+                             rec["format"], datetime.fromisoformat(taken) if taken else None)
+        pending.upserts.append((fields, vec))
+        return True
+
+    def _decode_now(self, item: _Prepared) -> _Prepared:
+        """Rare fallback on the writer's thread for a copy whose source changed under us."""
+        s = self.settings
+        pixels, info = load_image(item.task.path, self._input_size, policy=s.resize,
+                                  max_pixels=s.max_pixels)
+        return _Prepared(item.task, "embed", item.sha256, pixels, info)
+
+    @staticmethod
+    def _fields(item: _Prepared) -> ImageFields:
+        info, task = item.info, item.task
+        assert info is not None
+        return ImageFields(task.path, task.size, task.mtime_ns, item.sha256, info.width, info.height,
+                           info.format, info.taken_at)
+
+    def _prepared(self, tasks: list[_Task], movable: dict[str, Entry], known: dict[str, int]) -> Iterator[_Prepared]:
+        """Read, hash and decode on a small thread pool, in order, at most a few batches ahead (bounded memory)."""
+        s = self.settings
+        size = self._input_size
+        movable_hashes = frozenset(movable)
+
+        def prepare(task: _Task) -> _Prepared:
+            t = time.perf_counter()
+            try:
+                with Path(task.path).open("rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                return _Prepared(task, "failed", error=f"cannot read file: {exc.strerror or exc}",
+                                 seconds=time.perf_counter() - t)
+            sha = hashlib.sha256(data).hexdigest()
+            if task.old is not None and task.old.sha256 == sha:
+                kind = "touch"  # only the timestamp changed
+            elif task.old is None and sha in movable_hashes:
+                kind = "move"
+            elif sha in known or sha in movable_hashes:
+                kind = "copy"
+            else:
+                try:
+                    pixels, info = load_image(data, size, policy=s.resize, max_pixels=s.max_pixels)
+                except ImageError as exc:
+                    return _Prepared(task, "failed", sha, error=exc.reason, seconds=time.perf_counter() - t)
+                return _Prepared(task, "embed", sha, pixels, info, seconds=time.perf_counter() - t)
+            return _Prepared(task, kind, sha, seconds=time.perf_counter() - t)
+
+        ahead = 2 * s.batch_size + 2 * s.workers
+        with ThreadPoolExecutor(s.workers, thread_name_prefix="simsearch-decode") as pool:
+            window: deque[Future[_Prepared]] = deque()
+            it = iter(tasks)
+            try:
+                while True:
+                    while len(window) < ahead:
+                        task = next(it, None)
+                        if task is None:
+                            break
+                        window.append(pool.submit(prepare, task))
+                    if not window:
+                        return
+                    yield window.popleft().result()
+            finally:
+                for fut in window:
+                    fut.cancel()
+
+    # other writes -----------------------------------------------------------------------------
+    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+        """Forget files (or everything under folders) without touching them on disk; returns how many."""
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        unknown = [p for p in resolved if not self.catalog.ids_for_paths([p])]
+        if unknown:
+            raise NotFoundError(f"not in the store: {', '.join(unknown)}")
+        ids = self.catalog.ids_for_paths(resolved)
+        with self._writer():
+            for i in range(0, len(ids), 1000):
+                self._apply(Changes(deletes=ids[i : i + 1000]))
+        return len(ids)
+
+    # reading ----------------------------------------------------------------------------------
+    def query_vector(self, probe: Any) -> np.ndarray:
+        """The unit query vector for any kind of probe."""
+        dim = self.vectors.dim
+        if isinstance(probe, (bool, np.bool_)):
+            raise QueryError(f"cannot query by {probe!r}")
+        if isinstance(probe, (int, np.integer)):
+            vec = self.catalog.vector(int(probe), dim)
+            if vec is None:
+                raise NotFoundError(f"no indexed image with id {int(probe)}")
+            return vec
+        if isinstance(probe, np.ndarray) and probe.ndim == 1:
+            if probe.shape[0] != dim or not np.all(np.isfinite(probe)):
+                raise QueryError(f"query vector must be {dim} finite floats, got shape {list(probe.shape)}")
+            return l2_normalize(probe[None].astype(np.float32))[0]
+        if isinstance(probe, np.ndarray):
+            probe = array_to_image(probe)
+        elif isinstance(probe, (str, os.PathLike)):
+            path = Path(probe).expanduser()
+            entry = self.catalog.id_for_path(str(path.resolve()))
+            if entry is not None and entry.status == OK:
+                try:
+                    st = path.stat()
+                except OSError:
+                    st = None
+                if st is not None and (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
+                    vec = self.catalog.vector(entry.id, dim)
+                    if vec is not None:
+                        return vec
+        elif not isinstance(probe, (bytes, bytearray, memoryview, Image.Image)):
+            raise QueryError(f"cannot query by a {type(probe).__name__}: give a path, bytes, a PIL image, "
+                             f"an array, an indexed id or a vector")
+        pixels, _ = load_image(probe, self.embedder.spec.input_size, policy=self.settings.resize,
+                               max_pixels=self.settings.max_pixels)
+        return self.embedder.embed(pixels[None])[0]
+
+    def query(self, probe: Any, k: int = 10) -> list[Hit]:
+        """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        vec = self.query_vector(probe)
+        scores, ids = self.vectors.search(vec[None], k)
+        found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+        records = self.catalog.records(i for i, _ in found)
+        hits = []
+        for i, score in found:
+            r = records.get(i)
+            if r is None:  # removed by another process since this one loaded the index
+                continue
+            hits.append(Hit(id=i, path=r["path"], score=score, size=r["size"], width=r["width"],
+                            height=r["height"], format=r["format"], taken_at=r["taken_at"],
+                            mtime=r["mtime"], sha256=r["sha256"]))
+        return hits
+
+    def get(self, image_id: int) -> dict[str, Any]:
+        rec = self.catalog.records([image_id]).get(image_id)
+        if rec is None:
+            raise NotFoundError(f"no image with id {image_id}")
+        return rec
+
+    def stats(self) -> dict[str, Any]:
+        counts = self.catalog.counts()
+        rec = self._recorded or {}
+        index_file = self.root / INDEX_FILE
+        return {
+            "store": str(self.root),
+            "db": self.catalog.url,
+            "model": rec.get("model", self.model_handle),
+            "dim": rec.get("dim"),
+            "input_size": rec.get("input_size"),
+            "resize": self.settings.resize,
+            "images": counts["images"],
+            "failed": counts["failed"],
+            "vectors": len(self._index) if self._index is not None else 0,
+            "folders": self.catalog.get_meta("folders") or [],
+            "last_indexed_at": counts["last_indexed_at"],
+            "index_bytes": index_file.stat().st_size if index_file.exists() else 0,
+        }
+
+    def failures(self) -> list[Failure]:
+        return [Failure(**f) for f in self.catalog.failures()]
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["open", "Store", "Hit", "IndexReport", "Progress", "Failure", "SimsearchError"]

@@ -1,0 +1,241 @@
+"""Find image files and turn any of them into a model-ready RGB array.
+
+Decoding is where real photo folders spend their time, so large JPEGs are decoded at reduced size
+(libjpeg's DCT scaling through Pillow's ``draft``) before the final resize.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from .config import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+# We check sizes ourselves (max_pixels) and say so per file; Pillow's global guard would only warn.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_ORIENTATION_TAG = 0x0112
+_EXIF_IFD = 0x8769
+_DATETIME_ORIGINAL = 0x9003
+_DATETIME = 0x0132
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def find_images(root: str | Path) -> Iterator[Path]:
+    """Image files under root, recursively, in a stable order.
+
+    Symlinked folders are followed once each (by device and inode), so a link loop ends the descent
+    instead of recursing forever. Anything with an image extension is yielded, even if it turns out
+    unreadable: the indexer records why rather than silently skipping it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(root, "not a folder")
+    seen: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            dirnames[:] = []
+            continue
+        seen.add(key)
+        dirnames.sort()
+        for name in sorted(filenames):
+            if is_image_name(name):
+                yield Path(dirpath) / name
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the file says about itself, before any resizing."""
+
+    width: int  # as displayed, i.e. after EXIF orientation
+    height: int
+    format: str | None
+    taken_at: datetime | None
+
+
+def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | None]:
+    """Open lazily (header only); returns the image and a name for error messages."""
+    if isinstance(source, Image.Image):
+        return source, None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), None
+    else:
+        name = str(source)
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ImageError(name, f"cannot read file: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(io.BytesIO(data)), name
+    except UnidentifiedImageError as exc:
+        raise ImageError(name, "not an image (format not recognised)") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(name, f"cannot parse image header: {exc}") from exc
+
+
+def _parse_exif_date(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value.strip("\x00 ").strip(), "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def _exif(img: Image.Image) -> tuple[int, datetime | None]:
+    """EXIF orientation (1 when absent or bogus) and the date taken, tolerating broken EXIF blocks."""
+    try:
+        exif = img.getexif()
+    except Exception:  # malformed EXIF must not cost the photo itself
+        return 1, None
+    orientation = exif.get(_ORIENTATION_TAG, 1)
+    if orientation not in _TRANSPOSE:
+        orientation = 1
+    taken = None
+    try:
+        taken = _parse_exif_date(exif.get_ifd(_EXIF_IFD).get(_DATETIME_ORIGINAL))
+    except Exception:
+        pass
+    if taken is None:
+        taken = _parse_exif_date(exif.get(_DATETIME))
+    return orientation, taken
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited on white, 16-bit scaled, not clipped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P" and "transparency" in img.info or mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            top = 1.0 if float(arr.max(initial=0.0)) <= 1.0 else 255.0
+        else:
+            top = 255.0 if int(arr.max(initial=0)) <= 255 else 65535.0
+        grey = np.clip(arr.astype(np.float32) * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _fit(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
+    """Resize to (height, width): the whole image squashed, or the central crop of the target's aspect."""
+    height, width = size
+    box = None
+    if policy == "center-crop":
+        w, h = img.size
+        scale = min(w / width, h / height)
+        cw, ch = width * scale, height * scale
+        left, top = (w - cw) / 2, (h - ch) / 2
+        box = (left, top, left + cw, top + ch)
+    elif policy != "whole":
+        raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, got {policy!r}")
+    return img.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+
+
+def load_image(
+    source: str | Path | bytes | Image.Image,
+    size: tuple[int, int],
+    *,
+    policy: str = "whole",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode, orient, convert and resize one image to uint8 [height, width, 3].
+
+    Every failure is an ImageError naming the file and the reason.
+    """
+    img, name = _open(source)
+    try:
+        w, h = img.size
+        if w <= 0 or h <= 0:
+            raise ImageError(name, f"invalid dimensions {w}x{h}")
+        if w * h > max_pixels:
+            raise ImageError(
+                name,
+                f"image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the limit of "
+                f"{max_pixels / 1e6:.0f} megapixels (decompression bomb guard)",
+            )
+        orientation, taken = _exif(img)
+        fmt = img.format
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        if fmt == "JPEG":
+            # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping both sides >= the target.
+            img.draft("RGB", (size[1], size[0]) if orientation < 5 else (size[0], size[1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+        if orientation != 1:
+            img = img.transpose(_TRANSPOSE[orientation])
+        rgb = _to_rgb(img)
+        out = _fit(rgb, size, policy)
+        arr = np.asarray(out, dtype=np.uint8)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"refused as a decompression bomb: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text.lower():
+            text = f"truncated image data ({text})"
+        raise ImageError(name, f"cannot decode image: {text}") from exc
+    if orientation >= 5:
+        w, h = h, w
+    return arr, ImageInfo(width=w, height=h, format=fmt, taken_at=taken)
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """Accept HxW, HxWx1/3/4 arrays, uint8 or float in [0,1], as a probe image."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+        raise ImageError(None, f"array of shape {a.shape} is not an image (expected HxW, HxWx3 or HxWx4)")
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ImageError(None, f"array dtype {a.dtype} is not an image (expected uint8 or float in [0,1])")
+        a = (np.clip(a, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(a)
+
+
+def to_model_input(batch: np.ndarray) -> np.ndarray:
+    """uint8 [N,H,W,3] -> float32 in [0,1], the range the Inception module expects."""
+    return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
