@@ -117,6 +117,11 @@ class _Task:
     old: Entry | None
 
 
+def _new_or_updated(task: _Task) -> str:
+    """A file that failed before and now indexes is new to the index, not an update."""
+    return "updated" if task.old is not None and task.old.status == OK else "added"
+
+
 @dataclass
 class _Prepared:
     task: _Task
@@ -284,7 +289,8 @@ class Store:
             return
         written = self.catalog.write(changes)
         self.vectors.remove(written.removed_ids)
-        self.vectors.add(written.added_ids, written.added_vectors)
+        if len(written.added_ids):
+            self.vectors.add(written.added_ids, written.added_vectors)
         self._version = written.version
 
     @contextmanager
@@ -374,7 +380,7 @@ class Store:
             task = item.task
             if item.kind == "embed":
                 batch.append(item)
-                counts["updated" if task.old else "added"] += 1
+                counts[_new_or_updated(task)] += 1
             elif item.kind == "failed":
                 pending.upserts.append((ImageFields(task.path, task.size, task.mtime_ns, item.sha256, error=item.error), None))
                 counts["failed"] += 1
@@ -388,11 +394,11 @@ class Store:
                 counts["moved"] += 1
             else:  # content already indexed under another path: reuse its vector
                 if self._copy(item, known[item.sha256], pending):
-                    counts["updated" if task.old else "added"] += 1
+                    counts[_new_or_updated(task)] += 1
                 else:
                     try:
                         batch.append(self._decode_now(item))
-                        counts["updated" if task.old else "added"] += 1
+                        counts[_new_or_updated(task)] += 1
                     except ImageError as exc:
                         pending.upserts.append((ImageFields(task.path, task.size, task.mtime_ns, item.sha256,
                                                             error=exc.reason), None))

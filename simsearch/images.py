@@ -152,7 +152,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         else:
             top = 255.0 if int(arr.max(initial=0)) <= 255 else 65535.0
         grey = np.clip(arr.astype(np.float32) * (255.0 / top), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        return Image.fromarray(grey).convert("RGB")
     return img.convert("RGB")
 
 

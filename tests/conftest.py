@@ -1,0 +1,66 @@
+"""Test models are built once per session, in the TF-Hub formats users load, and loaded by the product's code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from simsearch.embedder import HubEmbedder  # noqa: E402
+
+from . import modules  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COREL = ROOT.parent / "shared" / "data" / "corel1k"
+TINY_SIZE = (64, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return modules.build_tf1_hub_module(tmp_path_factory.mktemp("modules") / "tiny", modules.tiny, TINY_SIZE)
+
+
+@pytest.fixture(scope="session")
+def inception_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The full Inception V2 architecture with seeded random weights (about 20 s to build)."""
+    return modules.build_tf1_hub_module(tmp_path_factory.mktemp("modules") / "inception_v2", modules.inception_v2)
+
+
+@pytest.fixture(scope="session")
+def tf2_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return modules.build_tf2_saved_model(tmp_path_factory.mktemp("modules") / "tf2")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_module: Path) -> HubEmbedder:
+    return HubEmbedder(tiny_module)
+
+
+@pytest.fixture(scope="session")
+def corel_images() -> Path:
+    images = COREL / "images"
+    if not images.is_dir():
+        pytest.skip(f"shared test data not found at {images} (expected ../shared beside the checkout)")
+    return images
+
+
+def photo(path: Path, seed: int, size: tuple[int, int] = (160, 120), fmt: str | None = None, **save: object) -> Path:
+    """A distinct, photo-like image: smooth colour gradients plus seeded blobs."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w, 3), np.float32)
+    for c in range(3):
+        a, b, p = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 100 * np.sin(a * xx / 17 + b * yy / 23 + p * 6)
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(5, min(w, h) / 3)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, fmt, **save)
+    return path

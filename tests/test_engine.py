@@ -1,0 +1,231 @@
+"""The store end to end with the tiny TF1 Hub module: incremental indexing, failures, queries, recovery."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import simsearch
+from simsearch.config import ModelSpec, Settings
+from simsearch.embedder import HubEmbedder
+from simsearch.engine import INDEX_FILE, INDEX_STATE_FILE, Progress
+
+from .conftest import photo
+
+
+class Counting:
+    """Embedder wrapper that counts how many images reach the model."""
+
+    def __init__(self, inner: HubEmbedder) -> None:
+        self.inner = inner
+        self.images = 0
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.inner.spec
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        self.images += len(images)
+        return self.inner.embed(images)
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for i in range(12):
+        photo(root / ("sub" if i % 3 == 0 else "") / f"p{i:02d}.jpg", seed=i)
+    return root
+
+
+@pytest.fixture()
+def model(tiny_embedder: HubEmbedder) -> Counting:
+    return Counting(tiny_embedder)
+
+
+def _open(tmp_path: Path, model: object, **kw: object) -> simsearch.Store:
+    return simsearch.open(tmp_path / "store", model=model, settings=Settings(batch_size=4, workers=2), **kw)
+
+
+def _consistent(store: simsearch.Store) -> None:
+    """The in-memory index, the catalog's vectors and the saved checkpoint hold the same ids."""
+    cat_ids = np.sort(store.catalog.vector_ids())
+    np.testing.assert_array_equal(np.sort(store.vectors.ids()), cat_ids)
+    assert store.stats()["vectors"] == store.stats()["images"] == len(cat_ids)
+
+
+def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Counting) -> None:
+    events: list[Progress] = []
+    with _open(tmp_path, model) as store:
+        r1 = store.index(folder, progress=events.append)
+        assert (r1.added, r1.failed, r1.scanned) == (12, 0, 12)
+        assert events[0].done == 0 and events[-1].done == events[-1].total == 12
+        assert set(r1.timings) == {"scan", "decode", "embed", "write"}
+        r2 = store.index(folder)
+        assert (r2.added, r2.updated, r2.unchanged, r2.removed) == (0, 0, 12, 0)
+        assert model.images == 12
+        _consistent(store)
+    assert json.loads((tmp_path / "store" / INDEX_STATE_FILE).read_text())["count"] == 12
+
+
+def test_changed_moved_copied_and_deleted_files(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+        before = {h.path: h.id for h in store.query(folder / "p01.jpg", k=12)}
+        model.images = 0
+
+        photo(folder / "p01.jpg", seed=101)  # new content at the same path
+        (folder / "p02.jpg").rename(folder / "renamed.jpg")  # moved
+        (folder / "sub" / "p03.jpg").rename(folder / "p03-moved.jpg")  # moved across folders
+        shutil.copy(folder / "p04.jpg", folder / "copy-of-p04.jpg")  # identical content at a new path
+        (folder / "p05.jpg").unlink()  # deleted
+        os.utime(folder / "p07.jpg", ns=(1, 1))  # touched, same content
+        photo(folder / "new.png", seed=200)  # new
+
+        r = store.index(folder)
+        assert (r.added, r.updated, r.moved, r.removed, r.failed) == (2, 1, 2, 1, 0)
+        assert r.unchanged == 12 - 1 - 2 - 1  # p07 counts as unchanged: only its timestamp moved
+        assert model.images == 2  # only the changed and the new photo reached the model
+
+        hits = {h.path: h for h in store.query(folder / "renamed.jpg", k=20)}
+        assert hits[str(folder / "renamed.jpg")].id == before[str(folder / "p02.jpg")]  # kept its id and vector
+        assert str(folder / "p05.jpg") not in hits and str(folder / "p02.jpg") not in hits
+        copy = store.query(folder / "copy-of-p04.jpg", k=2)
+        assert {h.path for h in copy} == {str(folder / "p04.jpg"), str(folder / "copy-of-p04.jpg")}
+        assert copy[1].score == pytest.approx(1.0, abs=1e-6)
+        _consistent(store)
+        assert store.index(folder).unchanged == 13 and model.images == 2
+
+
+def test_bad_files_are_recorded_and_never_stop_the_job(tmp_path: Path, folder: Path, model: Counting) -> None:
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    data = (folder / "p00.jpg").read_bytes() if (folder / "p00.jpg").exists() else (folder / "sub" / "p00.jpg").read_bytes()
+    (folder / "half.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "dangling.jpg").symlink_to(folder / "missing.jpg")
+    with _open(tmp_path, model) as store:
+        r = store.index(folder)
+        assert (r.added, r.failed) == (12, 4)
+        reasons = {Path(f.path).name: f.reason for f in store.failures()}
+        assert reasons["empty.jpg"] == "empty file (0 bytes)"
+        assert reasons["notes.jpg"] == "not an image (format not recognised)"
+        assert "truncated" in reasons["half.jpg"]
+        assert reasons["dangling.jpg"].startswith("cannot read file")
+        assert store.stats()["failed"] == 4 and store.stats()["images"] == 12
+
+        (folder / "notes.jpg").unlink()
+        photo(folder / "empty.jpg", seed=300, fmt="JPEG")  # fixed by the user
+        r2 = store.index(folder)
+        assert (r2.added, r2.removed) == (1, 1)
+        assert {Path(f.path).name for f in store.failures()} == {"half.jpg", "dangling.jpg"}
+        _consistent(store)
+
+
+def test_every_kind_of_probe(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+        target = folder / "p04.jpg"
+        by_path = store.query(target, k=3)
+        assert by_path[0].path == str(target) and by_path[0].score == pytest.approx(1.0, abs=1e-5)
+        tid = by_path[0].id
+        img = Image.open(target)
+        probes = [str(target), target.read_bytes(), img, np.asarray(img), np.asarray(img) / 255.0, tid,
+                  store.catalog.vector(tid, store.vectors.dim) * 3.0]
+        for probe in probes:
+            hits = store.query(probe, k=3)
+            assert [h.id for h in hits][:1] == [tid], type(probe)
+            assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert len(store.query(tid, k=100)) == 12
+        assert by_path[0].width == 160 and by_path[0].height == 120 and by_path[0].format == "JPEG"
+
+        with pytest.raises(simsearch.NotFoundError, match="no indexed image with id 99999"):
+            store.query(99999)
+        with pytest.raises(simsearch.QueryError, match="must be 32 finite floats"):
+            store.query(np.ones(5))
+        with pytest.raises(simsearch.QueryError, match="cannot query by a dict"):
+            store.query({"x": 1})
+        with pytest.raises(simsearch.ImageError, match="not an image"):
+            store.query(b"definitely not an image")
+
+
+def test_query_on_an_empty_store(tmp_path: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        with pytest.raises(simsearch.EmptyStoreError, match="run `simsearch index FOLDER` first"):
+            store.query(np.ones(32))
+
+
+def test_store_refuses_another_model(tmp_path: Path, folder: Path, model: Counting, tf2_module: Path) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+    with pytest.raises(simsearch.ModelMismatchError, match="was built with model .*tiny.*cannot be mixed"):
+        simsearch.open(tmp_path / "store", model=tf2_module)
+    with pytest.raises(simsearch.ModelMismatchError, match="resize policy 'center-crop'"):
+        simsearch.open(tmp_path / "store", settings=Settings(resize="center-crop"))
+    with simsearch.open(tmp_path / "store") as store:  # no model given: the store's own, loaded lazily
+        assert store.stats()["model"] == model.spec.handle
+        assert store.query(folder / "p01.jpg", k=1)[0].path == str(folder / "p01.jpg")
+
+
+@pytest.mark.parametrize("damage", ["delete", "stale", "garbage", "wrong-ids"])
+def test_damaged_or_stale_index_file_is_rebuilt_from_the_catalog(tmp_path: Path, folder: Path, model: Counting,
+                                                                 damage: str) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+        expected = [(h.id, round(h.score, 5)) for h in store.query(folder / "p01.jpg", k=5)]
+    index_file = tmp_path / "store" / INDEX_FILE
+    if damage == "delete":
+        index_file.unlink()
+    elif damage == "stale":  # checkpoint older than the catalog
+        state = json.loads((tmp_path / "store" / INDEX_STATE_FILE).read_text())
+        (tmp_path / "store" / INDEX_STATE_FILE).write_text(json.dumps({**state, "version": state["version"] - 1}))
+    elif damage == "garbage":
+        index_file.write_bytes(b"\0" * 100)
+    else:
+        from simsearch.index import VectorIndex
+
+        wrong = VectorIndex(32)
+        wrong.add(np.arange(12) + 1000, np.eye(12, 32, dtype=np.float32))
+        wrong.save(index_file)
+    with _open(tmp_path, model) as store:
+        assert store.rebuilt_index
+        _consistent(store)
+        assert [(h.id, round(h.score, 5)) for h in store.query(folder / "p01.jpg", k=5)] == expected
+    with _open(tmp_path, model) as store:
+        assert not store.rebuilt_index  # the rebuilt checkpoint was saved
+
+
+def test_remove_paths_and_folders(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+        assert store.remove([folder / "p01.jpg"]) == 1
+        assert store.remove([folder / "sub"]) == 4
+        with pytest.raises(simsearch.NotFoundError, match="not in the store: .*nothing.jpg"):
+            store.remove([folder / "p02.jpg", folder / "nothing.jpg"])
+        assert store.stats()["images"] == 7  # nothing removed by the refused call
+        _consistent(store)
+        assert store.index(folder).added == 5  # still on disk: indexing brings them back
+
+
+def test_one_writer_at_a_time(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as first, _open(tmp_path, model) as second:
+        with first._writer():
+            with pytest.raises(simsearch.StoreError, match="being updated by another simsearch process"):
+                second.index(folder)
+
+
+def test_in_memory_catalog(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model, db="sqlite://") as store:
+        assert store.index(folder).added == 12
+        assert store.stats()["db"] == "sqlite://"
+    assert not (tmp_path / "store" / "catalog.sqlite").exists()
+
+
+def test_missing_folder(tmp_path: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        with pytest.raises(simsearch.NotFoundError, match="does not exist"):
+            store.index(tmp_path / "nope")

@@ -1,0 +1,207 @@
+"""Decoding real edge cases, generated with Pillow."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from simsearch.errors import ImageError
+from simsearch.images import array_to_image, find_images, load_image
+
+from .conftest import photo
+
+SIZE = (32, 32)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims huge dimensions: what a decompression bomb looks like."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def _reason(source: object) -> str:
+    with pytest.raises(ImageError) as info:
+        load_image(source, SIZE)
+    return info.value.reason
+
+
+def test_plain_jpeg_gives_uint8_at_model_size(tmp_path: Path) -> None:
+    arr, info = load_image(photo(tmp_path / "a.jpg", 1), SIZE)
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    assert (info.width, info.height, info.format) == (160, 120, "JPEG")
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    data = photo(tmp_path / "a.jpg", 1, (400, 300)).read_bytes()
+    (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
+    assert "truncated" in _reason(tmp_path / "t.jpg")
+
+
+def test_zero_bytes_and_text_named_jpg(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("this is not a photo\n")
+    assert _reason(tmp_path / "empty.jpg") == "empty file (0 bytes)"
+    assert _reason(tmp_path / "notes.jpg") == "not an image (format not recognised)"
+
+
+def test_error_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageError, match="empty.jpg: empty file"):
+        load_image(tmp_path / "empty.jpg", SIZE)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    assert "cannot read file" in _reason(tmp_path / "dangling.jpg")
+    locked = photo(tmp_path / "locked.jpg", 2)
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: the file is then simply a good photo
+        assert load_image(locked, SIZE)[0].shape == (32, 32, 3)
+    else:
+        assert "Permission denied" in _reason(locked)
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    Image.new("CMYK", (64, 64), (255, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # pure cyan
+    arr, _ = load_image(tmp_path / "cmyk.jpg", SIZE)
+    r, g, b = arr.reshape(-1, 3).mean(0)
+    assert r < 30 and g > 225 and b > 225
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    grey = np.full((40, 40), 32768, np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    arr, _ = load_image(tmp_path / "deep.png", SIZE)
+    assert abs(int(arr.mean()) - 128) <= 1
+
+
+def test_palette_with_transparency_composited_on_white(tmp_path: Path) -> None:
+    img = Image.new("P", (40, 40), 0)
+    img.putpalette([255, 0, 0] + [0, 0, 255] * 255)
+    img.paste(1, (20, 0, 40, 40))
+    img.save(tmp_path / "pal.png", transparency=0)  # the red left half is transparent
+    arr, _ = load_image(tmp_path / "pal.png", SIZE)
+    assert arr[16, 4].tolist() == [255, 255, 255]
+    assert arr[16, 28].tolist() == [0, 0, 255]
+
+
+def test_rgba_and_la_and_bilevel(tmp_path: Path) -> None:
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("LA", (20, 20), (0, 255)).save(tmp_path / "la.png")
+    Image.new("1", (20, 20), 1).save(tmp_path / "bw.bmp")
+    assert load_image(tmp_path / "clear.png", SIZE)[0].min() == 255
+    assert load_image(tmp_path / "la.png", SIZE)[0].max() == 0
+    assert load_image(tmp_path / "bw.bmp", SIZE)[0].min() == 255
+
+
+def test_animated_gif_uses_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (30, 30), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(tmp_path / "anim.gif").n_frames == 2
+    arr, info = load_image(tmp_path / "anim.gif", SIZE)
+    assert info.format == "GIF"
+    r, g, b = arr.reshape(-1, 3).mean(0)
+    assert r > 240 and b < 15
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, 20:] = 255  # stored: black left, white right
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise: left becomes top
+    Image.fromarray(stored).save(tmp_path / "rot.jpg", exif=exif.tobytes(), quality=95)
+    arr, info = load_image(tmp_path / "rot.jpg", SIZE)
+    assert (info.width, info.height) == (20, 40)
+    assert arr[:12].mean() < 40 and arr[-12:].mean() > 215
+
+
+def test_exif_date_taken(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2021:07:04 18:30:05"
+    photo(tmp_path / "dated.jpg", 3, exif=exif.tobytes())
+    _, info = load_image(tmp_path / "dated.jpg", SIZE)
+    assert info.taken_at is not None and info.taken_at.isoformat() == "2021-07-04T18:30:05"
+
+
+def test_huge_dimensions_refused_before_decoding(tmp_path: Path) -> None:
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(100_000, 100_000))
+    reason = _reason(tmp_path / "bomb.png")
+    assert "100000x100000" in reason and "decompression bomb" in reason
+
+
+def test_large_jpeg_decoded_at_reduced_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = photo(tmp_path / "big.jpg", 4, (2400, 1600), quality=90)
+    scales = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: JpegImagePlugin.JpegImageFile, mode: str, size: tuple[int, int]) -> object:
+        out = real_draft(self, mode, size)
+        scales.append(self.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    arr, info = load_image(src, (224, 224))
+    assert scales == [(600, 400)]  # 1/4: the largest DCT reduction that keeps both sides >= 224
+    assert (info.width, info.height) == (2400, 1600)
+    full = np.asarray(Image.open(src).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(arr.astype(np.float32) - full).mean() < 6  # same picture, within JPEG/scaling error
+
+
+def test_center_crop_keeps_the_middle(tmp_path: Path) -> None:
+    stored = np.zeros((20, 60, 3), np.uint8)
+    stored[:, 20:40] = 255  # white middle third
+    Image.fromarray(stored).save(tmp_path / "wide.png")
+    crop, _ = load_image(tmp_path / "wide.png", SIZE, policy="center-crop")
+    whole, _ = load_image(tmp_path / "wide.png", SIZE, policy="whole")
+    assert crop.mean() > 250
+    assert 60 < whole.mean() < 110
+
+
+def test_bytes_pil_and_array_sources(tmp_path: Path) -> None:
+    path = photo(tmp_path / "a.png", 5)
+    from_path, _ = load_image(path, SIZE)
+    from_bytes, _ = load_image(path.read_bytes(), SIZE)
+    from_pil, _ = load_image(Image.open(path), SIZE)
+    from_array, _ = load_image(array_to_image(np.asarray(Image.open(path))), SIZE)
+    for other in (from_bytes, from_pil, from_array):
+        assert np.array_equal(from_path, other)
+    with pytest.raises(ImageError, match="not an image"):
+        array_to_image(np.zeros((4, 4, 7)))
+
+
+def test_find_images_recurses_filters_and_survives_symlink_loops(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    photo(root / "a.JPG", 1)
+    photo(root / "sub" / "b.png", 2)
+    photo(root / "sub" / "deeper" / "c.webp", 3, fmt="WEBP")
+    photo(root / "ünïcode name with space.TIFF", 4, fmt="TIFF")
+    (root / "notes.txt").write_text("x")
+    (root / "sub" / "deeper" / "loop").symlink_to(root, target_is_directory=True)
+    found = [p.relative_to(root).as_posix() for p in find_images(root)]
+    assert found == ["a.JPG", "ünïcode name with space.TIFF", "sub/b.png", "sub/deeper/c.webp"]
+    with pytest.raises(ImageError, match="not a folder"):
+        list(find_images(root / "a.JPG"))
+
+
+def test_in_memory_probe_errors_have_no_path() -> None:
+    with pytest.raises(ImageError) as info:
+        load_image(b"GIF89a-not-really", SIZE)
+    assert info.value.source is None
+    assert str(info.value) == info.value.reason and info.value.reason.startswith(("cannot", "not an image"))
+
+
+def test_bytes_io_roundtrip() -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 50), (10, 200, 30)).save(buf, "PNG")
+    arr, info = load_image(buf.getvalue(), SIZE)
+    assert info.format == "PNG" and arr[0, 0].tolist() == [10, 200, 30]
