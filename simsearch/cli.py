@@ -46,8 +46,10 @@ def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
 
-def _open(store: str | None, model: str | None, db: str | None, **settings: Any) -> Store:
-    return Store(store, model=model, db=db, settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
+def _open(store: str | None, model: str | None, db: str | None, create: bool = False, **settings: Any) -> Store:
+    """Only `index` creates a store; the other commands say so when there is none."""
+    return Store(store, model=model, db=db, create=create,
+                 settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
 
 
 def _print_json(value: Any) -> None:
@@ -82,7 +84,7 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
     """
     from tqdm import tqdm
 
-    with _open(store, model, db, batch_size=batch_size, workers=workers, resize=resize) as s:
+    with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize) as s:
         bar: tqdm | None = None
 
         def progress(p: Progress) -> None:

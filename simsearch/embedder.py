@@ -82,9 +82,7 @@ def _check_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (size[0], size[1], 3):
         raise ModelError(f"expected images of shape [N, {size[0]}, {size[1]}, 3], got {list(images.shape)}")
-    if images.dtype == np.uint8:
-        return to_model_input(images)
-    if images.dtype != np.float32:
+    if images.dtype not in (np.uint8, np.float32):
         raise ModelError(f"expected uint8 or float32 images, got {images.dtype}")
     return images
 
@@ -120,14 +118,13 @@ class _BatchingEmbedder:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         x = _check_batch(images, self._spec.input_size)
-        if len(x) == 0:
-            return np.zeros((0, self._spec.dim), np.float32)
-        parts = [
-            _check_output(self._run(x[i : i + self.batch_size]), len(x[i : i + self.batch_size]),
-                          self._spec.dim, self._spec.handle)
-            for i in range(0, len(x), self.batch_size)
-        ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        out = np.empty((len(x), self._spec.dim), np.float32)
+        for i in range(0, len(x), self.batch_size):
+            chunk = x[i : i + self.batch_size]  # converted per batch: memory stays at one batch of floats
+            if chunk.dtype == np.uint8:
+                chunk = to_model_input(chunk)
+            out[i : i + len(chunk)] = _check_output(self._run(chunk), len(chunk), self._spec.dim, self._spec.handle)
+        return out
 
 
 class HubEmbedder(_BatchingEmbedder):

@@ -53,6 +53,13 @@ INDEX_STATE_FILE = "index.json"
 LOCK_FILE = "lock"
 
 
+class _AsDict:
+    """Results print as JSON through to_dict()."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
 class Progress:
     """Reported after every committed batch; `total` counts the files that needed work."""
@@ -64,7 +71,7 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class IndexReport:
+class IndexReport(_AsDict):
     folder: str
     scanned: int
     added: int
@@ -76,12 +83,10 @@ class IndexReport:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode summed over workers)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
-class Hit:
+class Hit(_AsDict):
     id: int
     path: str
     score: float
@@ -93,20 +98,16 @@ class Hit:
     mtime: float | None = None
     sha256: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
-class Failure:
+class Failure(_AsDict):
     id: int
     path: str
     reason: str
     size: int | None
     indexed_at: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -139,14 +140,15 @@ def open(
     model: str | os.PathLike[str] | Embedder | None = None,
     db: Any = None,
     settings: Settings | None = None,
+    create: bool = True,
 ) -> Store:
-    """Open (or create) a store folder.
+    """Open (or, with create, make) a store folder.
 
     model: a TF-Hub handle (URL or module folder) or an Embedder; by default SIMSEARCH_MODEL, else the
     model the store was built with, else the Inception V2 module. db: a SQLAlchemy URL or Engine;
     by default SQLite in the store folder.
     """
-    return Store(store, model=model, db=db, settings=settings)
+    return Store(store, model=model, db=db, settings=settings, create=create)
 
 
 class Store:
@@ -159,8 +161,11 @@ class Store:
         model: str | os.PathLike[str] | Embedder | None = None,
         db: Any = None,
         settings: Settings | None = None,
+        create: bool = True,
     ) -> None:
         self.root = Path(store).expanduser() if store is not None else default_store_dir()
+        if not create and db is None and not (self.root / CATALOG_FILE).exists():
+            raise NotFoundError(f"no store at {self.root}: build one with `simsearch index FOLDER --store {self.root}`")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -55,15 +55,19 @@ def test_index_stats_query_failures_remove(tmp_path: Path, folder: Path, tiny_mo
 
 
 def test_errors_exit_1_with_a_message_and_no_traceback(tmp_path: Path, folder: Path, tiny_module: Path) -> None:
-    r = CliRunner().invoke(main, ["query", str(folder / "p1.jpg"), "--store", str(tmp_path / "empty"),
+    r = CliRunner().invoke(main, ["query", str(folder / "p1.jpg"), "--store", str(tmp_path / "typo"),
                                   "--model", str(tiny_module)])
     assert r.exit_code == 1
-    assert "Error: store" in r.output and "is empty" in r.output and "Traceback" not in r.output
+    assert "Error: no store at" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "typo").exists()  # read-only commands never create a store
+    for command in ("stats", "failures"):
+        assert "no store at" in CliRunner().invoke(main, [command, "--store", str(tmp_path / "typo")]).output
 
     r = CliRunner().invoke(main, ["index", str(folder), "--store", str(tmp_path / "s"), "--model", str(tmp_path / "no-model")])
     assert r.exit_code == 1 and "does not exist" in r.output and "Traceback" not in r.output
 
-    r = CliRunner().invoke(main, ["remove", str(folder / "p1.jpg"), "--store", str(tmp_path / "s2")])
+    _run("index", folder, "--store", tmp_path / "s2", "--model", tiny_module)
+    r = CliRunner().invoke(main, ["remove", str(folder / "nope.jpg"), "--store", str(tmp_path / "s2")])
     assert r.exit_code == 1 and "not in the store" in r.output
 
 
