@@ -71,7 +71,7 @@ def main() -> None:
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @_store_options
 @click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per model call [default: 32].")
-@click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: 2].")
+@click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: cores + 1, at most 8].")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
               help="How photos are fitted to the model's square input [default: the store's, or whole].")
 @_json_option

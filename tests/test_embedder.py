@@ -79,3 +79,17 @@ def test_callable_embedder_checks_outputs() -> None:
         CallableEmbedder(lambda x: np.full((len(x), 4), np.nan), name="nan", input_size=(8, 8))
     with pytest.raises(ModelError, match=r"returned shape \[1, 2, 3\]"):
         CallableEmbedder(lambda x: np.ones((len(x), 2, 3)), name="3d", input_size=(8, 8))
+
+
+def test_default_url_is_served_from_the_tfhub_cache(tmp_path: Path, tiny_module: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module tensorflow-hub already downloaded (cache/sha1(handle)) loads for its URL with no network."""
+    import hashlib
+    import shutil
+
+    from simsearch.config import DEFAULT_MODEL
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path))
+    shutil.copytree(tiny_module, tmp_path / hashlib.sha1(DEFAULT_MODEL.encode()).hexdigest())
+    emb = load_embedder()  # no handle: the Inception V2 URL
+    assert emb.spec.handle == DEFAULT_MODEL and emb.spec.dim == 32 and emb.spec.input_size == TINY_SIZE
