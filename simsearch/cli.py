@@ -103,7 +103,8 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
         _print_json(report.to_dict())
         return
     work = report.added + report.updated
-    rate = f" ({work / report.seconds:.1f} images/s)" if work and report.seconds > 0 else ""
+    busy = report.seconds - report.timings.get("model_load", 0.0)
+    rate = f" ({work / busy:.1f} images/s after loading the model)" if work and busy > 0 else ""
     click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
                f"in {report.seconds:.1f} s{rate}")

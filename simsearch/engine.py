@@ -177,6 +177,7 @@ class Store:
         resize = settings.resize or (self._recorded or {}).get("resize") or DEFAULT_RESIZE
         self.settings = Settings(**{**asdict(settings), "resize": resize})
         self._embedder: Embedder | None = None
+        self.model_load_seconds = 0.0
         self._model_arg = model
         if model is None and os.environ.get("SIMSEARCH_MODEL"):
             self._model_arg = os.environ["SIMSEARCH_MODEL"]
@@ -220,10 +221,13 @@ class Store:
     def embedder(self) -> Embedder:
         """Loaded on first use: stats, failures and queries by id or vector need no model."""
         if self._embedder is None:
+            t = time.perf_counter()
             arg = self._model_arg
             emb = arg if isinstance(arg, Embedder) else load_embedder(self.model_handle, batch_size=self.settings.batch_size)
             self._check_provenance(emb.spec)
             self._embedder = emb
+            if emb is not arg:  # loaded from a handle now, not handed in ready
+                self.model_load_seconds = time.perf_counter() - t
         return self._embedder
 
     @property
@@ -317,6 +321,7 @@ class Store:
     def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None) -> IndexReport:
         """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted."""
         t0 = time.perf_counter()
+        loaded_before = self._embedder is not None
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise NotFoundError(f"folder {root} does not exist or is not a folder")
@@ -326,9 +331,10 @@ class Store:
             folders = set(self.catalog.get_meta("folders") or [])
             if str(root) not in folders:
                 self.catalog.set_meta(folders=sorted(folders | {str(root)}))
-            return self._index_folder(root, progress, t0)
+            return self._index_folder(root, progress, t0, loaded_before)
 
-    def _index_folder(self, root: Path, progress: Callable[[Progress], None] | None, t0: float) -> IndexReport:
+    def _index_folder(self, root: Path, progress: Callable[[Progress], None] | None, t0: float,
+                      loaded_before: bool) -> IndexReport:
         s = self.settings
         entries = self.catalog.entries_under(str(root))
         tasks: list[_Task] = []
@@ -363,8 +369,9 @@ class Store:
         def flush() -> None:
             nonlocal done, pending, batch
             if batch:
+                embedder = self.embedder  # loads the model on first use, timed apart as model_load
                 t = time.perf_counter()
-                vecs = self.embedder.embed(np.stack([b.pixels for b in batch]))  # loads the model on first use
+                vecs = embedder.embed(np.stack([b.pixels for b in batch]))
                 timings["embed"] += time.perf_counter() - t
                 for b, v in zip(batch, vecs):
                     pending.upserts.append((self._fields(b), v))
@@ -419,7 +426,8 @@ class Store:
             folder=str(root), scanned=len(seen), added=counts["added"], updated=counts["updated"],
             moved=counts["moved"], removed=len(gone), unchanged=unchanged,
             failed=counts["failed"], seconds=time.perf_counter() - t0,
-            timings={k: round(v, 3) for k, v in timings.items()},
+            timings={k: round(v, 3) for k, v in timings.items()}
+            | ({"model_load": round(self.model_load_seconds, 3)} if not loaded_before and self.model_load_seconds else {}),
         )
 
     def _copy(self, item: _Prepared, src_id: int, pending: Changes) -> bool:

@@ -65,7 +65,7 @@ def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Coun
         r1 = store.index(folder, progress=events.append)
         assert (r1.added, r1.failed, r1.scanned) == (12, 0, 12)
         assert events[0].done == 0 and events[-1].done == events[-1].total == 12
-        assert set(r1.timings) == {"scan", "decode", "embed", "write"}
+        assert set(r1.timings) == {"scan", "decode", "embed", "write"}  # model given loaded: no model_load
         r2 = store.index(folder)
         assert (r2.added, r2.updated, r2.unchanged, r2.removed) == (0, 0, 12, 0)
         assert model.images == 12
@@ -229,3 +229,13 @@ def test_missing_folder(tmp_path: Path, model: Counting) -> None:
     with _open(tmp_path, model) as store:
         with pytest.raises(simsearch.NotFoundError, match="does not exist"):
             store.index(tmp_path / "nope")
+
+
+def test_model_loading_is_timed_apart_and_skipped_when_nothing_changed(tmp_path: Path, folder: Path,
+                                                                      tiny_module: Path) -> None:
+    with simsearch.open(tmp_path / "store", model=tiny_module) as store:
+        r = store.index(folder)
+        assert r.added == 12 and 0 < r.timings["model_load"] < r.seconds
+    with simsearch.open(tmp_path / "store") as store:
+        r = store.index(folder)
+        assert r.unchanged == 12 and "model_load" not in r.timings and store._embedder is None
