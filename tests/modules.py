@@ -46,13 +46,15 @@ def _bn_relu(x: tf.Tensor, training: bool, relu: bool = True) -> tf.Tensor:
 
 def conv(x: tf.Tensor, name: str, depth: int, k: int, training: bool, stride: int = 1,
          separable_multiplier: int | None = None) -> tf.Tensor:
-    """slim.conv2d / slim.separable_conv2d with batch norm and ReLU, SAME padding."""
+    """slim.conv2d (batch norm, ReLU) or slim.separable_conv2d (biases, ReLU: slim's inception arg
+    scope gives batch norm to conv2d only), SAME padding."""
     cin = x.shape[-1]
     with v1.variable_scope(name):
         if separable_multiplier:
             dw = v1.get_variable("depthwise_weights", [k, k, cin, separable_multiplier])
             pw = v1.get_variable("pointwise_weights", [1, 1, cin * separable_multiplier, depth])
             y = tf.nn.separable_conv2d(x, dw, pw, [1, stride, stride, 1], "SAME")
+            return tf.nn.relu(tf.nn.bias_add(y, v1.get_variable("biases", [depth], initializer=v1.zeros_initializer())))
         else:
             w = v1.get_variable("weights", [k, k, cin, depth])
             y = tf.nn.conv2d(x, w, [1, stride, stride, 1], "SAME")
@@ -150,7 +152,7 @@ def _seeded_values(variables: list[tf.Variable], seed: int) -> list[np.ndarray]:
             values.append(rng.normal(0.0, 0.05, shape))
         elif name.endswith("moving_variance"):
             values.append(rng.uniform(0.5, 1.5, shape))
-        elif name.endswith("beta"):
+        elif name.endswith(("beta", "biases")):
             values.append(rng.normal(0.0, 0.1, shape))
         else:
             fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1

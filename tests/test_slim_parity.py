@@ -1,0 +1,122 @@
+"""simsearch's Inception V2 against the reference: tf_slim.nets.inception_v2, on real photos.
+
+The reference graph gets seeded random weights and non-trivial batch-norm statistics, is saved as a
+TF-Slim checkpoint, and simsearch imports that checkpoint; vectors and logits must agree to 1e-4.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simsearch.images import load_image
+
+pytestmark = pytest.mark.slow
+TOL = 1e-4
+
+
+def _import_tf_slim():  # type: ignore[no-untyped-def]
+    """tf_slim reaches TF's legacy layers, which look for tf_keras.legacy_tf_layers; tf_keras 2.16+
+    keeps them under tf_keras.src. This shim belongs to the test, never to the product."""
+    import tf_keras.src.legacy_tf_layers as legacy
+
+    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
+    for sub in ("base", "convolutional", "core", "normalization", "pooling"):
+        sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}",
+                               importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}"))
+    import tf_slim
+    from tf_slim.nets import inception_v2
+
+    return tf_slim, inception_v2
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.fixture(scope="module")
+def photos(corel_images: Path) -> np.ndarray:
+    files = sorted(corel_images.glob("q_*.jpg"))[:12]
+    return np.stack([load_image(f, (224, 224))[0] for f in files]).astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="module")
+def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray) -> dict[str, object]:
+    """Run the TF-Slim graph in both modes; save its weights as a TF-Slim checkpoint."""
+    import tensorflow as tf
+
+    slim, nets = _import_tf_slim()
+    v1 = tf.compat.v1
+    ckpt = str(tmp_path_factory.mktemp("slim") / "inception_v2.ckpt")
+    out: dict[str, object] = {"ckpt": ckpt}
+    for training in (False, True):
+        with tf.Graph().as_default():
+            images = v1.placeholder(tf.float32, [None, 224, 224, 3])
+            with slim.arg_scope(nets.inception_v2_arg_scope()):
+                logits, end = nets.inception_v2(images, num_classes=1001, is_training=training,
+                                                dropout_keep_prob=0.8)
+            features = tf.reduce_mean(end["Mixed_5c"], [1, 2])  # = Logits/AvgPool_1a_7x7 at 224x224
+            variables = v1.global_variables()
+            saver = v1.train.Saver(variables)
+            with v1.Session() as sess:
+                if not training:
+                    rng = np.random.default_rng(1234)
+                    sess.run(v1.global_variables_initializer())
+                    for var in variables:  # plausible, non-trivial statistics, not slim's initialisers
+                        name, shape = var.op.name, var.shape.as_list()
+                        if name.endswith("moving_mean"):
+                            value = rng.normal(0.0, 0.2, shape)
+                        elif name.endswith("moving_variance"):
+                            value = rng.uniform(0.3, 2.0, shape)
+                        elif name.endswith(("beta", "biases")):
+                            value = rng.normal(0.0, 0.2, shape)
+                        else:
+                            fan_in = int(np.prod(shape[:-1])) if "depthwise" not in name else shape[0] * shape[1]
+                            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+                        var.load(value.astype(np.float32), sess)
+                    saver.save(sess, ckpt, write_meta_graph=False)
+                    out["features"], out["logits"] = sess.run([features, logits], {images: photos})
+                else:
+                    saver.restore(sess, ckpt)
+                    out["train_features"] = sess.run(features, {images: photos})
+    return out
+
+
+def test_inference_vectors_and_logits_match_tf_slim(slim_reference: dict, photos: np.ndarray) -> None:
+    from simsearch.models import inception_v2, slim_checkpoint_names
+
+    assert len(slim_checkpoint_names(slim_reference["ckpt"])) == 277
+    model = inception_v2(slim_reference["ckpt"], include_top=True)
+    assert len(model.slim_variables) == 277  # one to one
+    out = model(photos, training=False)
+    assert _relative(out["features"].numpy(), slim_reference["features"]) < TOL
+    assert _relative(out["logits"].numpy(), slim_reference["logits"]) < TOL
+
+
+def test_training_mode_forward_matches_tf_slim(slim_reference: dict, photos: np.ndarray) -> None:
+    from simsearch.models import inception_v2
+
+    model = inception_v2(slim_reference["ckpt"])
+    train = model(photos, training=True).numpy()
+    assert _relative(train, slim_reference["train_features"]) < TOL
+    assert _relative(train, slim_reference["features"]) > 1e-2  # batch statistics really were used
+
+
+def test_checkpoint_mismatch_is_one_clear_error(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from simsearch.errors import ModelError
+    from simsearch.models import inception_v2
+
+    prefix = str(tmp_path / "other.ckpt")
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=["InceptionV2/Conv2d_2b_1x1/weights", "Extra/thing"],
+                      shape_and_slices=["", ""], tensors=[tf.zeros([1, 1, 64, 32]), tf.zeros([2])])
+    with pytest.raises(ModelError) as info:
+        inception_v2(prefix)
+    text = str(info.value)
+    assert "missing (274)" in text and "unexpected (1): Extra/thing" in text
+    assert "wrong shape (1): InceptionV2/Conv2d_2b_1x1/weights: checkpoint [1, 1, 64, 32], network [1, 1, 64, 64]" in text
