@@ -188,5 +188,31 @@ def failures(store: str | None, model: str | None, db: str | None, as_json: bool
         click.echo("no failures", err=True)
 
 
+@main.group()
+def model() -> None:
+    """Make module folders to use with --model."""
+
+
+@model.command("import-slim")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--sha256", metavar="HEX", help="Refuse the checkpoint unless its SHA-256 is this.")
+@click.option("--no-head", is_flag=True, help="Leave out the 1001-class classification signature.")
+def import_slim(checkpoint: str, out_dir: str, sha256: str | None, no_head: bool) -> None:
+    """Turn a TF-Slim Inception V2 checkpoint into a module folder for --model.
+
+    CHECKPOINT is the checkpoint file (e.g. inception_v2.ckpt), a checkpoint prefix, or the release
+    archive inception_v2_2016_08_28.tar.gz itself.
+
+    \b
+      simsearch model import-slim inception_v2_2016_08_28.tar.gz models/inception_v2
+      simsearch index ~/Pictures --model models/inception_v2
+    """
+    from .models import import_slim as run_import
+
+    out = run_import(checkpoint, out_dir, sha256=sha256, include_top=not no_head)
+    click.echo(f"wrote {out}: use it with --model {out}")
+
+
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ and an optional 1001-class 1x1-convolution head. Every variable has its TF-Slim 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -225,3 +226,99 @@ def save_slim_checkpoint(model: Any, path: str | os.PathLike[str]) -> str:
                       tensors=[model.slim_variables[n].value for n in names])
     return str(path)
 
+
+
+def export_module(model: Any, out_dir: str | os.PathLike[str]) -> Path:
+    """Write a module folder that simsearch and hub.load use: a TF2 SavedModel whose
+    `image_feature_vector` and `default` signatures take `images` [N, H, W, 3] in [0,1] and return
+    `default` [N, 1024], plus `classification` (1001 logits) when the model has the head.
+    Written to a temporary folder and renamed, so a failed export leaves nothing half-written."""
+    tf, _ = _import_tensorflow()
+    out = Path(out_dir)
+    if out.exists():
+        raise ModelError(f"{out} already exists; choose a new folder for the module")
+    size = model.input_shape[1:3]
+    spec = tf.TensorSpec([None, size[0], size[1], 3], tf.float32, name="images")
+    has_head = isinstance(model.output, dict)
+
+    class Module(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def _run(self, images: Any) -> Any:
+            result = self.model(images, training=False)
+            return result if has_head else {"features": result}
+
+        @tf.function(input_signature=[spec])
+        def feature_vector(self, images: Any) -> dict[str, Any]:
+            return {"default": self._run(images)["features"]}
+
+        @tf.function(input_signature=[spec])
+        def __call__(self, images: Any) -> Any:
+            return self._run(images)["features"]
+
+    module = Module()
+    signatures = {"image_feature_vector": module.feature_vector, "default": module.feature_vector}
+    if has_head:  # attached only with a head: saving traces every function the module holds
+        module.classification = tf.function(lambda images: {"default": module._run(images)["logits"]},
+                                            input_signature=[spec])
+        signatures["classification"] = module.classification
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tf.saved_model.save(module, str(tmp), signatures=signatures)
+    os.replace(tmp, out)
+    return out
+
+
+def _unpack_checkpoint(archive: Path, into: Path) -> Path:
+    """The .ckpt inside a TF-Slim release tarball (e.g. inception_v2_2016_08_28.tar.gz)."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and ".ckpt" in m.name]
+        if not members:
+            raise ModelError(f"{archive} holds no .ckpt file")
+        tar.extractall(into, members=members, filter="data")
+    ckpts = sorted(into.rglob("*.ckpt")) or sorted(p.with_suffix("") for p in into.rglob("*.ckpt.index"))
+    if not ckpts:
+        raise ModelError(f"{archive} holds no readable checkpoint")
+    return ckpts[0]
+
+
+def checkpoint_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of the file given, or of a TF2-style checkpoint's files (prefix.*) in name order."""
+    import hashlib
+
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(p.parent.glob(p.name + ".*"))
+    if not files:
+        raise ModelError(f"checkpoint {p} does not exist")
+    digest = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def import_slim(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[str], *,
+                sha256: str | None = None, include_top: bool = True) -> Path:
+    """TF-Slim checkpoint (file, prefix, or release .tar.gz) -> module folder usable with --model."""
+    import tempfile
+
+    src = Path(checkpoint)
+    if sha256 is not None:
+        actual = checkpoint_sha256(src)
+        if actual != sha256.lower():
+            raise ModelError(f"sha256 of {src} is {actual}, not the expected {sha256.lower()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if src.is_file() and src.name.endswith((".tar.gz", ".tgz")):
+            src = _unpack_checkpoint(src, Path(tmp))
+        names = slim_checkpoint_names(src)
+        head = include_top and any(n.startswith(f"{SCOPE}/Logits/") for n in names)
+        model = inception_v2(src, include_top=head, trainable=False)
+        return export_module(model, out_dir)

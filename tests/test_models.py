@@ -1,0 +1,115 @@
+"""simsearch's own Inception V2: import-slim, export, fine-tuning semantics, indexing with the result."""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import simsearch
+from simsearch.cli import main
+from simsearch.models import inception_v2, random_inception_v2, save_slim_checkpoint
+
+from .conftest import photo
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    model = random_inception_v2(seed=7)
+    prefix = tmp_path_factory.mktemp("ckpt") / "inception_v2.ckpt"
+    save_slim_checkpoint(model, prefix)
+    return prefix, model
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory, slim_ckpt: tuple[Path, object]) -> Path:
+    out = tmp_path_factory.mktemp("modules") / "inception_v2"
+    r = CliRunner().invoke(main, ["model", "import-slim", str(slim_ckpt[0]), str(out)], catch_exceptions=False)
+    assert r.exit_code == 0 and f"--model {out}" in r.output
+    return out
+
+
+def test_imported_module_has_the_hub_signatures(imported: Path, slim_ckpt: tuple[Path, object]) -> None:
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    obj = hub.load(str(imported))
+    assert {"image_feature_vector", "default", "classification"} <= set(obj.signatures)
+    x = np.random.default_rng(0).random((2, 224, 224, 3), dtype=np.float32)
+    feats = obj.signatures["image_feature_vector"](images=tf.constant(x))["default"].numpy()
+    logits = obj.signatures["classification"](images=tf.constant(x))["default"].numpy()
+    ref = slim_ckpt[1](x, training=False)
+    assert feats.shape == (2, 1024) and logits.shape == (2, 1001)
+    np.testing.assert_allclose(feats, ref["features"].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, ref["logits"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> None:
+    for i in range(6):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i, size=(320, 240))
+    r = CliRunner().invoke(main, ["index", str(tmp_path / "photos"), "--store", str(tmp_path / "s"),
+                                  "--model", str(imported), "--json"])
+    assert r.exit_code == 0, r.output
+    with simsearch.open(tmp_path / "s") as store:
+        assert store.stats()["images"] == 6 and store.stats()["dim"] == 1024
+        hit = store.query(tmp_path / "photos" / "p3.jpg", k=2)[0]
+        assert hit.path == str(tmp_path / "photos" / "p3.jpg") and hit.score > 0.999
+
+
+def test_release_tarball_and_sha256(tmp_path: Path, slim_ckpt: tuple[Path, object]) -> None:
+    prefix = slim_ckpt[0]
+    archive = tmp_path / "inception_v2_2016_08_28.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in prefix.parent.glob(prefix.name + ".*"):
+            tar.add(f, arcname=f.name)
+    good = hashlib.sha256(archive.read_bytes()).hexdigest()
+    r = CliRunner().invoke(main, ["model", "import-slim", str(archive), str(tmp_path / "m"), "--sha256", "ab" * 32])
+    assert r.exit_code == 1 and f"sha256 of {archive} is {good}" in r.output and not (tmp_path / "m").exists()
+    r = CliRunner().invoke(main, ["model", "import-slim", str(archive), str(tmp_path / "m"), "--sha256", good,
+                                  "--no-head"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["model", "import-slim", str(archive), str(tmp_path / "m")])
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_training_mode_uses_batch_statistics_and_updates_moving_averages() -> None:
+    model = random_inception_v2(seed=1, include_top=False)
+    bn = model.get_layer("InceptionV2.Conv2d_2b_1x1.BatchNorm")
+    x = np.random.default_rng(2).random((4, 224, 224, 3), dtype=np.float32)
+    mean0 = bn.moving_mean.numpy().copy()
+
+    infer_a, infer_b = model(x, training=False).numpy(), model(x[:1], training=False).numpy()
+    np.testing.assert_allclose(infer_a[0], infer_b[0], rtol=1e-4, atol=1e-5)  # moving statistics: batch-independent
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), mean0)  # inference never moves them
+
+    # the batch mean of this layer's input, computed independently of the layer
+    probe = __import__("keras").Model(model.input, model.get_layer("InceptionV2.Conv2d_2b_1x1").output)
+    batch_mean = probe(x, training=True).numpy().mean(axis=(0, 1, 2))
+    train_a = model(x, training=True).numpy()
+    assert np.abs(train_a[0] - infer_a[0]).max() > 1e-3  # training mode normalises with batch statistics
+    np.testing.assert_allclose(bn.moving_mean.numpy(), 0.9997 * mean0 + 0.0003 * batch_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_one_optimiser_step_changes_the_trainable_weights() -> None:
+    import keras
+
+    base = random_inception_v2(seed=3, include_top=False)
+    head = keras.layers.Dense(3)
+    model = keras.Sequential([base, head])
+    model.compile(optimizer=keras.optimizers.SGD(0.01),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(4).random((4, 224, 224, 3), dtype=np.float32)
+    w = base.get_layer("InceptionV2.Mixed_5c.Branch_0.Conv2d_0a_1x1")
+    before, stem_before = w.kernel.numpy().copy(), base.get_layer("InceptionV2.Conv2d_1a_7x7").bias.numpy().copy()
+    model.train_on_batch(x, np.array([0, 1, 2, 0]))
+    assert np.abs(w.kernel.numpy() - before).max() > 0
+    assert np.abs(base.get_layer("InceptionV2.Conv2d_1a_7x7").bias.numpy() - stem_before).max() > 0
+
+    frozen = inception_v2(trainable=False)
+    assert not frozen.trainable_weights
