@@ -6,8 +6,6 @@ TF-Slim checkpoint, and simsearch imports that checkpoint; vectors and logits mu
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,23 +13,10 @@ import pytest
 
 from simsearch.images import load_image
 
+from .slim_reference import import_tf_slim
+
 pytestmark = pytest.mark.slow
 TOL = 1e-4
-
-
-def _import_tf_slim():  # type: ignore[no-untyped-def]
-    """tf_slim reaches TF's legacy layers, which look for tf_keras.legacy_tf_layers; tf_keras 2.16+
-    keeps them under tf_keras.src. This shim belongs to the test, never to the product."""
-    import tf_keras.src.legacy_tf_layers as legacy
-
-    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
-    for sub in ("base", "convolutional", "core", "normalization", "pooling"):
-        sys.modules.setdefault(f"tf_keras.legacy_tf_layers.{sub}",
-                               importlib.import_module(f"tf_keras.src.legacy_tf_layers.{sub}"))
-    import tf_slim
-    from tf_slim.nets import inception_v2
-
-    return tf_slim, inception_v2
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -49,7 +34,7 @@ def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray)
     """Run the TF-Slim graph in both modes; save its weights as a TF-Slim checkpoint."""
     import tensorflow as tf
 
-    slim, nets = _import_tf_slim()
+    slim, nets = import_tf_slim()
     v1 = tf.compat.v1
     ckpt = str(tmp_path_factory.mktemp("slim") / "inception_v2.ckpt")
     out: dict[str, object] = {"ckpt": ckpt}
