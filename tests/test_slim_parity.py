@@ -46,7 +46,8 @@ def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray)
                                                 dropout_keep_prob=0.8)
             features = tf.reduce_mean(end["Mixed_5c"], [1, 2])  # = Logits/AvgPool_1a_7x7 at 224x224
             variables = v1.global_variables()
-            saver = v1.train.Saver(variables)
+            # the old (V1) single-file format of inception_v2_2016_08_28.tar.gz's inception_v2.ckpt
+            saver = v1.train.Saver(variables, write_version=v1.train.SaverDef.V1)
             with v1.Session() as sess:
                 if not training:
                     rng = np.random.default_rng(1234)
@@ -74,6 +75,7 @@ def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray)
 def test_inference_vectors_and_logits_match_tf_slim(slim_reference: dict, photos: np.ndarray) -> None:
     from simsearch.models import inception_v2, slim_checkpoint_names
 
+    assert Path(slim_reference["ckpt"]).is_file()  # one old-format file, as released in 2016
     assert len(slim_checkpoint_names(slim_reference["ckpt"])) == 277
     model = inception_v2(slim_reference["ckpt"], include_top=True)
     assert len(model.slim_variables) == 277  # one to one
@@ -105,3 +107,22 @@ def test_checkpoint_mismatch_is_one_clear_error(tmp_path: Path) -> None:
     text = str(info.value)
     assert "missing (274)" in text and "unexpected (1): Extra/thing" in text
     assert "wrong shape (1): InceptionV2/Conv2d_2b_1x1/weights: checkpoint [1, 1, 64, 32], network [1, 1, 64, 64]" in text
+
+
+def test_import_slim_module_matches_tf_slim(slim_reference: dict, photos: np.ndarray, tmp_path: Path) -> None:
+    """The path users take: `simsearch model import-slim` on the old-format file, then the module's signatures."""
+    import tensorflow as tf
+    import tensorflow_hub as hub
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    out = tmp_path / "inception_v2"
+    r = CliRunner().invoke(main, ["model", "import-slim", slim_reference["ckpt"], str(out)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    module = hub.load(str(out))
+    x = tf.constant(photos)
+    vectors = module.signatures["image_feature_vector"](images=x)["default"].numpy()
+    logits = module.signatures["classification"](images=x)["default"].numpy()
+    assert _relative(vectors, slim_reference["features"]) < TOL
+    assert _relative(logits, slim_reference["logits"]) < TOL
