@@ -186,25 +186,30 @@ def _random_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
     return value.astype(np.float32)
 
 
-def slim_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, list[int]]:
-    """Weights in a TF-Slim checkpoint (old or new format), without optimiser slots or counters."""
+def _open_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[int]]]:
+    """A reader and the weights' shapes (old or new format), without optimiser slots or counters."""
     tf, _ = _import_tensorflow()
     try:
-        shapes = tf.train.load_checkpoint(str(path)).get_variable_to_shape_map()
+        reader = tf.train.load_checkpoint(str(path))
     except Exception as exc:
         raise ModelError(f"cannot read TF-Slim checkpoint {path}: {exc}") from exc
-    return {k: v for k, v in shapes.items() if not any(part in k for part in _NOT_WEIGHTS)}
+    shapes = reader.get_variable_to_shape_map()
+    return reader, {k: v for k, v in shapes.items() if not any(part in k for part in _NOT_WEIGHTS)}
+
+
+def slim_checkpoint_names(path: str | os.PathLike[str]) -> dict[str, list[int]]:
+    """Weights in a TF-Slim checkpoint and their shapes."""
+    return _open_checkpoint(path)[1]
 
 
 def load_slim_checkpoint(model: Any, path: str | os.PathLike[str]) -> None:
     """Assign every variable from the checkpoint by its TF-Slim name; any mismatch is one clear error."""
-    tf, _ = _import_tensorflow()
-    found = slim_checkpoint_names(path)
+    reader, found = _open_checkpoint(path)
     expected = model.slim_variables
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    if any(n.startswith(f"{SCOPE}/Logits/") for n in unexpected) and not any("Logits" in n for n in expected):
-        unexpected = [n for n in unexpected if not n.startswith(f"{SCOPE}/Logits/")]  # head not asked for
+    if not any(n.startswith(f"{SCOPE}/Logits/") for n in expected):  # head not asked for: ignore its weights
+        unexpected = [n for n in unexpected if not n.startswith(f"{SCOPE}/Logits/")]
     wrong_shape = [f"{n}: checkpoint {found[n]}, network {list(expected[n].shape)}"
                    for n in sorted(set(found) & set(expected)) if list(found[n]) != list(expected[n].shape)]
     if missing or unexpected or wrong_shape:
@@ -213,7 +218,6 @@ def load_slim_checkpoint(model: Any, path: str | os.PathLike[str]) -> None:
             if items:
                 parts.append(f"{title} ({len(items)}): " + ", ".join(items[:20]) + (" ..." if len(items) > 20 else ""))
         raise ModelError(f"checkpoint {path} does not match TF-Slim Inception V2: " + "; ".join(parts))
-    reader = tf.train.load_checkpoint(str(path))
     for name, var in expected.items():
         var.assign(reader.get_tensor(name))
 
