@@ -188,6 +188,34 @@ def failures(store: str | None, model: str | None, db: str | None, as_json: bool
         click.echo("no failures", err=True)
 
 
+@main.command()
+@click.option("--store", envvar="SIMSEARCH_STORE", metavar="DIR", type=click.Path(file_okay=False),
+              help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")
+@click.option("--model", envvar="SIMSEARCH_MODEL", metavar="HANDLE", help="Model for uploaded photos [default: the store's].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 exposes it to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--token", envvar="SIMSEARCH_TOKEN", metavar="SECRET",
+              help="Bearer token required for anything beyond read-only queries (re-indexing). Env: SIMSEARCH_TOKEN.")
+@click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024), help="Largest upload accepted.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this web origin (repeatable); off by default.")
+def serve(store: str | None, model: str | None, host: str, port: int, token: str | None, max_upload_mb: int,
+          cors_origins: tuple[str, ...]) -> None:
+    """Serve the web page and HTTP API (OpenAPI docs at /docs).
+
+    \b
+      simsearch serve --store data/photos
+      simsearch serve --store data/photos --host 0.0.0.0 --token "$(openssl rand -hex 16)"
+    """
+    import uvicorn
+
+    from .server import create_app
+
+    app = create_app(Store(store, model=model, create=False), token=token, max_upload=max_upload_mb * 1024 * 1024,
+                     cors_origins=list(cors_origins) or None)
+    click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
 @main.group()
 def model() -> None:
     """Make module folders to use with --model."""

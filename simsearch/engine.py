@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -177,12 +178,16 @@ class Store:
         resize = settings.resize or (self._recorded or {}).get("resize") or DEFAULT_RESIZE
         self.settings = Settings(**{**asdict(settings), "resize": resize})
         self._embedder: Embedder | None = None
+        self._model_lock = threading.Lock()
         self.model_load_seconds = 0.0
         self._model_arg = model
         if model is None and os.environ.get("SIMSEARCH_MODEL"):
             self._model_arg = os.environ["SIMSEARCH_MODEL"]
         self._check_provenance()
         self._index: VectorIndex | None = None
+        # Writers change the catalog and FAISS together under this lock, and a search plus its catalog
+        # lookup run under it too, so a reader in another thread sees one committed state, never a torn one.
+        self._lock = threading.RLock()
         self._version = 0
         self.rebuilt_index = False
         if self._recorded:
@@ -220,6 +225,10 @@ class Store:
     @property
     def embedder(self) -> Embedder:
         """Loaded on first use: stats, failures and queries by id or vector need no model."""
+        with self._model_lock:  # two server threads must not load it twice
+            return self._load_embedder()
+
+    def _load_embedder(self) -> Embedder:
         if self._embedder is None:
             t = time.perf_counter()
             arg = self._model_arg
@@ -282,9 +291,10 @@ class Store:
     def _save_index(self) -> None:
         if self._index is None:
             return
-        self._index.save(self.root / INDEX_FILE)
-        atomic_write(self.root / INDEX_STATE_FILE,
-                     json.dumps({"version": self._version, "count": len(self._index)}).encode())
+        with self._lock:
+            self._index.save(self.root / INDEX_FILE)
+            atomic_write(self.root / INDEX_STATE_FILE,
+                         json.dumps({"version": self._version, "count": len(self._index)}).encode())
 
     @property
     def vectors(self) -> VectorIndex:
@@ -296,11 +306,12 @@ class Store:
         """One transaction in the catalog, then the same change in memory."""
         if not len(changes):
             return
-        written = self.catalog.write(changes)
-        self.vectors.remove(written.removed_ids)
-        if len(written.added_ids):
-            self.vectors.add(written.added_ids, written.added_vectors)
-        self._version = written.version
+        with self._lock:
+            written = self.catalog.write(changes)
+            self.vectors.remove(written.removed_ids)
+            if len(written.added_ids):
+                self.vectors.add(written.added_ids, written.added_vectors)
+            self._version = written.version
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -556,10 +567,11 @@ class Store:
         """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first."""
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
-        vec = self.query_vector(probe)
-        scores, ids = self.vectors.search(vec[None], k)
-        found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
-        records = self.catalog.records(i for i, _ in found)
+        vec = self.query_vector(probe)  # decoding and the model run outside the lock
+        with self._lock:
+            scores, ids = self.vectors.search(vec[None], k)
+            found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+            records = self.catalog.records(i for i, _ in found)
         hits = []
         for i, score in found:
             r = records.get(i)

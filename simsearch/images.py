@@ -239,3 +239,24 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
 def to_model_input(batch: np.ndarray) -> np.ndarray:
     """uint8 [N,H,W,3] -> float32 in [0,1], the range the Inception module expects."""
     return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
+
+
+def thumbnail_jpeg(path: str | Path, size: int) -> bytes:
+    """A JPEG thumbnail as the photo is meant to be seen: EXIF-oriented, alpha on white, reduced decode."""
+    img, name = _open(path)
+    try:
+        orientation, _ = _exif(img)
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
+        img.load()
+        if orientation != 1:
+            img = img.transpose(_TRANSPOSE[orientation])
+        rgb = _to_rgb(img)
+        rgb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
+        buf = io.BytesIO()
+        rgb.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(name, f"cannot make a thumbnail: {exc}") from exc

@@ -1,0 +1,181 @@
+"""The HTTP API in-process: every endpoint, every error path, traversal attempts, tokens, concurrency."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import simsearch
+from simsearch.config import Settings
+from simsearch.embedder import HubEmbedder
+from simsearch.server import create_app
+
+from .conftest import photo
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    for i in range(12):
+        photo(tmp_path / "photos" / f"p{i:02d}.jpg", seed=i)
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, 20:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photos" / "rotated.jpg", exif=exif.tobytes())
+    return tmp_path / "photos"
+
+
+@pytest.fixture()
+def store(tmp_path: Path, folder: Path, tiny_embedder: HubEmbedder) -> simsearch.Store:
+    s = simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=4))
+    s.index(folder)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def client(store: simsearch.Store) -> TestClient:
+    return TestClient(create_app(store, token=TOKEN, max_upload=200_000))
+
+
+def test_health_stats_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"ok": True, "images": 13}
+    assert client.get("/api/stats").json()["images"] == 13
+    assert "/api/query" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "<title>simsearch</title>" in page.text
+
+
+def test_query_by_upload_id_and_vector(client: TestClient, folder: Path, store: simsearch.Store) -> None:
+    target = folder / "p03.jpg"
+    hits = client.post("/api/query", files={"image": ("x.jpg", target.read_bytes(), "image/jpeg")},
+                       data={"k": "5"}).json()
+    assert len(hits) == 5 and hits[0]["path"] == str(target) and hits[0]["score"] > 0.999
+    assert hits[0]["thumbnail"] == f"/api/images/{hits[0]['id']}/thumbnail"
+    by_id = client.get("/api/query", params={"id": hits[1]["id"], "k": 3}).json()
+    assert by_id[0]["id"] == hits[1]["id"]
+    vec = store.catalog.vector(hits[2]["id"], store.vectors.dim).tolist()
+    by_vec = client.post("/api/query/vector", json={"vector": vec, "k": 2}).json()
+    assert by_vec[0]["id"] == hits[2]["id"]
+    assert client.get(f"/api/images/{hits[0]['id']}").json()["path"] == str(target)
+
+
+def test_files_and_thumbnails_only_by_id(client: TestClient, folder: Path, store: simsearch.Store) -> None:
+    hit = store.query(folder / "rotated.jpg", k=1)[0]
+    r = client.get(f"/api/images/{hit.id}/file")
+    assert r.status_code == 200 and r.content == (folder / "rotated.jpg").read_bytes()
+    thumb = client.get(f"/api/images/{hit.id}/thumbnail")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(thumb.content))
+    assert img.size == (20, 40)  # EXIF orientation applied: stored 40x20, shown upright
+    arr = np.asarray(img.convert("L"), np.float32)
+    assert arr[:10].mean() < 60 and arr[-10:].mean() > 195
+    cached = list((store.root / "thumbnails").glob(f"{hit.id}-*.jpg"))
+    assert len(cached) == 1
+    assert client.get(f"/api/images/{hit.id}/thumbnail").content == thumb.content
+
+
+@pytest.mark.parametrize("path", [
+    "/api/images/../../etc/passwd/file",
+    "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/file",
+    "/api/images/%2e%2e%2f%2e%2e%2fetc%2fpasswd/file",
+    "/api/images/%252e%252e%252fetc%252fpasswd/file",
+    "/api/images/1%2F..%2F..%2Fetc%2Fpasswd/thumbnail",
+    "/../../../../etc/passwd",
+    "/static/..%2F..%2Fetc%2Fpasswd",
+    "/api/images/-1/file",
+    "/api/images/99999/file",
+    "/api/images/1e3/file",
+])
+def test_traversal_attempts_are_4xx_and_serve_nothing(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    assert 400 <= r.status_code < 500, (path, r.status_code)
+    assert b"root:" not in r.content
+
+
+def test_error_statuses(client: TestClient, folder: Path) -> None:
+    big = client.post("/api/query", files={"image": ("big.jpg", b"\xff" * 300_000, "image/jpeg")})
+    assert big.status_code == 413 and "upload larger than" in big.json()["error"]
+    not_image = client.post("/api/query", files={"image": ("a.jpg", b"hello, not a photo", "image/jpeg")})
+    assert not_image.status_code == 415 and not_image.json()["kind"] == "ImageError"
+    assert client.get("/api/query", params={"id": 424242}).status_code == 404
+    assert client.get("/api/query", params={"id": 1, "k": 0}).status_code == 422
+    assert client.post("/api/query/vector", json={"vector": [1.0, 2.0]}).status_code == 422
+    assert client.post("/api/query").status_code == 422  # no file
+
+
+def test_reindex_needs_the_token_and_reports_progress(client: TestClient, folder: Path) -> None:
+    assert client.post("/api/index").status_code == 401
+    assert client.post("/api/index", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    photo(folder / "new.jpg", seed=99)
+    r = client.post("/api/index", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 202 and r.json()["state"] == "running"
+    deadline = time.monotonic() + 60
+    while (job := client.get("/api/index").json())["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["state"] == "done" and job["reports"][0]["added"] == 1
+    assert client.get("/api/stats").json()["images"] == 14
+
+
+def test_cors_is_off_by_default_and_on_when_asked(store: simsearch.Store) -> None:
+    headers = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    assert "access-control-allow-origin" not in TestClient(create_app(store)).options("/api/query", headers=headers).headers
+    allowed = TestClient(create_app(store, cors_origins=["https://photos.example"]))
+    r = allowed.get("/api/stats", headers={"Origin": "https://photos.example"})
+    assert r.headers["access-control-allow-origin"] == "https://photos.example"
+
+
+def test_queries_keep_working_during_an_index_update(tmp_path: Path, store: simsearch.Store, folder: Path) -> None:
+    client = TestClient(create_app(store))
+    for i in range(40):
+        photo(folder / "more" / f"m{i:02d}.jpg", seed=1000 + i)
+    errors: list[str] = []
+    responses = 0
+    stop = threading.Event()
+
+    def ask() -> None:
+        nonlocal responses
+        probe = (folder / "p01.jpg").read_bytes()
+        while not stop.is_set():
+            r = client.post("/api/query", files={"image": ("p.jpg", probe, "image/jpeg")}, data={"k": "10"})
+            if r.status_code != 200:
+                errors.append(f"{r.status_code} {r.text}")
+                continue
+            hits = r.json()
+            ids, scores = [h["id"] for h in hits], [h["score"] for h in hits]
+            if len(hits) != 10 or len(set(ids)) != 10 or scores != sorted(scores, reverse=True):
+                errors.append(f"inconsistent answer: {hits}")
+            if not all(Path(h["path"]).exists() for h in hits):
+                errors.append("a hit names a file that is not there")
+            responses += 1
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    report = store.index(folder)
+    time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert report.added == 40
+    assert not errors, errors[:3]
+    assert responses >= 10
+
+
+def test_serve_binds_to_localhost_by_default() -> None:
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    text = CliRunner().invoke(main, ["serve", "--help"]).output
+    assert "[default: 127.0.0.1]" in text and "--token" in text and "--max-upload-mb" in text
