@@ -210,7 +210,8 @@ def serve(store: str | None, model: str | None, host: str, port: int, token: str
 
     from .server import create_app
 
-    app = create_app(Store(store, model=model, create=False), token=token, max_upload=max_upload_mb * 1024 * 1024,
+    app = create_app(Store(store, model=model, create=False), token=token or None,
+                     max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
