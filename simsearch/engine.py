@@ -183,7 +183,11 @@ class Store:
         self._model_arg = model
         if model is None and os.environ.get("SIMSEARCH_MODEL"):
             self._model_arg = os.environ["SIMSEARCH_MODEL"]
-        self._check_provenance()
+        try:
+            self._check_provenance()
+        except ModelMismatchError:
+            self.catalog.close()
+            raise
         self._index: VectorIndex | None = None
         # Writers change the catalog and FAISS together under this lock, and a search plus its catalog
         # lookup run under it too, so a reader in another thread sees one committed state, never a torn one.
@@ -286,7 +290,9 @@ class Store:
         if len(index) or path.exists():
             log.info("rebuilt vector index of %s from the catalog: %s", self.root, reason)
             self.rebuilt_index = True
-            self._save_index()
+            with self._writer_lock() as free:
+                if free:  # else a writer is at work and will checkpoint it itself
+                    self._save_index()
 
     def _save_index(self) -> None:
         if self._index is None:
@@ -314,15 +320,26 @@ class Store:
             self._version = written.version
 
     @contextmanager
+    def _writer_lock(self) -> Iterator[bool]:
+        """Try the store's advisory write lock (released when the process dies); yields whether it was got."""
+        with (self.root / LOCK_FILE).open("a+") as f:
+            if fcntl is None:
+                yield True
+                return
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    @contextmanager
     def _writer(self) -> Iterator[None]:
         """One writer per store: two indexers would race on the FAISS file."""
-        with (self.root / LOCK_FILE).open("a+") as f:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise StoreError(f"store {self.root} is being updated by another simsearch process; "
-                                     f"try again when it has finished") from None
+        with self._writer_lock() as got:
+            if not got:
+                raise StoreError(f"store {self.root} is being updated by another simsearch process; "
+                                 f"try again when it has finished")
             try:
                 yield
             finally:

@@ -169,8 +169,9 @@ def create_app(
         return store.stats()
 
     @app.post("/api/query")
-    async def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000)) -> list[dict[str, Any]]:
-        data = await image.read(max_upload + 1)
+    def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000)) -> list[dict[str, Any]]:
+        # a plain def: FastAPI runs it in its thread pool, so the model never blocks the event loop
+        data = image.file.read(max_upload + 1)
         if len(data) > max_upload:
             raise HTTPError(413, f"upload larger than {max_upload} bytes")
         return hits(store.query(data, k=k))

@@ -239,3 +239,20 @@ def test_model_loading_is_timed_apart_and_skipped_when_nothing_changed(tmp_path:
     with simsearch.open(tmp_path / "store") as store:
         r = store.index(folder)
         assert r.unchanged == 12 and "model_load" not in r.timings and store._embedder is None
+
+
+def test_a_reader_rebuilds_in_memory_but_leaves_the_files_to_a_busy_writer(tmp_path: Path, folder: Path,
+                                                                           model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+    state_file = tmp_path / "store" / INDEX_STATE_FILE
+    stale = {**json.loads(state_file.read_text()), "version": -1}
+    with _open(tmp_path, model) as writer, writer._writer_lock() as got:
+        assert got
+        state_file.write_text(json.dumps(stale))  # as if the writer had committed past its checkpoint
+        with _open(tmp_path, model) as reader:
+            assert reader.rebuilt_index and len(reader.vectors) == 12  # answers from the catalog
+        assert json.loads(state_file.read_text()) == stale  # but wrote nothing while the writer held the lock
+    with _open(tmp_path, model) as later:
+        assert later.rebuilt_index
+    assert json.loads(state_file.read_text())["version"] != -1
