@@ -7,6 +7,7 @@
             print(hit.score, hit.path)
 """
 
+from .catalog import ImageFilter
 from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .embedder import CallableEmbedder, Embedder, HubEmbedder
 from .engine import Failure, Hit, IndexReport, Progress, Store, open
@@ -31,6 +32,7 @@ __all__ = [
     "Progress",
     "Failure",
     "Settings",
+    "ImageFilter",
     "ModelSpec",
     "Embedder",
     "HubEmbedder",

@@ -133,6 +133,21 @@ class Written:
     version: int
 
 
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which indexed photos a query may return; every condition given must hold."""
+
+    folder: str | None = None  # absolute path: the photo is under it
+    taken_from: datetime | None = None  # EXIF date taken, inclusive; photos without one never match a date
+    taken_until: datetime | None = None
+    formats: tuple[str, ...] = ()  # Pillow format names, any case: JPEG, PNG, WEBP, ...
+    min_pixels: int | None = None  # width * height
+
+    def __bool__(self) -> bool:
+        return any(v not in (None, ()) for v in (self.folder, self.taken_from, self.taken_until, self.formats,
+                                                  self.min_pixels))
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -278,6 +293,23 @@ class Catalog:
                        ImageRecord.sha256, ImageRecord.status).where(ImageRecord.path == path)
             ).first()
             return None if r is None else Entry(*r)
+
+    @_db_errors
+    def ids_matching(self, f: ImageFilter) -> np.ndarray:
+        """Ids of indexed photos that pass the filter: the pre-filter handed to the vector search."""
+        conds = [ImageRecord.status == OK]
+        if f.folder:
+            conds.append(_prefix_filter(f.folder))
+        if f.taken_from:
+            conds.append(ImageRecord.taken_at >= f.taken_from)
+        if f.taken_until:
+            conds.append(ImageRecord.taken_at <= f.taken_until)
+        if f.formats:
+            conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
+        if f.min_pixels:
+            conds.append(ImageRecord.width * ImageRecord.height >= f.min_pixels)
+        with self._session() as s:
+            return np.fromiter(s.scalars(select(ImageRecord.id).where(*conds)), dtype=np.int64)
 
     @_db_errors
     def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter is not for users
 
 from . import __version__  # noqa: E402
+from .catalog import ImageFilter  # noqa: E402
 from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
 from .engine import Progress, Store  # noqa: E402
 from .errors import SimsearchError  # noqa: E402
@@ -117,22 +119,33 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
 @click.option("--id", "image_id", type=int, help="Query by the id of an indexed image instead of a file.")
 @click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many neighbours to return.")
+@click.option("--folder", type=click.Path(file_okay=False), help="Only photos under this folder.")
+@click.option("--taken-from", type=click.DateTime(), help="Only photos taken on or after this date (EXIF).")
+@click.option("--taken-until", type=click.DateTime(), help="Only photos taken on or before this date (EXIF).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this format, e.g. JPEG (repeatable).")
+@click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
 @_store_options
 @_json_option
-def query(image: str | None, image_id: int | None, k: int, store: str | None, model: str | None,
-          db: str | None, as_json: bool) -> None:
+def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: datetime | None,
+          taken_until: datetime | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
+          model: str | None, db: str | None, as_json: bool) -> None:
     """Print the photos most similar to IMAGE (a file), or to an indexed photo with --id.
+
+    Filters narrow the candidates first, so the k shown are the true top k among matching photos.
 
     \b
       simsearch query probe.jpg -k 10
       simsearch query --id 42 --json
+      simsearch query probe.jpg --folder ~/Pictures/2023 --taken-from 2023-06-01 --format JPEG
     """
     if (image is None) == (image_id is None):
         raise click.UsageError("give either IMAGE or --id")
     if image is not None and not os.path.exists(image):
         raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+    where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
+                        min_pixels=min_pixels)
     with _open(store, model, db) as s:
-        hits = s.query(image if image is not None else image_id, k=k)
+        hits = s.query(image if image is not None else image_id, k=k, where=where or None)
     if as_json:
         _print_json([h.to_dict() for h in hits])
         return

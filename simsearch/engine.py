@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from .catalog import OK, Catalog, Changes, Entry, ImageFields
+from .catalog import OK, Catalog, Changes, Entry, ImageFields, ImageFilter
 from .config import DEFAULT_MODEL, DEFAULT_RESIZE, ModelSpec, Settings, default_store_dir
 from .embedder import Embedder, l2_normalize, load_embedder, normalize_handle
 from .errors import (
@@ -580,13 +580,18 @@ class Store:
                                max_pixels=self.settings.max_pixels)
         return self.embedder.embed(pixels[None])[0]
 
-    def query(self, probe: Any, k: int = 10) -> list[Hit]:
-        """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first."""
+    def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None) -> list[Hit]:
+        """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first.
+
+        where: only photos passing this filter; the k returned are the true top k among them."""
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
+        if where and where.folder:
+            where = replace(where, folder=str(Path(where.folder).expanduser().resolve()))
         vec = self.query_vector(probe)  # decoding and the model run outside the lock
         with self._lock:
-            scores, ids = self.vectors.search(vec[None], k)
+            among = self.catalog.ids_matching(where) if where else None
+            scores, ids = self.vectors.search(vec[None], k, among=among)
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
             records = self.catalog.records(i for i, _ in found)
         hits = []

@@ -71,13 +71,19 @@ class VectorIndex:
             return 0
         return int(self._index.remove_ids(ids))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each [Q, k']; k' = min(k, len(self)); best first."""
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each [Q, k']; k' = min(k, candidates); best first.
+
+        among: restrict the search to these ids (a FAISS selector, so the result is the exact top k
+        among them, not a post-filtered top k)."""
         q = _check(queries, self.dim, "search")
-        k = min(k, len(self))
+        k = min(k, len(self) if among is None else len(among))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        return self._index.search(q, k)
+        if among is None:
+            return self._index.search(q, k)
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+        return self._index.search(q, k, params=faiss.SearchParameters(sel=selector))
 
     def save(self, path: Path) -> None:
         atomic_write(path, faiss.serialize_index(self._index).tobytes())

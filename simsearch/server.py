@@ -11,14 +11,16 @@ import hmac
 import threading
 import time
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from .catalog import ImageFilter
 from .engine import Progress, Store
 from .errors import (
     EmptyStoreError,
@@ -152,6 +154,18 @@ def create_app(
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPError(401, "a valid bearer token is required for this")
 
+    def where(
+        folder: str | None = None,
+        taken_from: datetime | None = None,
+        taken_until: datetime | None = None,
+        format: list[str] = Query(default=[]),
+        min_pixels: int | None = Query(default=None, ge=1),
+    ) -> ImageFilter | None:
+        """Filters as query parameters; the folder is only matched against catalog paths, never opened."""
+        f = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=tuple(format),
+                        min_pixels=min_pixels)
+        return f or None
+
     def hits(found: list[Any]) -> list[dict[str, Any]]:
         return [h.to_dict() | {"thumbnail": f"/api/images/{h.id}/thumbnail", "file": f"/api/images/{h.id}/file"}
                 for h in found]
@@ -169,24 +183,25 @@ def create_app(
         return store.stats()
 
     @app.post("/api/query")
-    def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000)) -> list[dict[str, Any]]:
+    def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
+                     f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
         # a plain def: FastAPI runs it in its thread pool, so the model never blocks the event loop
         data = image.file.read(max_upload + 1)
         if len(data) > max_upload:
             raise HTTPError(413, f"upload larger than {max_upload} bytes")
-        return hits(store.query(data, k=k))
+        return hits(store.query(data, k=k, where=f))
 
     @app.get("/api/query")
-    def query_id(id: int, k: int = 10) -> list[dict[str, Any]]:
+    def query_id(id: int, k: int = 10, f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
         if not 1 <= k <= 1000:
             raise QueryError(f"k must be between 1 and 1000, got {k}")
-        return hits(store.query(int(id), k=k))
+        return hits(store.query(int(id), k=k, where=f))
 
     @app.post("/api/query/vector")
-    def query_vector(body: VectorQuery) -> list[dict[str, Any]]:
+    def query_vector(body: VectorQuery, f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
         import numpy as np
 
-        return hits(store.query(np.asarray(body.vector, np.float32), k=body.k))
+        return hits(store.query(np.asarray(body.vector, np.float32), k=body.k, where=f))
 
     @app.get("/api/images/{image_id}")
     def image_record(image_id: int) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def corel_images() -> Path:
     images = COREL / "images"
     if not images.is_dir():
         pytest.skip(f"shared test data not found at {images} (expected ../shared beside the checkout)")
-    return images
+    return images.resolve()  # the store records resolved paths; ../shared may be a symlink
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (160, 120), fmt: str | None = None, **save: object) -> Path:

@@ -1,0 +1,133 @@
+"""Filtered queries: every hit passes the filter, and the hits are the exact top k among those that do."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import simsearch
+from simsearch import ImageFilter
+from simsearch.config import Settings
+from simsearch.embedder import HubEmbedder
+
+from .conftest import photo
+
+FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: HubEmbedder) -> simsearch.Store:
+    root = tmp_path_factory.mktemp("filters")
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        ext, fmt = FORMATS[i % 3]
+        size = (int(rng.integers(80, 400)), int(rng.integers(80, 300)))
+        save: dict[str, object] = {}
+        if fmt == "JPEG" and i % 2 == 0:
+            exif = Image.Exif()
+            exif.get_ifd(0x8769)[0x9003] = f"20{10 + i % 12}:0{1 + i % 9}:1{i % 10} 12:00:00"
+            save["exif"] = exif.tobytes()
+        photo(root / "photos" / ("trips" if i % 4 else "home") / f"p{i:02d}.{ext}", seed=i, size=size, fmt=fmt, **save)
+    s = simsearch.open(root / "store", model=tiny_embedder, settings=Settings(batch_size=8))
+    s.index(root / "photos")
+    yield s
+    s.close()
+
+
+def _brute_force(store: simsearch.Store, probe: np.ndarray, f: ImageFilter, k: int) -> list[int]:
+    records = store.catalog.records(store.catalog.vector_ids())
+    keep = []
+    for i, r in records.items():
+        taken = datetime.fromisoformat(r["taken_at"]) if r["taken_at"] else None
+        if f.folder and not r["path"].startswith(f.folder.rstrip("/") + "/"):
+            continue
+        if (f.taken_from or f.taken_until) and taken is None:
+            continue
+        if f.taken_from and taken < f.taken_from or f.taken_until and taken > f.taken_until:
+            continue
+        if f.formats and r["format"].upper() not in {x.upper() for x in f.formats}:
+            continue
+        if f.min_pixels and r["width"] * r["height"] < f.min_pixels:
+            continue
+        keep.append(i)
+    scores = {i: float(store.catalog.vector(i, store.vectors.dim) @ probe) for i in keep}
+    return sorted(keep, key=lambda i: -scores[i])[:k]
+
+
+def test_filtered_queries_equal_brute_force(store: simsearch.Store) -> None:
+    rng = np.random.default_rng(1)
+    root = Path(store.stats()["folders"][0])
+    checked = 0
+    for trial in range(40):
+        f = ImageFilter(
+            folder=str(root / "trips") if rng.random() < 0.4 else None,
+            taken_from=datetime(2012 + int(rng.integers(0, 6)), 1, 1) if rng.random() < 0.3 else None,
+            taken_until=datetime(2016 + int(rng.integers(0, 6)), 6, 1) if rng.random() < 0.3 else None,
+            formats=tuple(rng.choice(["jpeg", "PNG", "WEBP"], int(rng.integers(1, 3)), replace=False))
+            if rng.random() < 0.5 else (),
+            min_pixels=int(rng.integers(10_000, 80_000)) if rng.random() < 0.4 else None,
+        )
+        probe = store.catalog.vector(int(rng.integers(1, 61)), store.vectors.dim)
+        k = int(rng.integers(1, 15))
+        hits = store.query(probe, k=k, where=f)
+        assert [h.id for h in hits] == _brute_force(store, probe, f, k), (trial, f)
+        checked += bool(hits)
+    assert checked >= 20  # most filters matched something
+
+
+def test_filter_matching_nothing_and_relative_folder(store: simsearch.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert store.query(1, k=5, where=ImageFilter(min_pixels=10**9)) == []
+    root = Path(store.stats()["folders"][0])
+    monkeypatch.chdir(root)
+    hits = store.query(1, k=50, where=ImageFilter(folder="home"))
+    assert hits and all(h.path.startswith(str(root / "home") + "/") for h in hits)
+    assert len(hits) == 15
+
+
+def test_cli_filter_options(store: simsearch.Store) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    root = Path(store.stats()["folders"][0])
+    r = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "-k", "50", "--json",
+                                  "--format", "png", "--format", "WEBP", "--min-pixels", "20000",
+                                  "--folder", str(root / "trips")])
+    assert r.exit_code == 0, r.output
+    hits = json.loads(r.output)
+    assert hits and all(h["format"] in ("PNG", "WEBP") and h["width"] * h["height"] >= 20000
+                        and "/trips/" in h["path"] for h in hits)
+    r = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "--taken-from", "2015-01-01",
+                                  "--taken-until", "2018-12-31", "--json"])
+    assert r.exit_code == 0, r.output
+    assert all("2015" <= h["taken_at"][:4] <= "2018" for h in json.loads(r.output))
+    bad = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "--taken-from", "yesterday"])
+    assert bad.exit_code == 2
+
+
+def test_api_filter_parameters(store: simsearch.Store) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    client = TestClient(create_app(store))
+    root = Path(store.stats()["folders"][0])
+    params = {"id": 2, "k": 50, "format": ["PNG", "webp"], "min_pixels": 20000, "folder": str(root / "trips")}
+    hits = client.get("/api/query", params=params).json()
+    expected = store.query(2, k=50, where=ImageFilter(folder=str(root / "trips"), formats=("PNG", "webp"),
+                                                      min_pixels=20000))
+    assert [h["id"] for h in hits] == [h.id for h in expected] and hits
+    vec = store.catalog.vector(2, store.vectors.dim).tolist()
+    by_vec = client.post("/api/query/vector", params={"taken_from": "2015-01-01"}, json={"vector": vec, "k": 50})
+    assert by_vec.status_code == 200 and all(h["taken_at"] >= "2015" for h in by_vec.json())
+    up = client.post("/api/query", params={"folder": str(root / "home")},
+                     files={"image": ("p.jpg", (root / "trips" / "p01.png").read_bytes(), "image/png")})
+    assert up.status_code == 200 and all("/home/" in h["path"] for h in up.json()) and up.json()
+    assert client.get("/api/query", params={"id": 2, "min_pixels": 0}).status_code == 422
+    assert client.get("/api/query", params={"id": 2, "folder": "/../../etc"}).json() == []
