@@ -21,14 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simsearch.config import RESIZE_POLICIES  # noqa: E402
 from simsearch.embedder import HubEmbedder  # noqa: E402
+from simsearch.evaluate import average_precision  # noqa: E402
 from simsearch.images import load_image  # noqa: E402
 
 COREL = Path(__file__).resolve().parents[2] / "shared" / "data" / "corel1k"
-
-
-def average_precision(relevant: np.ndarray) -> float:
-    hits = np.cumsum(relevant)
-    return float((hits / np.arange(1, len(relevant) + 1))[relevant].mean()) if relevant.any() else 0.0
 
 
 def evaluate(embedder: HubEmbedder, rows: list[dict[str, str]], policy: str) -> dict[str, float]:

@@ -201,6 +201,34 @@ def failures(store: str | None, model: str | None, db: str | None, as_json: bool
         click.echo("no failures", err=True)
 
 
+@main.command("eval")
+@click.argument("labels", type=click.Path(exists=True))
+@click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of precision@k.")
+@_store_options
+@_json_option
+def eval_(labels: str, k: int, store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+    """Measure retrieval quality: mean average precision and precision@k on labelled photos.
+
+    LABELS is a folder with one subfolder per class, or a CSV with columns file, class and optionally
+    split (db / query), like corel1k's labels.csv. Index the photos into the store first.
+
+    \b
+      simsearch index ../shared/data/corel1k/images --store data/corel
+      simsearch eval ../shared/data/corel1k/labels.csv --store data/corel
+    """
+    from .evaluate import Labels, evaluate
+
+    parsed = Labels.from_folder(labels) if os.path.isdir(labels) else Labels.from_csv(labels)
+    with _open(store, model, db) as s:
+        report = evaluate(s, parsed, k=k)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(f"mAP {report.mean_average_precision:.4f}   P@{k} {report.precision_at_k:.4f}   "
+               f"({report.queries} queries, {report.database} in the database"
+               + (f", {report.missing} labelled photos not indexed)" if report.missing else ")"))
+
+
 @main.command()
 @click.option("--store", envvar="SIMSEARCH_STORE", metavar="DIR", type=click.Path(file_okay=False),
               help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")
