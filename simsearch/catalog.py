@@ -295,6 +295,20 @@ class Catalog:
             return None if r is None else Entry(*r)
 
     @_db_errors
+    def same_content(self) -> list[list[int]]:
+        """Groups of indexed ids whose files have identical bytes (sha256)."""
+        with self._session() as s:
+            shas = s.scalars(select(ImageRecord.sha256).where(ImageRecord.status == OK, ImageRecord.sha256.is_not(None))
+                             .group_by(ImageRecord.sha256).having(func.count() > 1))
+            groups: dict[str, list[int]] = {sha: [] for sha in shas}
+            if groups:
+                rows = s.execute(select(ImageRecord.sha256, ImageRecord.id)
+                                 .where(ImageRecord.status == OK, ImageRecord.sha256.in_(list(groups))))
+                for sha, i in rows:
+                    groups[sha].append(i)
+        return [sorted(g) for g in groups.values()]
+
+    @_db_errors
     def ids_matching(self, f: ImageFilter) -> np.ndarray:
         """Ids of indexed photos that pass the filter: the pre-filter handed to the vector search."""
         conds = [ImageRecord.status == OK]

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 from . import __version__  # noqa: E402
 from .catalog import ImageFilter  # noqa: E402
 from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
-from .engine import Progress, Store  # noqa: E402
+from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store  # noqa: E402
 from .errors import SimsearchError  # noqa: E402
 
 
@@ -199,6 +199,43 @@ def failures(store: str | None, model: str | None, db: str | None, as_json: bool
         click.echo(f"{f.path}: {f.reason}")
     if not items:
         click.echo("no failures", err=True)
+
+
+@main.command()
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_DUPLICATE_THRESHOLD,
+              show_default=True, help="Cosine similarity at or above which two photos are near-duplicates.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV.")
+@_store_options
+@_json_option
+def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | None, db: str | None,
+               as_json: bool) -> None:
+    """Group exact copies (same bytes) and near-duplicates (resized, recompressed, slightly cropped).
+
+    Each group names the photo to keep: the largest resolution, then the oldest.
+
+    \b
+      simsearch duplicates --store data/photos
+      simsearch duplicates --threshold 0.97 --csv > duplicates.csv
+    """
+    with _open(store, model, db) as s:
+        groups = s.duplicates(threshold)
+    if as_json:
+        _print_json([g.to_dict() for g in groups])
+    elif as_csv:
+        import csv as csv_module
+
+        out = csv_module.writer(sys.stdout)
+        out.writerow(["group", "kind", "keep", "path", "size", "width", "height", "taken_at"])
+        for n, g in enumerate(groups, 1):
+            for m in g.members:
+                out.writerow([n, g.kind, int(m["path"] == g.keep), m["path"], m["size"], m["width"], m["height"],
+                              m["taken_at"] or ""])
+    else:
+        for g in groups:
+            click.echo(f"{g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}):")
+            for m in g.members:
+                click.echo(f"  {'keep' if m['path'] == g.keep else '    '}  {m['width']}x{m['height']}  {m['path']}")
+        click.echo(f"{len(groups)} groups", err=True)
 
 
 @main.command("eval")

@@ -111,6 +111,19 @@ class Failure(_AsDict):
 
 
 
+DEFAULT_DUPLICATE_THRESHOLD = 0.95
+
+
+@dataclass(frozen=True)
+class DuplicateGroup(_AsDict):
+    """Photos that are copies of each other: `exact` when every file has the same bytes, else `near`."""
+
+    kind: str
+    keep: str  # the suggested one to keep: largest resolution, then oldest
+    min_score: float  # the lowest similarity that links the group (1.0 for exact copies)
+    members: list[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class _Task:
     path: str
@@ -603,6 +616,55 @@ class Store:
                             height=r["height"], format=r["format"], taken_at=r["taken_at"],
                             mtime=r["mtime"], sha256=r["sha256"]))
         return hits
+
+    def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *, chunk: int = 1024) -> list[DuplicateGroup]:
+        """Groups of exact copies (same content hash) and near-duplicates (cosine >= threshold, linked
+        transitively), largest groups first. Range searches in chunks, so memory follows the number of
+        close pairs, never N x N."""
+        if not 0 < threshold <= 1:
+            raise QueryError(f"threshold must be in (0, 1], got {threshold}")
+        parent: dict[int, int] = {}
+
+        def root(i: int) -> int:
+            parent.setdefault(i, i)
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        pairs: list[tuple[int, float]] = []  # (one end, score) of every close pair, for each group's weakest link
+        for group in self.catalog.same_content():
+            for other in group[1:]:
+                parent[root(other)] = root(group[0])
+        vectors = self.vectors
+        for ids, vecs in self.catalog.iter_vectors(vectors.dim, chunk=chunk):
+            with self._lock:
+                a, b, scores = vectors.pairs_within(ids, vecs, threshold)
+            for i, j, sc in zip(a.tolist(), b.tolist(), scores.tolist()):
+                parent[root(j)] = root(i)
+                pairs.append((i, sc))
+        members: dict[int, list[int]] = {}
+        for i in list(parent):
+            members.setdefault(root(i), []).append(i)
+        weakest: dict[int, float] = {}
+        for i, sc in pairs:
+            r = root(i)
+            weakest[r] = min(weakest.get(r, 1.0), sc)
+        groups = []
+        for r, ids in ((r, sorted(m)) for r, m in members.items() if len(m) > 1):
+            recs = self.catalog.records(ids)
+            rows = [recs[i] for i in ids if i in recs]
+            if len(rows) < 2:
+                continue
+            exact = len({r["sha256"] for r in rows}) == 1
+            keep = min(rows, key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), r["taken_at"] or "9999",
+                                            r["mtime"] or float("inf"), r["path"]))
+            groups.append(DuplicateGroup(
+                kind="exact" if exact else "near", keep=keep["path"],
+                min_score=1.0 if exact else round(weakest.get(r, 1.0), 6),
+                members=[{k: r[k] for k in ("id", "path", "size", "width", "height", "taken_at", "mtime", "sha256")}
+                         for r in rows]))
+        return sorted(groups, key=lambda g: (-len(g.members), g.keep))
 
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)

@@ -85,6 +85,15 @@ class VectorIndex:
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
         return self._index.search(q, k, params=faiss.SearchParameters(sel=selector))
 
+    def pairs_within(self, ids: np.ndarray, vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(a, b, score) for every stored b with score >= threshold to a query a (ids[i] for vectors[i]),
+        a != b: a range search, so memory follows the number of close pairs, not N x N."""
+        v = _check(vectors, self.dim, "pairs_within")
+        lims, scores, found = self._index.range_search(v, float(np.nextafter(np.float32(threshold), np.float32(-1))))
+        a = np.repeat(np.asarray(ids, np.int64), np.diff(lims).astype(np.int64))
+        keep = a != found
+        return a[keep], found[keep].astype(np.int64), scores[keep]
+
     def save(self, path: Path) -> None:
         atomic_write(path, faiss.serialize_index(self._index).tobytes())
 

@@ -1,0 +1,101 @@
+"""Duplicates: exact copies by content, near copies by range search, never an N x N matrix."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import simsearch
+from simsearch import CallableEmbedder
+from simsearch.cli import main
+
+from .conftest import photo
+
+
+def tiny_image(x: np.ndarray) -> np.ndarray:
+    """An 8x8 grey thumbnail minus its mean: a simple, real descriptor that survives resizing and JPEG."""
+    g = x.mean(axis=3).reshape(len(x), 8, 4, 8, 4).mean(axis=(2, 4)).reshape(len(x), 64)
+    return g - g.mean(axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> simsearch.Store:
+    root = tmp_path / "photos"
+    for i in range(12):
+        photo(root / f"p{i:02d}.jpg", seed=i, size=(320, 240), quality=95)
+    shutil.copy(root / "p00.jpg", root / "copy-of-p00.jpg")
+    Image.open(root / "p01.jpg").resize((160, 120)).save(root / "small-p01.jpg", quality=90)
+    Image.open(root / "p02.jpg").save(root / "recompressed-p02.jpg", quality=25)
+    Image.open(root / "p03.jpg").crop((6, 5, 314, 235)).save(root / "cropped-p03.png")
+    embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
+    s = simsearch.open(tmp_path / "store", model=embedder)
+    s.index(root)
+    yield s
+    s.close()
+
+
+def _components(store: simsearch.Store, threshold: float) -> set[frozenset[str]]:
+    """Brute force: connected components of the full similarity graph (fine for a test's 16 photos)."""
+    ids = store.catalog.vector_ids()
+    recs = store.catalog.records(ids)
+    vecs = np.stack([store.catalog.vector(int(i), store.vectors.dim) for i in ids])
+    adj = vecs @ vecs.T >= threshold
+    seen, comps = set(), set()
+    for s in range(len(ids)):
+        if s in seen:
+            continue
+        stack, comp = [s], set()
+        while stack:
+            n = stack.pop()
+            if n not in comp:
+                comp.add(n)
+                stack.extend(np.flatnonzero(adj[n]).tolist())
+        seen |= comp
+        if len(comp) > 1:
+            comps.add(frozenset(Path(recs[int(ids[n])]["path"]).name for n in comp))
+    return comps
+
+
+def test_each_copy_is_grouped_with_its_original_and_nothing_else(store: simsearch.Store) -> None:
+    groups = store.duplicates()
+    found = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
+    assert set(found) == {
+        frozenset({"p00.jpg", "copy-of-p00.jpg"}),
+        frozenset({"p01.jpg", "small-p01.jpg"}),
+        frozenset({"p02.jpg", "recompressed-p02.jpg"}),
+        frozenset({"p03.jpg", "cropped-p03.png"}),
+    }
+    assert found[frozenset({"p00.jpg", "copy-of-p00.jpg"})].kind == "exact"
+    assert found[frozenset({"p00.jpg", "copy-of-p00.jpg"})].min_score == 1.0
+    small = found[frozenset({"p01.jpg", "small-p01.jpg"})]
+    assert small.kind == "near" and Path(small.keep).name == "p01.jpg"  # the larger one
+    assert 0.95 <= small.min_score <= 1.0
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95, 0.999])
+def test_groups_are_the_connected_components_of_the_similarity_graph(store: simsearch.Store, threshold: float) -> None:
+    got = {frozenset(Path(m["path"]).name for m in g.members) for g in store.duplicates(threshold, chunk=3)}
+    expected = _components(store, threshold)
+    exact = frozenset({"p00.jpg", "copy-of-p00.jpg"})
+    if not any(exact <= c for c in expected):  # exact copies always group, whatever the threshold
+        expected.add(exact)
+    assert got == expected
+
+
+def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
+    args = ["duplicates", "--store", str(store.root)]
+    groups = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
+    assert len(groups) == 4 and all({"kind", "keep", "members", "min_score"} <= set(g) for g in groups)
+    rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(main, args + ["--csv"]).output)))
+    assert len(rows) == 8 and sum(r["keep"] == "1" for r in rows) == 4
+    text = CliRunner().invoke(main, args).output
+    assert "exact (2 photos" in text and "keep" in text
+    assert CliRunner().invoke(main, args + ["--threshold", "1.5"]).exit_code == 2
