@@ -342,6 +342,17 @@ class Catalog:
         return None if data is None else np.frombuffer(data, np.float32).reshape(dim)
 
     @_db_errors
+    def vectors_for(self, ids: np.ndarray, dim: int) -> np.ndarray:
+        """Vectors of these ids, in their order (ids must hold vectors)."""
+        ids = [int(i) for i in ids]
+        rows: dict[int, bytes] = {}
+        with self._session() as s:
+            for start in range(0, len(ids), 500):
+                rows.update(s.execute(select(VectorRecord.image_id, VectorRecord.data)
+                                      .where(VectorRecord.image_id.in_(ids[start : start + 500]))).all())
+        return np.frombuffer(b"".join(rows[i] for i in ids), np.float32).reshape(len(ids), dim)
+
+    @_db_errors
     def vector_ids(self) -> np.ndarray:
         with self._session() as s:
             return np.fromiter(s.scalars(select(VectorRecord.image_id)), dtype=np.int64)

@@ -238,6 +238,28 @@ def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | N
         click.echo(f"{len(groups)} groups", err=True)
 
 
+@main.command()
+@click.option("--recall", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
+              help="Recall@10 against exact search that the tuned index must reach.")
+@click.option("--nlist", type=click.IntRange(16), help="Inverted lists [default: about 4 x sqrt(photos)].")
+@_store_options
+@_json_option
+def optimize(recall: float, nlist: int | None, store: str | None, model: str | None, db: str | None,
+             as_json: bool) -> None:
+    """Move the store to an approximate index (IVF, 8-bit vectors) for fast search at large sizes.
+
+    `index` does this by itself past 200,000 photos. Removal and filters keep working; filters that
+    match few photos are still searched exactly.
+    """
+    with _open(store, model, db) as s:
+        result = s.optimize(target_recall=recall, nlist=nlist)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"{result['kind']}: {result['vectors']} vectors in {result['nlist']} lists, nprobe "
+                   f"{result['nprobe']}, recall@10 {result['recall_at_10']:.3f}, {result['seconds']} s")
+
+
 @main.command("eval")
 @click.argument("labels", type=click.Path(exists=True))
 @click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of precision@k.")

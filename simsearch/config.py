@@ -38,6 +38,8 @@ class Settings:
     resize: str | None = None  # None: the store's own policy, or DEFAULT_RESIZE for a new store
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_every_s: float = 60.0  # how often the FAISS file is checkpointed during a long run
+    # Past this many vectors `index` moves the store to an approximate IVF-SQ8 index (see Store.optimize).
+    ann_threshold: int = 200_000
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

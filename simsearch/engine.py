@@ -39,7 +39,7 @@ from .errors import (
     StoreError,
 )
 from .images import ImageInfo, array_to_image, find_images, load_image
-from .index import VectorIndex, atomic_write
+from .index import VectorIndex, atomic_write, tune_nprobe, without_self
 
 try:
     import fcntl
@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 CATALOG_FILE = "catalog.sqlite"
 INDEX_FILE = "index.faiss"
 INDEX_STATE_FILE = "index.json"
+TEMPLATE_FILE = "index.trained.faiss"  # the empty trained IVF index: rebuilds need no training
+EXACT_FILTER_LIMIT = 50_000  # filters matching fewer photos are searched exactly, whatever the index
 LOCK_FILE = "lock"
 
 
@@ -272,9 +274,19 @@ class Store:
                f"RGB float32 in [0,1]; EXIF-oriented; alpha on white; resize={self.settings.resize}, bilinear"}
         self.catalog.set_meta(model=rec)
         self._recorded = rec
-        self._index = VectorIndex(spec.dim)
+        self._index = self._new_index(spec.dim)
 
     # vector index -----------------------------------------------------------------------------
+    def _new_index(self, dim: int) -> VectorIndex:
+        """An empty index of the store's kind: flat, or the trained IVF template."""
+        settings = self.catalog.get_meta("index") or {"kind": "flat"}
+        template = self.root / TEMPLATE_FILE
+        if settings["kind"] == "flat" or not template.exists():
+            return VectorIndex(dim)
+        index = VectorIndex.load(template, dim)
+        index.nprobe = int(settings["nprobe"])
+        return index
+
     def _open_index(self, dim: int) -> None:
         """Load the FAISS checkpoint if it matches the catalog exactly, else rebuild it from the catalog."""
         path, state_path = self.root / INDEX_FILE, self.root / INDEX_STATE_FILE
@@ -289,14 +301,19 @@ class Store:
                 reason = f"unreadable index file ({exc})"
             else:
                 ids = self.catalog.vector_ids()
-                if state.get("version") != version:
+                kind = (self.catalog.get_meta("index") or {"kind": "flat"})["kind"]
+                if index.kind != kind:
+                    reason = f"index file is {index.kind}, the store uses {kind}"
+                elif state.get("version") != version:
                     reason = f"index file is at version {state.get('version')}, catalog at {version}"
                 elif len(index) != len(ids) or not np.array_equal(np.sort(index.ids()), np.sort(ids)):
                     reason = f"index file holds {len(index)} vectors, catalog {len(ids)}"
                 else:
+                    if index.kind != "flat":
+                        index.nprobe = int(self.catalog.get_meta("index")["nprobe"])
                     self._index = index
                     return
-        index = VectorIndex(dim)
+        index = self._new_index(dim)
         for ids, vecs in self.catalog.iter_vectors(dim):
             index.add(ids, vecs)
         self._index = index
@@ -372,7 +389,11 @@ class Store:
             folders = set(self.catalog.get_meta("folders") or [])
             if str(root) not in folders:
                 self.catalog.set_meta(folders=sorted(folders | {str(root)}))
-            return self._index_folder(root, progress, t0, loaded_before)
+            report = self._index_folder(root, progress, t0, loaded_before)
+        if self.vectors.kind == "flat" and len(self.vectors) >= self.settings.ann_threshold:
+            log.info("%d vectors: moving %s to an approximate index", len(self.vectors), self.root)
+            self.optimize()
+        return report
 
     def _index_folder(self, root: Path, progress: Callable[[Progress], None] | None, t0: float,
                       loaded_before: bool) -> IndexReport:
@@ -604,7 +625,10 @@ class Store:
         vec = self.query_vector(probe)  # decoding and the model run outside the lock
         with self._lock:
             among = self.catalog.ids_matching(where) if where else None
-            scores, ids = self.vectors.search(vec[None], k, among=among)
+            if among is not None and self.vectors.kind != "flat" and len(among) <= EXACT_FILTER_LIMIT:
+                scores, ids = self._exact_among(vec, k, among)  # selective filter: exact, and cheap
+            else:
+                scores, ids = self.vectors.search(vec[None], k, among=among, exact=self._exact_vectors)
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
             records = self.catalog.records(i for i, _ in found)
         hits = []
@@ -666,6 +690,46 @@ class Store:
                          for r in rows]))
         return sorted(groups, key=lambda g: (-len(g.members), g.keep))
 
+    def _exact_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Full-precision vectors from the catalog, for re-scoring an approximate index's candidates."""
+        return self.catalog.vectors_for(ids, self.vectors.dim)
+
+    def _exact_among(self, vec: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not len(among):
+            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
+        scores = self.catalog.vectors_for(among, self.vectors.dim) @ vec
+        top = np.argsort(-scores, kind="stable")[:k]
+        return scores[top][None], np.asarray(among)[top][None]
+
+    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Move to an IVF-SQ8 index trained on a sample of the stored vectors, with nprobe tuned so that
+        recall@10 against exact search reaches target_recall on the store's own vectors."""
+        t0 = time.perf_counter()
+        dim = self.vectors.dim
+        all_ids = self.catalog.vector_ids()
+        n = len(all_ids)
+        nlist = nlist or int(min(max(16, 4 * np.sqrt(n)), 65536, n // 39))
+        if nlist < 16:
+            raise StoreError(f"{n} vectors are too few for an approximate index; exact search is fast at this size")
+        rng = np.random.default_rng(seed)
+        sample_ids = np.sort(rng.choice(all_ids, min(n, max(64 * nlist, 50_000)), replace=False))
+        with self._writer():
+            index = VectorIndex.trained_ivf(dim, self.catalog.vectors_for(sample_ids, dim), nlist)
+            template = index.empty_like()
+            for ids, vecs in self.catalog.iter_vectors(dim):
+                index.add(ids, vecs)
+            query_ids = rng.choice(all_ids, min(n, 500), replace=False)
+            queries = self.catalog.vectors_for(query_ids, dim)
+            truth = without_self(_exact_top_k(self.catalog, queries, 11, dim), query_ids, 10)
+            nprobe, recall = tune_nprobe(index, queries, query_ids, truth, target_recall, exact=self._exact_vectors)
+            template.nprobe = nprobe
+            with self._lock:
+                template.save(self.root / TEMPLATE_FILE)
+                settings = {"kind": index.kind, "nlist": nlist, "nprobe": nprobe, "recall_at_10": round(recall, 4)}
+                self.catalog.set_meta(index=settings)
+                self._index = index
+        return {**settings, "vectors": n, "seconds": round(time.perf_counter() - t0, 2)}
+
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)
         if rec is None:
@@ -689,6 +753,8 @@ class Store:
             "folders": self.catalog.get_meta("folders") or [],
             "last_indexed_at": counts["last_indexed_at"],
             "index_bytes": index_file.stat().st_size if index_file.exists() else 0,
+            "index_kind": self._index.kind if self._index is not None else "flat",
+            **{k: v for k, v in (self.catalog.get_meta("index") or {}).items() if k in ("nlist", "nprobe", "recall_at_10")},
         }
 
     def failures(self) -> list[Failure]:
@@ -705,3 +771,15 @@ class Store:
 
 
 __all__ = ["open", "Store", "Hit", "IndexReport", "Progress", "Failure", "SimsearchError"]
+
+
+def _exact_top_k(catalog: Catalog, queries: np.ndarray, k: int, dim: int) -> np.ndarray:
+    """Exact top-k ids for a few queries, streaming the catalog's vectors (no second copy in memory)."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for ids, vecs in catalog.iter_vectors(dim):
+        scores = np.concatenate([best_scores, queries @ vecs.T], axis=1)
+        cand = np.concatenate([best_ids, np.broadcast_to(ids, (len(queries), len(ids)))], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best_ids = np.take_along_axis(scores, top, 1), np.take_along_axis(cand, top, 1)
+    return best_ids

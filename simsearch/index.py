@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from .errors import StoreError
+
+REFINE_FACTOR = 4  # IVF candidates fetched per wanted result, then re-scored with exact vectors
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -43,19 +46,67 @@ def _check(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
 
 
 class VectorIndex:
-    """Exact inner-product search (cosine on unit vectors) with add/remove by id."""
+    """Inner-product search (cosine on unit vectors) with add/remove by id.
+
+    Two kinds: `flat` (exact; FAISS IndexIDMap2 over IndexFlatIP) for small collections, and `ivf-sq8`
+    (inverted lists over 8-bit scalar-quantised vectors: a quarter of the memory, nprobe lists scanned
+    per query) once exhaustive search gets slow. Both take catalog ids and remove by id.
+    """
 
     def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
         self.dim = dim
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         if self._index.d != dim:
             raise StoreError(f"vector index has dimension {self._index.d}, the store says {dim}")
+        self._ivf = faiss.try_extract_index_ivf(self._index)
+
+    @property
+    def kind(self) -> str:
+        return "flat" if self._ivf is None else "ivf-sq8"
+
+    @property
+    def nprobe(self) -> int | None:
+        return None if self._ivf is None else int(self._ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        if self._ivf is None:
+            raise ValueError("nprobe is a setting of IVF indexes")
+        self._ivf.nprobe = max(1, min(int(value), int(self._ivf.nlist)))
+
+    @classmethod
+    def trained_ivf(cls, dim: int, sample: np.ndarray, nlist: int) -> VectorIndex:
+        """An empty IVF-SQ8 index whose coarse centroids and quantiser ranges are learnt from sample."""
+        sample = _check(sample, dim, "train")
+        if len(sample) < nlist:
+            raise ValueError(f"training {nlist} lists needs at least {nlist} vectors, got {len(sample)}")
+        quantizer = faiss.IndexFlatIP(dim)
+        ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                            faiss.METRIC_INNER_PRODUCT)
+        ivf.train(sample)
+        ivf.own_fields = True
+        quantizer.this.disown()  # the IVF index owns and frees its quantiser
+        return cls(dim, ivf)
+
+    def empty_like(self) -> VectorIndex:
+        """Same kind and training, no vectors: how an IVF index is rebuilt without training again."""
+        clone = faiss.clone_index(self._index)
+        clone.reset()
+        other = VectorIndex(self.dim, clone)
+        if self._ivf is not None:
+            other.nprobe = self.nprobe or 1
+        return other
 
     def __len__(self) -> int:
         return int(self._index.ntotal)
 
     def ids(self) -> np.ndarray:
-        return faiss.vector_to_array(faiss.downcast_index(self._index).id_map).astype(np.int64)
+        if self._ivf is None:
+            return faiss.vector_to_array(faiss.downcast_index(self._index).id_map).astype(np.int64)
+        lists = self._ivf.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                 for i in range(self._ivf.nlist) if lists.list_size(i)]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
@@ -71,19 +122,44 @@ class VectorIndex:
             return 0
         return int(self._index.remove_ids(ids))
 
-    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each [Q, k']; k' = min(k, candidates); best first.
+    def search(self, queries: np.ndarray, k: int, among: np.ndarray | None = None,
+               exact: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each [Q, k']; k' = min(k, candidates); best first; -1 pads a short row.
 
-        among: restrict the search to these ids (a FAISS selector, so the result is the exact top k
-        among them, not a post-filtered top k)."""
+        among: restrict the search to these ids (a FAISS selector, so the result is the top k among
+        them, not a post-filtered top k). exact: ids -> their full-precision vectors; an IVF index then
+        fetches REFINE_FACTOR x k candidates and re-scores them exactly, which 8-bit codes alone cannot."""
         q = _check(queries, self.dim, "search")
         k = min(k, len(self) if among is None else len(among))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        if among is None:
-            return self._index.search(q, k)
-        selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
-        return self._index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        if self._ivf is not None and exact is not None:
+            _, cand = self._search(q, min(k * REFINE_FACTOR, len(self)), among)
+            scores = np.full((len(q), k), -np.inf, np.float32)
+            ids = np.full((len(q), k), -1, np.int64)
+            for r, row in enumerate(cand):
+                row = row[row >= 0]
+                if len(row):
+                    s = exact(row) @ q[r]
+                    top = np.argsort(-s, kind="stable")[:k]
+                    scores[r, : len(top)], ids[r, : len(top)] = s[top], row[top]
+            return scores, ids
+        return self._search(q, k, among)
+
+    def _search(self, q: np.ndarray, k: int, among: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        selector = None if among is None else faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+        if self._ivf is None:
+            return self._index.search(q, k) if selector is None else \
+                self._index.search(q, k, params=faiss.SearchParameters(sel=selector))
+        nprobe, nlist = int(self._ivf.nprobe), int(self._ivf.nlist)
+        scores, ids = self._index.search(q, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+        short = (ids < 0).any(axis=1)
+        while short.any() and nprobe < nlist:  # the probed lists held fewer than k: look in more of them
+            nprobe = min(nprobe * 4, nlist)
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+            scores[short], ids[short] = self._index.search(q[short], k, params=params)
+            short = (ids < 0).any(axis=1)
+        return scores, ids
 
     def pairs_within(self, ids: np.ndarray, vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(a, b, score) for every stored b with score >= threshold to a query a (ids[i] for vectors[i]),
@@ -104,3 +180,30 @@ class VectorIndex:
         except RuntimeError as exc:
             raise StoreError(f"cannot read vector index {path}: {exc}") from exc
         return cls(dim, index)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each true top-k row that the found row contains."""
+    k = truth.shape[1]
+    return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def without_self(found: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k ids other than the query's own: a stored vector always finds itself first,
+    which would flatter any recall measured with stored vectors as queries."""
+    return np.stack([[i for i in row if i != q][:k] for row, q in zip(found.tolist(), query_ids.tolist())])
+
+
+def tune_nprobe(index: VectorIndex, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray,
+                target: float, exact: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[int, float]:
+    """The smallest power-of-two nprobe whose recall@k against the exact answers reaches target;
+    queries are stored vectors (query_ids), truth excludes them, and so do the answers scored."""
+    nlist = int(index._ivf.nlist)
+    k = truth.shape[1]
+    nprobe, recall = 1, 0.0
+    while True:
+        index.nprobe = nprobe
+        recall = recall_at_k(without_self(index.search(queries, k + 1, exact=exact)[1], query_ids, k), truth)
+        if recall >= target or nprobe >= nlist:
+            return nprobe, recall
+        nprobe = min(nprobe * 2, nlist)

@@ -1,0 +1,97 @@
+"""The approximate index: seeded clustered vectors, recall against brute force, removal, recovery, filters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simsearch
+from simsearch import CallableEmbedder, ImageFilter
+from simsearch.catalog import Changes, ImageFields
+from simsearch.config import Settings
+from simsearch.embedder import l2_normalize
+from simsearch.engine import INDEX_FILE
+from simsearch.index import recall_at_k
+
+DIM, N = 128, 12_000
+
+
+def _vectors(seed: int, n: int) -> np.ndarray:
+    """Clustered, not uniform: 60 centres with spread, like photo collections' themes."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(60, DIM))
+    return l2_normalize(centres[rng.integers(0, 60, n)] + 0.35 * rng.normal(size=(n, DIM)))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> simsearch.Store:
+    model = CallableEmbedder(lambda x: np.ones((len(x), DIM)), name="synthetic", input_size=(8, 8))
+    s = simsearch.open(tmp_path / "store", model=model, settings=Settings(ann_threshold=10**9))
+    s._record_provenance()
+    vecs = _vectors(0, N)
+    for start in range(0, N, 2000):  # rows as the indexer writes them, with synthetic vectors
+        s._apply(Changes(upserts=[(ImageFields(f"/photos/{'a' if i % 3 else 'b'}/{i}.jpg", 1, 1, f"{i:064x}",
+                                               width=100 + i % 50, height=100, format="JPEG"), vecs[i])
+                                  for i in range(start, min(N, start + 2000))]))
+    yield s
+    s.close()
+
+
+def _brute(store: simsearch.Store, queries: np.ndarray, k: int, among: np.ndarray | None = None) -> np.ndarray:
+    ids = store.catalog.vector_ids() if among is None else among
+    vecs = store.catalog.vectors_for(ids, DIM)
+    return np.asarray(ids)[np.argsort(-(queries @ vecs.T), axis=1, kind="stable")[:, :k]]
+
+
+def test_optimize_reaches_the_recall_target_on_fresh_queries(store: simsearch.Store) -> None:
+    result = store.optimize(target_recall=0.95)
+    assert result["kind"] == "ivf-sq8" and result["recall_at_10"] >= 0.95 and result["vectors"] == N
+    assert store.stats()["index_kind"] == "ivf-sq8" and store.stats()["nprobe"] == result["nprobe"]
+    queries = _vectors(0, N + 300)[N:]  # held out: same clusters, points that are not in the store
+    found = np.stack([[h.id for h in store.query(q, k=10)] for q in queries])  # always 10 hits
+    assert recall_at_k(found, _brute(store, queries, 10)) >= 0.95
+
+
+def test_removal_reopen_and_rebuild_keep_the_ivf_index(store: simsearch.Store, tmp_path: Path) -> None:
+    store.optimize()
+    gone = store.catalog.ids_for_paths(["/photos/b"])
+    store._apply(Changes(deletes=gone))
+    q = _vectors(0, N + 1)[N]
+    assert not set(h.id for h in store.query(q, k=50)) & set(gone)
+    store._save_index()
+    nprobe = store.vectors.nprobe
+    with simsearch.open(tmp_path / "store") as again:
+        assert again.vectors.kind == "ivf-sq8" and not again.rebuilt_index and again.vectors.nprobe == nprobe
+        assert len(again.vectors) == N - len(gone)
+    (tmp_path / "store" / INDEX_FILE).unlink()
+    with simsearch.open(tmp_path / "store") as rebuilt:  # from the catalog into the trained template
+        assert rebuilt.rebuilt_index and rebuilt.vectors.kind == "ivf-sq8" and rebuilt.vectors.nprobe == nprobe
+        assert sorted(rebuilt.vectors.ids().tolist()) == sorted(rebuilt.catalog.vector_ids().tolist())
+
+
+def test_selective_filters_stay_exact_on_the_ivf_index(store: simsearch.Store) -> None:
+    store.optimize()
+    f = ImageFilter(folder="/photos/b", min_pixels=14_500)
+    among = store.catalog.ids_matching(f)
+    assert 0 < len(among) < N / 3
+    for q in _vectors(0, N + 20)[N:]:
+        hits = store.query(q, k=10, where=f)
+        assert [h.id for h in hits] == _brute(store, q[None], 10, among)[0].tolist()
+
+
+def test_too_small_for_ivf(tmp_path: Path) -> None:
+    model = CallableEmbedder(lambda x: np.ones((len(x), 8)), name="synthetic", input_size=(8, 8))
+    with simsearch.open(tmp_path / "s", model=model) as s:
+        s._record_provenance()
+        s._apply(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, str(i)), np.eye(8)[i % 8]) for i in range(100)]))
+        with pytest.raises(simsearch.StoreError, match="too few for an approximate index"):
+            s.optimize()
+
+
+def test_ivf_search_never_returns_short_rows(store: simsearch.Store) -> None:
+    store.optimize()
+    store.vectors.nprobe = 1  # one list may hold fewer than k vectors
+    for q in _vectors(0, N + 30)[N:]:
+        assert len(store.query(q, k=200)) == 200
