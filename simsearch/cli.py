@@ -241,7 +241,7 @@ def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | N
 @main.command()
 @click.option("--recall", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
               help="Recall@10 against exact search that the tuned index must reach.")
-@click.option("--nlist", type=click.IntRange(16), help="Inverted lists [default: about 4 x sqrt(photos)].")
+@click.option("--nlist", type=click.IntRange(16), help="Inverted lists [default: about 2 x sqrt(photos)].")
 @_store_options
 @_json_option
 def optimize(recall: float, nlist: int | None, store: str | None, model: str | None, db: str | None,

@@ -708,7 +708,7 @@ class Store:
         dim = self.vectors.dim
         all_ids = self.catalog.vector_ids()
         n = len(all_ids)
-        nlist = nlist or int(min(max(16, 4 * np.sqrt(n)), 65536, n // 39))
+        nlist = nlist or int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))  # ~2000 lists at 1M: k-means in a minute
         if nlist < 16:
             raise StoreError(f"{n} vectors are too few for an approximate index; exact search is fast at this size")
         rng = np.random.default_rng(seed)
