@@ -261,11 +261,13 @@ def optimize(recall: float, nlist: int | None, store: str | None, model: str | N
 
 
 @main.command("eval")
-@click.argument("labels", type=click.Path(exists=True))
+@click.argument("labels", type=click.Path(exists=True), required=False)
 @click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of precision@k.")
+@click.option("--ann", is_flag=True, help="Also print recall@k of the store's index against exact search.")
 @_store_options
 @_json_option
-def eval_(labels: str, k: int, store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str | None, db: str | None,
+          as_json: bool) -> None:
     """Measure retrieval quality: mean average precision and precision@k on labelled photos.
 
     LABELS is a folder with one subfolder per class, or a CSV with columns file, class and optionally
@@ -274,18 +276,28 @@ def eval_(labels: str, k: int, store: str | None, model: str | None, db: str | N
     \b
       simsearch index ../shared/data/corel1k/images --store data/corel
       simsearch eval ../shared/data/corel1k/labels.csv --store data/corel
+      simsearch eval --ann --store data/photos
     """
     from .evaluate import Labels, evaluate
 
-    parsed = Labels.from_folder(labels) if os.path.isdir(labels) else Labels.from_csv(labels)
+    if labels is None and not ann:
+        raise click.UsageError("give LABELS, --ann, or both")
+    result: dict[str, Any] = {}
     with _open(store, model, db) as s:
-        report = evaluate(s, parsed, k=k)
+        if labels is not None:
+            parsed = Labels.from_folder(labels) if os.path.isdir(labels) else Labels.from_csv(labels)
+            result = evaluate(s, parsed, k=k).to_dict()
+        if ann:
+            result |= {"index_kind": s.vectors.kind, "ann_recall_at_k": s.ann_recall(k=k), "k": k}
     if as_json:
-        _print_json(report.to_dict())
+        _print_json(result)
         return
-    click.echo(f"mAP {report.mean_average_precision:.4f}   P@{k} {report.precision_at_k:.4f}   "
-               f"({report.queries} queries, {report.database} in the database"
-               + (f", {report.missing} labelled photos not indexed)" if report.missing else ")"))
+    if labels is not None:
+        click.echo(f"mAP {result['mean_average_precision']:.4f}   P@{k} {result['precision_at_k']:.4f}   "
+                   f"({result['queries']} queries, {result['database']} in the database"
+                   + (f", {result['missing']} labelled photos not indexed)" if result["missing"] else ")"))
+    if ann:
+        click.echo(f"recall@{k} of the {result['index_kind']} index against exact search: {result['ann_recall_at_k']:.4f}")
 
 
 @main.command()

@@ -39,7 +39,7 @@ from .errors import (
     StoreError,
 )
 from .images import ImageInfo, array_to_image, find_images, load_image
-from .index import VectorIndex, atomic_write, tune_nprobe, without_self
+from .index import VectorIndex, atomic_write, recall_at_k, tune_nprobe, without_self
 
 try:
     import fcntl
@@ -729,6 +729,20 @@ class Store:
                 self.catalog.set_meta(index=settings)
                 self._index = index
         return {**settings, "vectors": n, "seconds": round(time.perf_counter() - t0, 2)}
+
+    def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
+        """recall@k of the current index, as queries run it (re-scoring included), against exact search;
+        stored vectors are the queries, their own ids left out."""
+        dim = self.vectors.dim
+        all_ids = self.catalog.vector_ids()
+        if len(all_ids) <= k:
+            return 1.0
+        query_ids = np.random.default_rng(seed).choice(all_ids, min(len(all_ids), queries), replace=False)
+        vecs = self.catalog.vectors_for(query_ids, dim)
+        truth = without_self(_exact_top_k(self.catalog, vecs, k + 1, dim), query_ids, k)
+        with self._lock:
+            found = self.vectors.search(vecs, k + 1, exact=self._exact_vectors)[1]
+        return recall_at_k(without_self(found, query_ids, k), truth)
 
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)

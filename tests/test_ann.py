@@ -95,3 +95,20 @@ def test_ivf_search_never_returns_short_rows(store: simsearch.Store) -> None:
     store.vectors.nprobe = 1  # one list may hold fewer than k vectors
     for q in _vectors(0, N + 30)[N:]:
         assert len(store.query(q, k=200)) == 200
+
+
+def test_eval_ann_reports_the_index_recall(store: simsearch.Store) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    assert store.ann_recall() >= 0.995  # still exact: only float rounding swaps near-ties at the 10th place
+    tuned = store.optimize()["recall_at_10"]
+    r = CliRunner().invoke(main, ["eval", "--ann", "--store", str(store.root), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["index_kind"] == "ivf-sq8" and out["k"] == 10 and 0.95 <= out["ann_recall_at_k"] <= 1.0
+    assert abs(out["ann_recall_at_k"] - tuned) < 0.03  # another sample of queries, same index
+    assert CliRunner().invoke(main, ["eval", "--store", str(store.root)]).exit_code == 2
