@@ -68,6 +68,10 @@ class VectorIndex:
     def nprobe(self) -> int | None:
         return None if self._ivf is None else int(self._ivf.nprobe)
 
+    @property
+    def nlist(self) -> int | None:
+        return None if self._ivf is None else int(self._ivf.nlist)
+
     @nprobe.setter
     def nprobe(self, value: int) -> None:
         if self._ivf is None:
@@ -134,7 +138,7 @@ class VectorIndex:
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self._ivf is not None and exact is not None:
-            _, cand = self._search(q, min(k * REFINE_FACTOR, len(self)), among)
+            _, cand = self._search(q, min(k * REFINE_FACTOR, len(self) if among is None else len(among)), among)
             scores = np.full((len(q), k), -np.inf, np.float32)
             ids = np.full((len(q), k), -1, np.int64)
             for r, row in enumerate(cand):
@@ -198,7 +202,7 @@ def tune_nprobe(index: VectorIndex, queries: np.ndarray, query_ids: np.ndarray, 
                 target: float, exact: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[int, float]:
     """The smallest power-of-two nprobe whose recall@k against the exact answers reaches target;
     queries are stored vectors (query_ids), truth excludes them, and so do the answers scored."""
-    nlist = int(index._ivf.nlist)
+    nlist = index.nlist or 1
     k = truth.shape[1]
     nprobe, recall = 1, 0.0
     while True:
