@@ -301,17 +301,15 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
 
 
 @main.command()
-@click.option("--store", envvar="SIMSEARCH_STORE", metavar="DIR", type=click.Path(file_okay=False),
-              help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")
-@click.option("--model", envvar="SIMSEARCH_MODEL", metavar="HANDLE", help="Model for uploaded photos [default: the store's].")
+@_store_options
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", envvar="SIMSEARCH_TOKEN", metavar="SECRET",
               help="Bearer token required for anything beyond read-only queries (re-indexing). Env: SIMSEARCH_TOKEN.")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024), help="Largest upload accepted.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this web origin (repeatable); off by default.")
-def serve(store: str | None, model: str | None, host: str, port: int, token: str | None, max_upload_mb: int,
-          cors_origins: tuple[str, ...]) -> None:
+def serve(store: str | None, model: str | None, db: str | None, host: str, port: int, token: str | None,
+          max_upload_mb: int, cors_origins: tuple[str, ...]) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
 
     \b
@@ -322,7 +320,7 @@ def serve(store: str | None, model: str | None, host: str, port: int, token: str
 
     from .server import create_app
 
-    app = create_app(Store(store, model=model, create=False), token=token or None,
+    app = create_app(_open(store, model, db), token=token or None,
                      max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)

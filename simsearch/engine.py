@@ -39,7 +39,7 @@ from .errors import (
     StoreError,
 )
 from .images import ImageInfo, array_to_image, find_images, load_image
-from .index import VectorIndex, atomic_write, recall_at_k, tune_nprobe, without_self
+from .index import VectorIndex, atomic_write, recall_at_k, rescore, tune_nprobe, without_self
 
 try:
     import fcntl
@@ -277,9 +277,13 @@ class Store:
         self._index = self._new_index(spec.dim)
 
     # vector index -----------------------------------------------------------------------------
+    def _index_settings(self) -> dict[str, Any]:
+        """The store's index kind (and, for IVF, nlist, nprobe, recall_at_10), as optimize recorded it."""
+        return self.catalog.get_meta("index") or {"kind": "flat"}
+
     def _new_index(self, dim: int) -> VectorIndex:
         """An empty index of the store's kind: flat, or the trained IVF template."""
-        settings = self.catalog.get_meta("index") or {"kind": "flat"}
+        settings = self._index_settings()
         template = self.root / TEMPLATE_FILE
         if settings["kind"] == "flat" or not template.exists():
             return VectorIndex(dim)
@@ -301,7 +305,8 @@ class Store:
                 reason = f"unreadable index file ({exc})"
             else:
                 ids = self.catalog.vector_ids()
-                kind = (self.catalog.get_meta("index") or {"kind": "flat"})["kind"]
+                settings = self._index_settings()
+                kind = settings["kind"]
                 if index.kind != kind:
                     reason = f"index file is {index.kind}, the store uses {kind}"
                 elif state.get("version") != version:
@@ -310,7 +315,7 @@ class Store:
                     reason = f"index file holds {len(index)} vectors, catalog {len(ids)}"
                 else:
                     if index.kind != "flat":
-                        index.nprobe = int(self.catalog.get_meta("index")["nprobe"])
+                        index.nprobe = int(settings["nprobe"])
                     self._index = index
                     return
         index = self._new_index(dim)
@@ -626,7 +631,7 @@ class Store:
         with self._lock:
             among = self.catalog.ids_matching(where) if where else None
             if among is not None and self.vectors.kind != "flat" and len(among) <= EXACT_FILTER_LIMIT:
-                scores, ids = self._exact_among(vec, k, among)  # selective filter: exact, and cheap
+                scores, ids = (x[None] for x in rescore(vec, among, self._exact_vectors, k))  # selective: exact
             else:
                 scores, ids = self.vectors.search(vec[None], k, among=among, exact=self._exact_vectors)
             found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
@@ -693,13 +698,6 @@ class Store:
     def _exact_vectors(self, ids: np.ndarray) -> np.ndarray:
         """Full-precision vectors from the catalog, for re-scoring an approximate index's candidates."""
         return self.catalog.vectors_for(ids, self.vectors.dim)
-
-    def _exact_among(self, vec: np.ndarray, k: int, among: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if not len(among):
-            return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
-        scores = self.catalog.vectors_for(among, self.vectors.dim) @ vec
-        top = np.argsort(-scores, kind="stable")[:k]
-        return scores[top][None], np.asarray(among)[top][None]
 
     def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> dict[str, Any]:
         """Move to an IVF-SQ8 index trained on a sample of the stored vectors, with nprobe tuned so that
@@ -768,7 +766,7 @@ class Store:
             "last_indexed_at": counts["last_indexed_at"],
             "index_bytes": index_file.stat().st_size if index_file.exists() else 0,
             "index_kind": self._index.kind if self._index is not None else "flat",
-            **{k: v for k, v in (self.catalog.get_meta("index") or {}).items() if k in ("nlist", "nprobe", "recall_at_10")},
+            **{k: v for k, v in self._index_settings().items() if k in ("nlist", "nprobe", "recall_at_10")},
         }
 
     def failures(self) -> list[Failure]:

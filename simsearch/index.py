@@ -142,11 +142,8 @@ class VectorIndex:
             scores = np.full((len(q), k), -np.inf, np.float32)
             ids = np.full((len(q), k), -1, np.int64)
             for r, row in enumerate(cand):
-                row = row[row >= 0]
-                if len(row):
-                    s = exact(row) @ q[r]
-                    top = np.argsort(-s, kind="stable")[:k]
-                    scores[r, : len(top)], ids[r, : len(top)] = s[top], row[top]
+                best_scores, best_ids = rescore(q[r], row[row >= 0], exact, k)
+                scores[r, : len(best_ids)], ids[r, : len(best_ids)] = best_scores, best_ids
             return scores, ids
         return self._search(q, k, among)
 
@@ -184,6 +181,16 @@ class VectorIndex:
         except RuntimeError as exc:
             raise StoreError(f"cannot read vector index {path}: {exc}") from exc
         return cls(dim, index)
+
+
+def rescore(query: np.ndarray, candidates: np.ndarray, exact: Callable[[np.ndarray], np.ndarray],
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top k of candidate ids for one query: (scores, ids), best first."""
+    if not len(candidates):
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    scores = exact(candidates) @ query
+    top = np.argsort(-scores, kind="stable")[:k]
+    return scores[top], np.asarray(candidates, np.int64)[top]
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
