@@ -10,6 +10,7 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -171,19 +172,29 @@ def _fit(img: Image.Image, size: tuple[int, int], policy: str) -> Image.Image:
     return img.resize((width, height), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
-def load_image(
-    source: str | Path | bytes | Image.Image,
-    size: tuple[int, int],
-    *,
-    policy: str = "whole",
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> tuple[np.ndarray, ImageInfo]:
-    """Decode, orient, convert and resize one image to uint8 [height, width, 3].
-
-    Every failure is an ImageError naming the file and the reason.
-    """
-    img, name = _open(source)
+@contextmanager
+def _decode_errors(name: str | None) -> Iterator[None]:
+    """Whatever Pillow raises while decoding becomes one ImageError with the file and the reason."""
     try:
+        yield
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, f"refused as a decompression bomb: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text.lower():
+            text = f"truncated image data ({text})"
+        raise ImageError(name, f"cannot decode image: {text}") from exc
+
+
+def _decode(
+    source: str | Path | bytes | Image.Image, draft_to: tuple[int, int], max_pixels: int
+) -> tuple[Image.Image, ImageInfo, str | None]:
+    """Open, refuse bombs, take the first frame, decode JPEGs reduced to no less than draft_to
+    (width, height as displayed), apply EXIF orientation and convert to RGB."""
+    img, name = _open(source)
+    with _decode_errors(name):
         w, h = img.size
         if w <= 0 or h <= 0:
             raise ImageError(name, f"invalid dimensions {w}x{h}")
@@ -199,27 +210,32 @@ def load_image(
             img.seek(0)
         if fmt == "JPEG":
             # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping both sides >= the target.
-            img.draft("RGB", (size[1], size[0]) if orientation < 5 else (size[0], size[1]))
+            img.draft("RGB", draft_to if orientation < 5 else (draft_to[1], draft_to[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
         if orientation != 1:
             img = img.transpose(_TRANSPOSE[orientation])
         rgb = _to_rgb(img)
-        out = _fit(rgb, size, policy)
-        arr = np.asarray(out, dtype=np.uint8)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(name, f"refused as a decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
-        text = str(exc) or type(exc).__name__
-        if "truncated" in text.lower():
-            text = f"truncated image data ({text})"
-        raise ImageError(name, f"cannot decode image: {text}") from exc
     if orientation >= 5:
         w, h = h, w
-    return arr, ImageInfo(width=w, height=h, format=fmt, taken_at=taken)
+    return rgb, ImageInfo(width=w, height=h, format=fmt, taken_at=taken), name
+
+
+def load_image(
+    source: str | Path | bytes | Image.Image,
+    size: tuple[int, int],
+    *,
+    policy: str = "whole",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[np.ndarray, ImageInfo]:
+    """Decode, orient, convert and resize one image to uint8 [height, width, 3].
+
+    Every failure is an ImageError naming the file and the reason.
+    """
+    rgb, info, name = _decode(source, (size[1], size[0]), max_pixels)
+    with _decode_errors(name):
+        return np.asarray(_fit(rgb, size, policy), dtype=np.uint8), info
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
@@ -241,22 +257,11 @@ def to_model_input(batch: np.ndarray) -> np.ndarray:
     return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
-def thumbnail_jpeg(path: str | Path, size: int) -> bytes:
+def thumbnail_jpeg(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """A JPEG thumbnail as the photo is meant to be seen: EXIF-oriented, alpha on white, reduced decode."""
-    img, name = _open(path)
-    try:
-        orientation, _ = _exif(img)
-        if img.format == "JPEG":
-            img.draft("RGB", (size, size))
-        if getattr(img, "n_frames", 1) > 1:
-            img.seek(0)
-        img.load()
-        if orientation != 1:
-            img = img.transpose(_TRANSPOSE[orientation])
-        rgb = _to_rgb(img)
+    rgb, _, name = _decode(path, (size, size), max_pixels)
+    with _decode_errors(name):
         rgb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         buf = io.BytesIO()
         rgb.save(buf, "JPEG", quality=85)
         return buf.getvalue()
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(name, f"cannot make a thumbnail: {exc}") from exc
