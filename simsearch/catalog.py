@@ -25,12 +25,15 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    cast,
     create_engine,
     delete,
     event,
     func,
+    insert,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
@@ -44,6 +47,10 @@ SCHEMA_VERSION = 1
 OK, FAILED = "ok", "failed"
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite AUTOINCREMENT needs exactly INTEGER
+# Paths compare byte-wise everywhere: folder-prefix ranges must not follow a locale's collation, which
+# ignores punctuation such as "/" (PostgreSQL databases often default to en_US.UTF-8).
+_Path = Text().with_variant(Text(collation="C"), "postgresql")
+_PG_CREATE_LOCK = 0x51D5EA  # pg_advisory_xact_lock key: two processes creating one catalog take turns
 
 
 class Base(DeclarativeBase):
@@ -56,7 +63,7 @@ class ImageRecord(Base):
     __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(_Id, primary_key=True, autoincrement=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(_Path, unique=True)
     size: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -159,7 +166,9 @@ def _db_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SQLAlchemyError as exc:
-            raise StoreError(f"catalog database error: {exc.__class__.__name__}: {exc}") from exc
+            orig = getattr(exc, "orig", None)  # the driver's own error says it best, without the SQL
+            what = f"{orig.__class__.__name__}: {str(orig).strip()}" if orig is not None else f"{exc.__class__.__name__}: {exc}"
+            raise StoreError(f"catalog database error: {what}") from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -222,11 +231,16 @@ class Catalog:
 
     @_db_errors
     def _create(self) -> None:
-        Base.metadata.create_all(self.engine)
-        found = self.get_meta("schema_version")
-        if found is None:
-            self.set_meta(schema_version=SCHEMA_VERSION, vectors_version=0)
-        elif found != SCHEMA_VERSION:
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CREATE_LOCK})
+            Base.metadata.create_all(conn)
+            value = conn.scalar(select(MetaRecord.value).where(MetaRecord.key == "schema_version"))
+            if value is None:
+                conn.execute(insert(MetaRecord), [{"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)},
+                                                  {"key": "vectors_version", "value": "0"}])
+        found = None if value is None else json.loads(value)
+        if found is not None and found != SCHEMA_VERSION:
             raise StoreError(f"catalog schema version {found} is not supported (this simsearch reads {SCHEMA_VERSION})")
 
     @contextmanager
@@ -252,8 +266,14 @@ class Catalog:
     @_db_errors
     def set_meta(self, **values: Any) -> None:
         with self._session() as s:
+            self._take_turn(s)  # two writers adding the same new key must not both insert it
             for key, value in values.items():
                 s.merge(MetaRecord(key=key, value=json.dumps(value)))
+
+    @staticmethod
+    def _take_turn(s: Session) -> MetaRecord:
+        """Lock the version row: writers take turns (a row lock on PostgreSQL; SQLite has one writer anyway)."""
+        return s.scalars(select(MetaRecord).where(MetaRecord.key == "vectors_version").with_for_update()).one()
 
     # reading ----------------------------------------------------------------------------------
     @_db_errors
@@ -321,7 +341,7 @@ class Catalog:
         if f.formats:
             conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
         if f.min_pixels:
-            conds.append(ImageRecord.width * ImageRecord.height >= f.min_pixels)
+            conds.append(cast(ImageRecord.width, BigInteger) * ImageRecord.height >= f.min_pixels)
         with self._session() as s:
             return np.fromiter(s.scalars(select(ImageRecord.id).where(*conds)), dtype=np.int64)
 
@@ -399,6 +419,8 @@ class Catalog:
         removed: list[int] = []
         now = _now()
         with self._session() as s:
+            meta = self._take_turn(s)  # concurrent writers never lose a version bump or race on a new path
+            version = json.loads(meta.value)
             for facts, vec in changes.upserts:
                 row = s.scalar(select(ImageRecord).where(ImageRecord.path == facts.path))
                 if row is None:
@@ -427,11 +449,9 @@ class Catalog:
                 removed.extend(had)
                 s.execute(delete(VectorRecord).where(VectorRecord.image_id.in_(changes.deletes)))
                 s.execute(delete(ImageRecord).where(ImageRecord.id.in_(changes.deletes)))
-            meta = s.get(MetaRecord, "vectors_version")
-            version = json.loads(meta.value) if meta else 0
             if added_ids or removed:
                 version += 1
-                s.merge(MetaRecord(key="vectors_version", value=json.dumps(version)))
+                meta.value = json.dumps(version)
         dim = len(added_vecs[0]) if added_vecs else 0
         return Written(
             added_ids=np.array(added_ids, np.int64),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,45 @@ from . import modules  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 COREL = ROOT.parent / "shared" / "data" / "corel1k"
 TINY_SIZE = (64, 64)
+# A PostgreSQL server for the catalog suite: an URL whose role may CREATE DATABASE (.ci/run starts one).
+POSTGRES_ENV = "SIMSEARCH_TEST_POSTGRES"
+DATABASES = ["sqlite", "postgresql"]
+
+
+@contextmanager
+def database(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh, empty catalog database of this kind; a PostgreSQL one is dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'catalog.sqlite'}"
+        return
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        reason = f"no PostgreSQL server: set {POSTGRES_ENV}=postgresql+psycopg://USER:PASSWORD@HOST/DB (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)  # CI starts one: never let its PostgreSQL tests pass by skipping
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"simsearch_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            # a linguistic collation, as many servers default to: catalog paths must still compare byte-wise
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0 LOCALE_PROVIDER icu '
+                              f"ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that takes it runs on SQLite and on PostgreSQL."""
+    with database(request.param, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

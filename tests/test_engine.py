@@ -1,4 +1,7 @@
-"""The store end to end with the tiny TF1 Hub module: incremental indexing, failures, queries, recovery."""
+"""The store end to end with the tiny TF1 Hub module: incremental indexing, failures, queries, recovery.
+
+The tests that take `db_url` run with the catalog on SQLite and on PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +62,9 @@ def _consistent(store: simsearch.Store) -> None:
     assert store.stats()["vectors"] == store.stats()["images"] == len(cat_ids)
 
 
-def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Counting) -> None:
+def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Counting, db_url: str) -> None:
     events: list[Progress] = []
-    with _open(tmp_path, model) as store:
+    with _open(tmp_path, model, db=db_url) as store:
         r1 = store.index(folder, progress=events.append)
         assert (r1.added, r1.failed, r1.scanned) == (12, 0, 12)
         assert events[0].done == 0 and events[-1].done == events[-1].total == 12
@@ -73,8 +76,8 @@ def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Coun
     assert json.loads((tmp_path / "store" / INDEX_STATE_FILE).read_text())["count"] == 12
 
 
-def test_changed_moved_copied_and_deleted_files(tmp_path: Path, folder: Path, model: Counting) -> None:
-    with _open(tmp_path, model) as store:
+def test_changed_moved_copied_and_deleted_files(tmp_path: Path, folder: Path, model: Counting, db_url: str) -> None:
+    with _open(tmp_path, model, db=db_url) as store:
         store.index(folder)
         before = {h.path: h.id for h in store.query(folder / "p01.jpg", k=12)}
         model.images = 0
@@ -102,13 +105,13 @@ def test_changed_moved_copied_and_deleted_files(tmp_path: Path, folder: Path, mo
         assert store.index(folder).unchanged == 13 and model.images == 2
 
 
-def test_bad_files_are_recorded_and_never_stop_the_job(tmp_path: Path, folder: Path, model: Counting) -> None:
+def test_bad_files_are_recorded_and_never_stop_the_job(tmp_path: Path, folder: Path, model: Counting, db_url: str) -> None:
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image")
     data = (folder / "p00.jpg").read_bytes() if (folder / "p00.jpg").exists() else (folder / "sub" / "p00.jpg").read_bytes()
     (folder / "half.jpg").write_bytes(data[: len(data) // 3])
     (folder / "dangling.jpg").symlink_to(folder / "missing.jpg")
-    with _open(tmp_path, model) as store:
+    with _open(tmp_path, model, db=db_url) as store:
         r = store.index(folder)
         assert (r.added, r.failed) == (12, 4)
         reasons = {Path(f.path).name: f.reason for f in store.failures()}
@@ -172,9 +175,9 @@ def test_store_refuses_another_model(tmp_path: Path, folder: Path, model: Counti
 
 
 @pytest.mark.parametrize("damage", ["delete", "stale", "garbage", "wrong-ids"])
-def test_damaged_or_stale_index_file_is_rebuilt_from_the_catalog(tmp_path: Path, folder: Path, model: Counting,
+def test_damaged_or_stale_index_file_is_rebuilt_from_the_catalog(tmp_path: Path, folder: Path, model: Counting, db_url: str,
                                                                  damage: str) -> None:
-    with _open(tmp_path, model) as store:
+    with _open(tmp_path, model, db=db_url) as store:
         store.index(folder)
         expected = [(h.id, round(h.score, 5)) for h in store.query(folder / "p01.jpg", k=5)]
     index_file = tmp_path / "store" / INDEX_FILE
@@ -191,16 +194,16 @@ def test_damaged_or_stale_index_file_is_rebuilt_from_the_catalog(tmp_path: Path,
         wrong = VectorIndex(32)
         wrong.add(np.arange(12) + 1000, np.eye(12, 32, dtype=np.float32))
         wrong.save(index_file)
-    with _open(tmp_path, model) as store:
+    with _open(tmp_path, model, db=db_url) as store:
         assert store.rebuilt_index
         _consistent(store)
         assert [(h.id, round(h.score, 5)) for h in store.query(folder / "p01.jpg", k=5)] == expected
-    with _open(tmp_path, model) as store:
+    with _open(tmp_path, model, db=db_url) as store:
         assert not store.rebuilt_index  # the rebuilt checkpoint was saved
 
 
-def test_remove_paths_and_folders(tmp_path: Path, folder: Path, model: Counting) -> None:
-    with _open(tmp_path, model) as store:
+def test_remove_paths_and_folders(tmp_path: Path, folder: Path, model: Counting, db_url: str) -> None:
+    with _open(tmp_path, model, db=db_url) as store:
         store.index(folder)
         assert store.remove([folder / "p01.jpg"]) == 1
         assert store.remove([folder / "sub"]) == 4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -14,14 +15,20 @@ from simsearch import ImageFilter
 from simsearch.config import Settings
 from simsearch.embedder import HubEmbedder
 
-from .conftest import photo
+from .conftest import DATABASES, database, photo
 
 FORMATS = [("jpg", "JPEG"), ("png", "PNG"), ("webp", "WEBP")]
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: HubEmbedder) -> simsearch.Store:
+@pytest.fixture(scope="module", params=DATABASES)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          tiny_embedder: HubEmbedder) -> Iterator[simsearch.Store]:
     root = tmp_path_factory.mktemp("filters")
+    with database(request.param, root) as url:
+        yield from _filled_store(root, url, tiny_embedder)
+
+
+def _filled_store(root: Path, db_url: str, tiny_embedder: HubEmbedder) -> Iterator[simsearch.Store]:
     rng = np.random.default_rng(0)
     for i in range(60):
         ext, fmt = FORMATS[i % 3]
@@ -32,10 +39,14 @@ def store(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: HubEmbedder) 
             exif.get_ifd(0x8769)[0x9003] = f"20{10 + i % 12}:0{1 + i % 9}:1{i % 10} 12:00:00"
             save["exif"] = exif.tobytes()
         photo(root / "photos" / ("trips" if i % 4 else "home") / f"p{i:02d}.{ext}", seed=i, size=size, fmt=fmt, **save)
-    s = simsearch.open(root / "store", model=tiny_embedder, settings=Settings(batch_size=8))
+    s = simsearch.open(root / "store", model=tiny_embedder, db=db_url, settings=Settings(batch_size=8))
     s.index(root / "photos")
     yield s
     s.close()
+
+
+def _store_args(store: simsearch.Store) -> list[str]:
+    return ["--store", str(store.root), "--db", store.catalog.engine.url.render_as_string(hide_password=False)]
 
 
 def _brute_force(store: simsearch.Store, probe: np.ndarray, f: ImageFilter, k: int) -> list[int]:
@@ -96,18 +107,18 @@ def test_cli_filter_options(store: simsearch.Store) -> None:
     from simsearch.cli import main
 
     root = Path(store.stats()["folders"][0])
-    r = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "-k", "50", "--json",
+    r = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "-k", "50", "--json",
                                   "--format", "png", "--format", "WEBP", "--min-pixels", "20000",
                                   "--folder", str(root / "trips")])
     assert r.exit_code == 0, r.output
     hits = json.loads(r.output)
     assert hits and all(h["format"] in ("PNG", "WEBP") and h["width"] * h["height"] >= 20000
                         and "/trips/" in h["path"] for h in hits)
-    r = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "--taken-from", "2015-01-01",
+    r = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "2015-01-01",
                                   "--taken-until", "2018-12-31", "--json"])
     assert r.exit_code == 0, r.output
     assert all("2015" <= h["taken_at"][:4] <= "2018" for h in json.loads(r.output))
-    bad = CliRunner().invoke(main, ["query", "--id", "2", "--store", str(store.root), "--taken-from", "yesterday"])
+    bad = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "yesterday"])
     assert bad.exit_code == 2
 
 
