@@ -9,6 +9,7 @@
 
 from .catalog import ImageFilter
 from .config import DEFAULT_MODEL, ModelSpec, Settings
+from .distributed import RayOptions
 from .embedder import CallableEmbedder, Embedder, HubEmbedder
 from .engine import Failure, Hit, IndexReport, Progress, Store, open
 from .errors import (
@@ -33,6 +34,7 @@ __all__ = [
     "Failure",
     "Settings",
     "ImageFilter",
+    "RayOptions",
     "ModelSpec",
     "Embedder",
     "HubEmbedder",

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 from . import __version__  # noqa: E402
 from .catalog import ImageFilter  # noqa: E402
 from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
+from .distributed import RayOptions  # noqa: E402
 from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store  # noqa: E402
 from .errors import SimsearchError  # noqa: E402
 
@@ -76,16 +77,34 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: cores + 1, at most 8].")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
               help="How photos are fitted to the model's square input [default: the store's, or whole].")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+              help="Decode and embed on a Ray cluster: its ADDRESS (host:port), 'auto' (RAY_ADDRESS or the "
+                   "cluster started on this machine; the default when no value is given) or 'local' (a new "
+                   "one-machine cluster).")
+@click.option("--staging", metavar="DIR|URI",
+              help="With --ray: where workers write Parquet shards, shared by all nodes (a folder, s3://, gs://) "
+                   "[default: STORE/staging].")
+@click.option("--shard-size", type=click.IntRange(1, 1_000_000), help="With --ray: files per shard [default: 256].")
+@click.option("--actors", type=click.IntRange(1, 100_000),
+              help="With --ray: embedding actors [default: one per GPU, else one per node].")
 @_json_option
 def index(folder: str, store: str | None, model: str | None, db: str | None, batch_size: int | None,
-          workers: int | None, resize: str | None, as_json: bool) -> None:
+          workers: int | None, resize: str | None, ray_address: str | None, staging: str | None,
+          shard_size: int | None, actors: int | None, as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
 
     \b
       simsearch index ~/Pictures --store data/photos
+      simsearch index /shared/photos --ray 10.0.0.1:6379 --staging s3://bucket/shards \\
+          --db postgresql+psycopg://USER:PASSWORD@HOST/DB
     """
     from tqdm import tqdm
 
+    ray = None
+    if ray_address is not None:
+        ray = RayOptions(address=ray_address, staging=staging, shard_size=shard_size or 256, actors=actors)
+    elif staging or shard_size or actors:
+        raise click.UsageError("--staging, --shard-size and --actors go with --ray")
     with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize) as s:
         bar: tqdm | None = None
 
@@ -97,7 +116,7 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
             bar.set_postfix(failed=p.failed, refresh=False)
 
         try:
-            report = s.index(folder, progress=progress)
+            report = s.index(folder, progress=progress, ray=ray)
         finally:
             if bar is not None:
                 bar.close()

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .catalog import OK, Catalog, Changes, Entry, ImageFields, ImageFilter
 from .config import DEFAULT_MODEL, DEFAULT_RESIZE, ModelSpec, Settings, default_store_dir
+from .distributed import RayOptions, RayRun
 from .embedder import Embedder, l2_normalize, load_embedder, normalize_handle
 from .errors import (
     EmptyStoreError,
@@ -54,6 +55,7 @@ INDEX_STATE_FILE = "index.json"
 TEMPLATE_FILE = "index.trained.faiss"  # the empty trained IVF index: rebuilds need no training
 EXACT_FILTER_LIMIT = 50_000  # filters matching fewer photos are searched exactly, whatever the index
 LOCK_FILE = "lock"
+STAGING_DIR = "staging"  # default home of the Parquet shards of an index run on Ray
 
 
 class _AsDict:
@@ -85,6 +87,7 @@ class IndexReport(_AsDict):
     failed: int
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode summed over workers)
+    ray: dict[str, float] = field(default_factory=dict)  # with --ray: shards run and reused, seconds in Ray
 
 
 
@@ -148,6 +151,18 @@ class _Prepared:
     info: ImageInfo | None = None
     error: str | None = None
     seconds: float = 0.0
+    vector: np.ndarray | None = None  # already embedded (by a Ray worker)
+
+
+def _classify(task: _Task, sha: str, movable: frozenset[str] | dict[str, Entry], known: dict[str, int]) -> str:
+    """What a file whose bytes hash to sha needs: the same decision whether it is indexed here or on Ray."""
+    if task.old is not None and task.old.sha256 == sha:
+        return "touch"  # only the timestamp changed
+    if task.old is None and sha in movable:
+        return "move"
+    if sha in known or sha in movable:
+        return "copy"
+    return "embed"
 
 
 def open(
@@ -381,8 +396,13 @@ class Store:
                 self._save_index()
 
     # indexing ---------------------------------------------------------------------------------
-    def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None) -> IndexReport:
-        """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted."""
+    def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None,
+              ray: RayOptions | None = None) -> IndexReport:
+        """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted.
+
+        With `ray`, files are decoded and embedded on a Ray cluster (see simsearch.distributed) and merged
+        here as they come back, with the same result as a run in this process.
+        """
         t0 = time.perf_counter()
         loaded_before = self._embedder is not None
         root = Path(folder).expanduser()
@@ -394,14 +414,14 @@ class Store:
             folders = set(self.catalog.get_meta("folders") or [])
             if str(root) not in folders:
                 self.catalog.set_meta(folders=sorted(folders | {str(root)}))
-            report = self._index_folder(root, progress, t0, loaded_before)
+            report = self._index_folder(root, progress, t0, loaded_before, ray)
         if self.vectors.kind == "flat" and len(self.vectors) >= self.settings.ann_threshold:
             log.info("%d vectors: moving %s to an approximate index", len(self.vectors), self.root)
             self.optimize()
         return report
 
     def _index_folder(self, root: Path, progress: Callable[[Progress], None] | None, t0: float,
-                      loaded_before: bool) -> IndexReport:
+                      loaded_before: bool, ray: RayOptions | None) -> IndexReport:
         s = self.settings
         entries = self.catalog.entries_under(str(root))
         tasks: list[_Task] = []
@@ -435,13 +455,14 @@ class Store:
 
         def flush() -> None:
             nonlocal done, pending, batch
-            if batch:
+            todo = [b.pixels for b in batch if b.vector is None]
+            if todo:
                 embedder = self.embedder  # loads the model on first use, timed apart as model_load
                 t = time.perf_counter()
-                vecs = embedder.embed(np.stack([b.pixels for b in batch]))
+                embedded = iter(embedder.embed(np.stack(todo)))
                 timings["embed"] += time.perf_counter() - t
-                for b, v in zip(batch, vecs):
-                    pending.upserts.append((self._fields(b), v))
+            for b in batch:
+                pending.upserts.append((self._fields(b), b.vector if b.vector is not None else next(embedded)))
             t = time.perf_counter()
             self._apply(pending)
             timings["write"] += time.perf_counter() - t
@@ -454,7 +475,10 @@ class Store:
                 progress(Progress(done, total, counts["failed"], time.perf_counter() - t0))
 
         last_save = [time.perf_counter()]
-        for item in self._prepared(tasks, movable, known):
+        run = self._ray_run(ray) if ray is not None and tasks else None
+        ray_stats: dict[str, float] = {}
+        items = self._prepared(tasks, movable, known) if run is None else self._from_ray(run, tasks, movable, known)
+        for item in items:
             timings["decode"] += item.seconds
             task = item.task
             if item.kind == "embed":
@@ -474,6 +498,9 @@ class Store:
             else:  # content already indexed under another path: reuse its vector
                 if self._copy(item, known[item.sha256], pending):
                     counts[_new_or_updated(task)] += 1
+                elif item.vector is not None:  # embedded on Ray already
+                    batch.append(replace(item, kind="embed"))
+                    counts[_new_or_updated(task)] += 1
                 else:
                     try:
                         batch.append(self._decode_now(item))
@@ -486,6 +513,11 @@ class Store:
                 flush()
         flush()
 
+        if run is not None:
+            timings.update(decode=run.stats["decode"], embed=run.stats["embed"], ray=run.stats["ray_seconds"])
+            ray_stats = {k: run.stats[k] for k in ("shards", "reused_shards")}
+            self._save_index()
+            run.clean_up()  # every row is committed: the shards have served
         gone = [e.id for e in missing.values()]
         for i in range(0, len(gone), 1000):
             self._apply(Changes(deletes=gone[i : i + 1000]))
@@ -495,6 +527,7 @@ class Store:
             failed=counts["failed"], seconds=time.perf_counter() - t0,
             timings={k: round(v, 3) for k, v in timings.items()}
             | ({"model_load": round(self.model_load_seconds, 3)} if not loaded_before and self.model_load_seconds else {}),
+            ray=ray_stats,
         )
 
     def _copy(self, item: _Prepared, src_id: int, pending: Changes) -> bool:
@@ -538,13 +571,8 @@ class Store:
                 return _Prepared(task, "failed", error=f"cannot read file: {exc.strerror or exc}",
                                  seconds=time.perf_counter() - t)
             sha = hashlib.sha256(data).hexdigest()
-            if task.old is not None and task.old.sha256 == sha:
-                kind = "touch"  # only the timestamp changed
-            elif task.old is None and sha in movable_hashes:
-                kind = "move"
-            elif sha in known or sha in movable_hashes:
-                kind = "copy"
-            else:
+            kind = _classify(task, sha, movable_hashes, known)
+            if kind == "embed":
                 try:
                     pixels, info = load_image(data, size, policy=s.resize, max_pixels=s.max_pixels)
                 except ImageError as exc:
@@ -569,6 +597,29 @@ class Store:
             finally:
                 for fut in window:
                     fut.cancel()
+
+    def _ray_run(self, options: RayOptions) -> RayRun:
+        if isinstance(self._model_arg, Embedder):
+            raise SimsearchError("indexing on Ray loads the model by its handle on every worker: "
+                                 "open the store with a model URL or folder, not an Embedder object")
+        rec = self._recorded
+        assert rec is not None  # _record_provenance ran
+        s = self.settings
+        return RayRun(options, staging=options.staging or str(self.root / STAGING_DIR), model=self.model_handle,
+                      dim=int(rec["dim"]), input_size=self._input_size, resize=s.resize or DEFAULT_RESIZE,
+                      max_pixels=s.max_pixels, batch_size=s.batch_size)
+
+    @staticmethod
+    def _from_ray(run: RayRun, tasks: list[_Task], movable: dict[str, Entry], known: dict[str, int]) -> Iterator[_Prepared]:
+        """The Ray pipeline's rows as the items the local pipeline would have made, in the same order."""
+        movable_hashes = frozenset(movable)
+        for task, row in zip(tasks, run.results([(t.path, t.size, t.mtime_ns) for t in tasks])):
+            if row.error is not None:
+                yield _Prepared(task, "failed", row.sha256, error=row.error)
+                continue
+            assert row.sha256 is not None
+            kind = _classify(task, row.sha256, movable_hashes, known)
+            yield _Prepared(task, kind, row.sha256, info=row.info, vector=row.vector)
 
     # other writes -----------------------------------------------------------------------------
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:

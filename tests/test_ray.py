@@ -1,0 +1,195 @@
+"""Indexing on a real local Ray cluster: a head node and a second worker node (two raylets) on this machine.
+
+The cluster is started with `ray start`, as users start theirs, and stopped with `ray stop` at the end
+(which stops every Ray process on the machine). Without Ray the tests skip; under CI they fail instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import simsearch
+from simsearch.config import Settings
+from simsearch.embedder import HubEmbedder
+from simsearch.images import load_image
+
+from .conftest import database
+
+RAY = Path(sys.executable).with_name("ray")
+NODE_ARGS = ["--num-cpus", "2", "--object-store-memory", str(400 << 20), "--disable-usage-stats"]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+
+    def worker_raylet(self) -> int:
+        """The pid of the second node's raylet: killing it takes the node and its workers down."""
+        import ray
+
+        sockets = [n["RayletSocketName"] for n in ray.nodes()
+                   if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
+        assert len(sockets) == 1, sockets
+        want = f"--raylet_socket_name={sockets[0]}".encode()
+        for proc in Path("/proc").iterdir():
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if want in args and args[0].endswith(b"raylet"):
+                return int(proc.name)
+        raise AssertionError(f"no raylet process with {want!r}")
+
+    def add_worker_node(self) -> None:
+        _ray("start", "--address", self.address, *NODE_ARGS)
+
+
+def _ray(*args: str) -> None:
+    r = subprocess.run([str(RAY), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("Ray is not installed, and CI must run the Ray tests")
+        pytest.skip("Ray is not installed: pip install 'simsearch[ray]'")
+    port = _free_port()
+    c = Cluster(f"127.0.0.1:{port}")
+    _ray("start", "--head", "--port", str(port), "--include-dashboard", "false", *NODE_ARGS)
+    try:
+        c.add_worker_node()
+        ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        yield c
+    finally:
+        ray.shutdown()
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+
+
+def _snapshot(store: simsearch.Store) -> tuple[dict[int, str], np.ndarray]:
+    ids = np.sort(store.catalog.vector_ids())
+    paths = {i: r["path"] for i, r in store.catalog.records(ids).items()}
+    return paths, store.catalog.vectors_for(ids, store.vectors.dim)
+
+
+def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Cluster, corel_images: Path,
+                                                  tiny_module: Path) -> None:
+    """The CLI with --ray and a PostgreSQL catalog gives the same store as a local run on SQLite."""
+    with simsearch.open(tmp_path / "local", model=tiny_module) as local:
+        local.index(corel_images)
+        want_paths, want_vectors = _snapshot(local)
+        want_hits = [(h.path, h.score) for h in local.query(corel_images / "q_3.jpg", k=10)]
+
+    from simsearch.cli import main
+    from click.testing import CliRunner
+
+    with database("postgresql", tmp_path) as url:
+        args = ["index", str(corel_images), "--store", str(tmp_path / "ray"), "--db", url, "--model", str(tiny_module),
+                "--ray", cluster.address, "--shard-size", "64", "--json"]
+        r = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        report = json.loads(r.output[r.output.index("{"):])
+        assert (report["added"], report["failed"]) == (1000, 0) and "ray" in report["timings"]
+        with simsearch.open(tmp_path / "ray", db=url, create=False) as remote:
+            paths, vectors = _snapshot(remote)
+            assert paths == want_paths  # same ids for the same files
+            np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
+            hits = [(h.path, h.score) for h in remote.query(corel_images / "q_3.jpg", k=10)]
+        assert [p for p, _ in hits] == [p for p, _ in want_hits]
+        np.testing.assert_allclose([s for _, s in hits], [s for _, s in want_hits], atol=1e-5)
+        assert not list((tmp_path / "ray" / "staging").rglob("*.parquet"))  # merged shards are cleaned up
+
+        again = CliRunner().invoke(main, args, catch_exceptions=False)
+        assert json.loads(again.output[again.output.index("{"):])["unchanged"] == 1000
+
+
+def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Cluster, corel_images: Path,
+                                                   inception_module: Path) -> None:
+    """Full Inception V2 (slow enough to kill a node mid-run); the run completes, or a re-run completes it."""
+    store_dir = tmp_path / "store"
+    cmd = [sys.executable, "-m", "simsearch", "index", str(corel_images), "--store", str(store_dir),
+           "--model", str(inception_module), "--ray", cluster.address, "--shard-size", "25", "--json"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list(store_dir.glob("staging/*/*.parquet"))) < 3:  # a few shards in: the run is well under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no shard was written in 5 minutes"
+            time.sleep(0.2)
+        os.kill(cluster.worker_raylet(), signal.SIGKILL)
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.add_worker_node()  # back to two nodes for whatever runs next
+    reruns = 0
+    while proc.returncode != 0 or "added" not in out:
+        reruns += 1
+        assert reruns <= 2, f"a re-run did not complete the job: {err[-3000:]}"
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        proc.returncode, out, err = r.returncode, r.stdout, r.stderr
+
+    with simsearch.open(store_dir, create=False, settings=Settings()) as store:
+        records = store.catalog.records(store.catalog.vector_ids())
+        paths = sorted(r["path"] for r in records.values())
+        assert paths == sorted(str(p) for p in corel_images.glob("*.jpg"))  # every photo, each once
+        assert store.stats()["failed"] == 0 and store.stats()["vectors"] == 1000
+        np.testing.assert_array_equal(np.sort(store.vectors.ids()), np.sort(store.catalog.vector_ids()))
+        # vectors are the model's, whichever node (or retry) made them
+        embedder = HubEmbedder(inception_module)
+        sample = sorted(records)[::50]
+        pixels = np.stack([load_image(records[i]["path"], (224, 224))[0] for i in sample])
+        np.testing.assert_allclose(store.catalog.vectors_for(np.array(sample), 1024), embedder.embed(pixels),
+                                   atol=1e-5)
+
+
+def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, cluster: Cluster, corel_images: Path,
+                                                           tiny_module: Path) -> None:
+    with simsearch.open(tmp_path / "local", model=tiny_module) as local:
+        local.index(corel_images)
+        want_paths, want_vectors = _snapshot(local)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_batch(p: simsearch.Progress) -> None:
+        if p.done:
+            raise Stop
+
+    options = simsearch.RayOptions(address=cluster.address, shard_size=50)
+    with simsearch.open(tmp_path / "ray", model=tiny_module) as store:
+        with pytest.raises(Stop):
+            store.index(corel_images, progress=stop_after_first_batch, ray=options)
+        committed = store.stats()["images"]
+        assert 0 < committed < 1000
+        assert list((tmp_path / "ray" / "staging").rglob("*.parquet"))  # written shards outlive the driver
+        report = store.index(corel_images, ray=options)
+        assert report.added == 1000 - committed
+        assert report.ray["reused_shards"] >= 1  # at least the shard being merged when it stopped
+        assert report.ray["shards"] + report.ray["reused_shards"] <= 20
+        paths, vectors = _snapshot(store)
+    assert paths == want_paths
+    np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
