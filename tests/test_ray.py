@@ -25,7 +25,7 @@ from simsearch.config import Settings
 from simsearch.embedder import HubEmbedder
 from simsearch.images import load_image
 
-from .conftest import database
+from .conftest import database, photo
 
 RAY = Path(sys.executable).with_name("ray")
 NODE_ARGS = ["--num-cpus", "2", "--object-store-memory", str(400 << 20), "--disable-usage-stats"]
@@ -193,3 +193,22 @@ def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, clus
         paths, vectors = _snapshot(store)
     assert paths == want_paths
     np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
+
+
+def test_bad_files_are_recorded_as_a_local_run_records_them(tmp_path: Path, cluster: Cluster,
+                                                            tiny_module: Path) -> None:
+    folder = tmp_path / "photos"
+    for i in range(6):
+        photo(folder / f"p{i}.jpg", seed=i)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image")
+    data = (folder / "p0.jpg").read_bytes()
+    (folder / "half.jpg").write_bytes(data[: len(data) // 3])
+
+    reasons = {}
+    for name, ray in (("local", None), ("ray", simsearch.RayOptions(address=cluster.address, shard_size=4))):
+        with simsearch.open(tmp_path / name, model=tiny_module) as store:
+            report = store.index(folder, ray=ray)
+            assert (report.added, report.failed) == (6, 3)
+            reasons[name] = {Path(f.path).name: f.reason for f in store.failures()}
+    assert reasons["ray"] == reasons["local"] and "truncated" in reasons["ray"]["half.jpg"]
