@@ -614,12 +614,11 @@ class Store:
         """The Ray pipeline's rows as the items the local pipeline would have made, in the same order."""
         movable_hashes = frozenset(movable)
         for task, row in zip(tasks, run.results([(t.path, t.size, t.mtime_ns) for t in tasks])):
-            if row.error is not None:
+            kind = "failed" if row.sha256 is None else _classify(task, row.sha256, movable_hashes, known)
+            if kind in ("embed", "failed") and row.error is not None:  # as locally: a touch or move needs no decode
                 yield _Prepared(task, "failed", row.sha256, error=row.error)
-                continue
-            assert row.sha256 is not None
-            kind = _classify(task, row.sha256, movable_hashes, known)
-            yield _Prepared(task, kind, row.sha256, info=row.info, vector=row.vector)
+            else:
+                yield _Prepared(task, kind, row.sha256, info=row.info, vector=row.vector)
 
     # other writes -----------------------------------------------------------------------------
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:

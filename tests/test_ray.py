@@ -195,7 +195,7 @@ def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, clus
     np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
 
 
-def test_bad_files_are_recorded_as_a_local_run_records_them(tmp_path: Path, cluster: Cluster,
+def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tmp_path: Path, cluster: Cluster,
                                                             tiny_module: Path) -> None:
     folder = tmp_path / "photos"
     for i in range(6):
@@ -205,10 +205,28 @@ def test_bad_files_are_recorded_as_a_local_run_records_them(tmp_path: Path, clus
     data = (folder / "p0.jpg").read_bytes()
     (folder / "half.jpg").write_bytes(data[: len(data) // 3])
 
+    runs = {"local": None, "ray": simsearch.RayOptions(address=cluster.address, shard_size=4)}
     reasons = {}
-    for name, ray in (("local", None), ("ray", simsearch.RayOptions(address=cluster.address, shard_size=4))):
+    for name, ray in runs.items():
         with simsearch.open(tmp_path / name, model=tiny_module) as store:
             report = store.index(folder, ray=ray)
             assert (report.added, report.failed) == (6, 3)
             reasons[name] = {Path(f.path).name: f.reason for f in store.failures()}
     assert reasons["ray"] == reasons["local"] and "truncated" in reasons["ray"]["half.jpg"]
+
+    # then moves, copies, touches, edits and deletions: the same decisions on Ray as in this process
+    (folder / "p1.jpg").rename(folder / "moved.jpg")
+    (folder / "copy.jpg").write_bytes((folder / "p2.jpg").read_bytes())
+    os.utime(folder / "p3.jpg", ns=(1, 1))
+    photo(folder / "p4.jpg", seed=40)
+    (folder / "p5.jpg").unlink()
+    (folder / "notes.jpg").unlink()
+    photo(folder / "empty.jpg", seed=50)
+    results = {}
+    for name, ray in runs.items():
+        with simsearch.open(tmp_path / name, model=tiny_module) as store:
+            r = store.index(folder, ray=ray)
+            results[name] = ((r.added, r.updated, r.moved, r.removed, r.unchanged, r.failed), _snapshot(store))
+    assert results["ray"][0] == results["local"][0] == (2, 1, 1, 2, 4, 0)
+    assert results["ray"][1][0] == results["local"][1][0]  # same ids for the same paths
+    np.testing.assert_allclose(results["ray"][1][1], results["local"][1][1], atol=1e-5)
