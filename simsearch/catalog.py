@@ -47,8 +47,8 @@ SCHEMA_VERSION = 1
 OK, FAILED = "ok", "failed"
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite AUTOINCREMENT needs exactly INTEGER
-# Paths compare byte-wise everywhere: folder-prefix ranges must not follow a locale's collation, which
-# ignores punctuation such as "/" (PostgreSQL databases often default to en_US.UTF-8).
+# Paths compare byte-wise everywhere: folder-prefix ranges must not follow a linguistic collation (glibc's
+# en_US ignores punctuation such as "/", ICU's en-US puts "/p/A/" inside "/p/a/"; tested on PostgreSQL).
 _Path = Text().with_variant(Text(collation="C"), "postgresql")
 _PG_CREATE_LOCK = 0x51D5EA  # pg_advisory_xact_lock key: two processes creating one catalog take turns
 
