@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up 
 from . import __version__  # noqa: E402
 from .catalog import ImageFilter  # noqa: E402
 from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
-from .distributed import RayOptions  # noqa: E402
+from .distributed import DEFAULT_SHARD_SIZE, RayOptions  # noqa: E402
 from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store  # noqa: E402
 from .errors import SimsearchError  # noqa: E402
 
@@ -84,7 +84,8 @@ def main() -> None:
 @click.option("--staging", metavar="DIR|URI",
               help="With --ray: where workers write Parquet shards, shared by all nodes (a folder, s3://, gs://) "
                    "[default: STORE/staging].")
-@click.option("--shard-size", type=click.IntRange(1, 1_000_000), help="With --ray: files per shard [default: 256].")
+@click.option("--shard-size", type=click.IntRange(1, 1_000_000),
+              help=f"With --ray: files per shard [default: {DEFAULT_SHARD_SIZE}].")
 @click.option("--actors", type=click.IntRange(1, 100_000),
               help="With --ray: embedding actors [default: one per GPU, else one per node].")
 @_json_option
@@ -102,7 +103,7 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
 
     ray = None
     if ray_address is not None:
-        ray = RayOptions(address=ray_address, staging=staging, shard_size=shard_size or 256, actors=actors)
+        ray = RayOptions(address=ray_address, staging=staging, shard_size=shard_size or DEFAULT_SHARD_SIZE, actors=actors)
     elif staging or shard_size or actors:
         raise click.UsageError("--staging, --shard-size and --actors go with --ray")
     with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize) as s:

@@ -17,17 +17,18 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import ImageError, SimsearchError, StoreError
-from .images import ImageInfo, load_image
+from .images import ImageInfo, load_image, read_file
+from .index import atomic_write
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".parquet"
+DEFAULT_SHARD_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,7 @@ class RayOptions:
 
     address: str | None = None  # a cluster ("auto": RAY_ADDRESS or the one started on this machine; "local": a new one)
     staging: str | None = None  # folder or URI for the Parquet shards; default STORE/staging (must be shared storage)
-    shard_size: int = 256  # files per shard: the unit of work, of retry and of resume
+    shard_size: int = DEFAULT_SHARD_SIZE  # files per shard: the unit of work, of retry and of resume
     actors: int | None = None  # embedding actors; default one per GPU, else one per node with CPUs to spare
     gpus_per_actor: float | None = None  # default 1 when the cluster has GPUs, else 0
     # CPUs reserved by each embedding actor, none by default: TensorFlow uses every core it finds whatever Ray
@@ -122,25 +124,19 @@ def shard_name(files: list[FileKey]) -> str:
 
 
 def write_shard(fs: pafs.FileSystem, folder: str, name: str, table: pa.Table) -> None:
-    """Whole or not at all: a temporary name, flushed to disk, then renamed (an object store's put is atomic)."""
+    """Whole or not at all: on a local disk through atomic_write; an object store's put is atomic itself."""
+    import pyarrow as pa
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    final = f"{folder}/{name}"
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
     if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(Path(folder) / name, data)
         return
-    with fs.open_output_stream(final) as out:
-        pq.write_table(table, out)
+    with fs.open_output_stream(f"{folder}/{name}") as out:
+        out.write(data)
 
 
 def _decode_shard(row: dict[str, Any], *, input_size: tuple[int, int], resize: str, max_pixels: int) -> dict[str, Any]:
@@ -151,10 +147,9 @@ def _decode_shard(row: dict[str, Any], *, input_size: tuple[int, int], resize: s
     for path, size, mtime in files:
         entry: dict[str, Any] = {"path": path, "size": size, "mtime_ns": mtime, "sha256": None, "error": None}
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            entry["error"] = f"cannot read file: {exc.strerror or exc}"
+            data = read_file(path)
+        except ImageError as exc:
+            entry["error"] = exc.reason
         else:
             entry["sha256"] = hashlib.sha256(data).hexdigest()
             try:
@@ -183,12 +178,13 @@ class _EmbedShards:
             raise StoreError(f"model {handle} on this worker gives {self.embedder.spec.dim} dimensions, "
                              f"the store {dim}")
         self.batch_size, self.dim, self.folder = batch_size, dim, folder
+        self.schema = shard_schema(dim)
         self.fs, _ = staging_filesystem(staging)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import pyarrow as pa
 
-        out: dict[str, list[Any]] = {"shard": [], "rows": [], "failed": [], "decode_s": [], "embed_s": []}
+        out: dict[str, list[Any]] = {"shard": [], "decode_s": [], "embed_s": []}
         for shard, meta_json, pixels, decode_s in zip(batch["shard"], batch["meta"], batch["pixels"],
                                                       batch["decode_s"]):
             t0 = time.perf_counter()
@@ -196,7 +192,7 @@ class _EmbedShards:
             pixels = np.asarray(pixels)
             vecs = [self.embedder.embed(pixels[i : i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
             vectors = iter(np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32))
-            cols: dict[str, list[Any]] = {k: [] for k in shard_schema(self.dim).names}
+            cols: dict[str, list[Any]] = {k: [] for k in self.schema.names}
             for m in meta:
                 for k in ("path", "size", "mtime_ns", "sha256", "error"):
                     cols[k].append(m[k])
@@ -204,10 +200,8 @@ class _EmbedShards:
                     cols[k].append(m.get(k))
                 cols["taken_at"].append(datetime.fromisoformat(m["taken_at"]) if m.get("taken_at") else None)
                 cols["vector"].append(None if m["error"] else next(vectors).tolist())
-            write_shard(self.fs, self.folder, shard, pa.table(cols, schema=shard_schema(self.dim)))
+            write_shard(self.fs, self.folder, shard, pa.table(cols, schema=self.schema))
             out["shard"].append(shard)
-            out["rows"].append(len(meta))
-            out["failed"].append(sum(1 for m in meta if m["error"]))
             out["decode_s"].append(float(decode_s))
             out["embed_s"].append(time.perf_counter() - t0)
         return out

@@ -39,7 +39,7 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .images import ImageInfo, array_to_image, find_images, load_image
+from .images import ImageInfo, array_to_image, find_images, load_image, read_file
 from .index import VectorIndex, atomic_write, recall_at_k, rescore, tune_nprobe, without_self
 
 try:
@@ -565,11 +565,9 @@ class Store:
         def prepare(task: _Task) -> _Prepared:
             t = time.perf_counter()
             try:
-                with Path(task.path).open("rb") as f:
-                    data = f.read()
-            except OSError as exc:
-                return _Prepared(task, "failed", error=f"cannot read file: {exc.strerror or exc}",
-                                 seconds=time.perf_counter() - t)
+                data = read_file(task.path)
+            except ImageError as exc:
+                return _Prepared(task, "failed", error=exc.reason, seconds=time.perf_counter() - t)
             sha = hashlib.sha256(data).hexdigest()
             kind = _classify(task, sha, movable_hashes, known)
             if kind == "embed":

@@ -84,6 +84,15 @@ class ImageInfo:
     taken_at: datetime | None
 
 
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes, or an ImageError with the reason every indexer records for an unreadable file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+
+
 def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | None]:
     """Open lazily (header only); returns the image and a name for error messages."""
     if isinstance(source, Image.Image):
@@ -92,11 +101,7 @@ def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | 
         data, name = bytes(source), None
     else:
         name = str(source)
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ImageError(name, f"cannot read file: {exc.strerror or exc}") from exc
+        data = read_file(source)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
     try:
