@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,11 +12,19 @@ from typing import Any
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ start-up chatter is not for users
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
 
 from . import __version__  # noqa: E402
 from .catalog import ImageFilter  # noqa: E402
-from .config import DEFAULT_MODEL, RESIZE_POLICIES, Settings, default_store_dir  # noqa: E402
+from .config import (  # noqa: E402
+    DEFAULT_MODEL,
+    DEFAULT_RUNTIME,
+    PRECISIONS,
+    RESIZE_POLICIES,
+    RUNTIMES,
+    Settings,
+    default_store_dir,
+)
 from .distributed import DEFAULT_SHARD_SIZE, RayOptions  # noqa: E402
 from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store  # noqa: E402
 from .errors import SimsearchError  # noqa: E402
@@ -45,6 +54,12 @@ def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--runtime", type=click.Choice(RUNTIMES), envvar="SIMSEARCH_RUNTIME",
+                        help=f"Where the model runs: compiled once for this CPU (onnxruntime, openvino) or "
+                             f"TensorFlow itself [default: {DEFAULT_RUNTIME}]. Env: SIMSEARCH_RUNTIME.")(fn)
+
+
 def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
@@ -53,6 +68,18 @@ def _open(store: str | None, model: str | None, db: str | None, create: bool = F
     """Only `index` creates a store; the other commands say so when there is none."""
     return Store(store, model=model, db=db, create=create,
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
+
+
+def _log_to_stderr() -> None:
+    """What the library says while it works ("fetching model ...", "compiling model ...") goes to stderr."""
+    logger = logging.getLogger("simsearch")
+    if not any(getattr(h, "_simsearch_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._simsearch_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # TensorFlow's absl gives the root logger a handler of its own
 
 
 def _print_json(value: Any) -> None:
@@ -68,6 +95,7 @@ def main() -> None:
       simsearch index ~/Pictures
       simsearch query probe.jpg -k 10
     """
+    _log_to_stderr()
 
 
 @main.command()
@@ -77,6 +105,10 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: cores + 1, at most 8].")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
               help="How photos are fitted to the model's square input [default: the store's, or whole].")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="Model arithmetic, fixed when the store is made: fp32, or int8 calibrated on the folder's "
+                   "own photos (faster on CPUs with VNNI) [default: the store's, or fp32].")
+@_runtime_option
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Decode and embed on a Ray cluster: its ADDRESS (host:port), 'auto' (RAY_ADDRESS or the "
                    "cluster started on this machine; the default when no value is given) or 'local' (a new "
@@ -90,7 +122,7 @@ def main() -> None:
               help="With --ray: embedding actors [default: one per GPU, else one per node].")
 @_json_option
 def index(folder: str, store: str | None, model: str | None, db: str | None, batch_size: int | None,
-          workers: int | None, resize: str | None, ray_address: str | None, staging: str | None,
+          workers: int | None, resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None, staging: str | None,
           shard_size: int | None, actors: int | None, as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
 
@@ -106,7 +138,8 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
         ray = RayOptions(address=ray_address, staging=staging, shard_size=shard_size or DEFAULT_SHARD_SIZE, actors=actors)
     elif staging or shard_size or actors:
         raise click.UsageError("--staging, --shard-size and --actors go with --ray")
-    with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize) as s:
+    with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize,
+               precision=precision, runtime=runtime) as s:
         bar: tqdm | None = None
 
         def progress(p: Progress) -> None:
@@ -145,10 +178,11 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
 @click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this format, e.g. JPEG (repeatable).")
 @click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
 @_store_options
+@_runtime_option
 @_json_option
 def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: datetime | None,
           taken_until: datetime | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
-          model: str | None, db: str | None, as_json: bool) -> None:
+          model: str | None, db: str | None, runtime: str | None, as_json: bool) -> None:
     """Print the photos most similar to IMAGE (a file), or to an indexed photo with --id.
 
     Filters narrow the candidates first, so the k shown are the true top k among matching photos.
@@ -164,7 +198,7 @@ def query(image: str | None, image_id: int | None, k: int, folder: str | None, t
         raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
     where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
                         min_pixels=min_pixels)
-    with _open(store, model, db) as s:
+    with _open(store, model, db, runtime=runtime) as s:
         hits = s.query(image if image is not None else image_id, k=k, where=where or None)
     if as_json:
         _print_json([h.to_dict() for h in hits])
@@ -322,13 +356,14 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
 
 @main.command()
 @_store_options
+@_runtime_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; 0.0.0.0 exposes it to the network.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--token", envvar="SIMSEARCH_TOKEN", metavar="SECRET",
               help="Bearer token required for anything beyond read-only queries (re-indexing). Env: SIMSEARCH_TOKEN.")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024), help="Largest upload accepted.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this web origin (repeatable); off by default.")
-def serve(store: str | None, model: str | None, db: str | None, host: str, port: int, token: str | None,
+def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, host: str, port: int, token: str | None,
           max_upload_mb: int, cors_origins: tuple[str, ...]) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
 
@@ -340,7 +375,7 @@ def serve(store: str | None, model: str | None, db: str | None, host: str, port:
 
     from .server import create_app
 
-    app = create_app(_open(store, model, db), token=token or None,
+    app = create_app(_open(store, model, db, runtime=runtime), token=token or None,
                      max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)

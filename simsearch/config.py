@@ -13,6 +13,13 @@ RESIZE_POLICIES = ("whole", "center-crop")
 DEFAULT_RESIZE = "whole"
 # Pillow raises DecompressionBombError at twice its warning limit; we refuse at the same size, with our own message.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# Where the model runs. "tensorflow" runs the module itself; the others run it compiled once per module
+# (see simsearch.runtimes), proven equal to TensorFlow's vectors when compiled. Chosen by measurement: README.
+RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
+DEFAULT_RUNTIME = "onnxruntime"
+RUNTIME_ENV = "SIMSEARCH_RUNTIME"
+PRECISIONS = ("fp32", "int8")
+DEFAULT_PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
@@ -22,9 +29,13 @@ class ModelSpec:
     handle: str
     input_size: tuple[int, int]  # (height, width)
     dim: int
+    fingerprint: str | None = None  # the module's content (simsearch.handles.fingerprint); None: not a module
+    runtime: str = "tensorflow"  # where it runs: not provenance, every runtime gives the same vectors
+    precision: str = DEFAULT_PRECISION
 
     def as_meta(self) -> dict[str, object]:
-        return {"model": self.handle, "input_size": list(self.input_size), "dim": self.dim}
+        return {"model": self.handle, "fingerprint": self.fingerprint, "input_size": list(self.input_size),
+                "dim": self.dim, "precision": self.precision}
 
 
 @dataclass(frozen=True)
@@ -40,8 +51,14 @@ class Settings:
     save_every_s: float = 60.0  # how often the FAISS file is checkpointed during a long run
     # Past this many vectors `index` moves the store to an approximate IVF-SQ8 index (see Store.optimize).
     ann_threshold: int = 200_000
+    runtime: str | None = None  # None: $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME
+    precision: str | None = None  # None: the store's own, or DEFAULT_PRECISION for a new store
 
     def __post_init__(self) -> None:
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import ImageError, SimsearchError, StoreError
 from .images import ImageInfo, load_image, read_file
-from .index import atomic_write
+from .files import atomic_write
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -170,13 +170,16 @@ def _decode_shard(row: dict[str, Any], *, input_size: tuple[int, int], resize: s
 class _EmbedShards:
     """Ray actor: loads the model once, embeds each decoded shard and writes it to staging."""
 
-    def __init__(self, handle: str, batch_size: int, dim: int, staging: str, folder: str) -> None:
+    def __init__(self, handle: str, batch_size: int, dim: int, staging: str, folder: str, runtime: str,
+                 fingerprint: str | None) -> None:
         from .embedder import load_embedder
 
-        self.embedder = load_embedder(handle, batch_size=batch_size)
-        if self.embedder.spec.dim != dim:
-            raise StoreError(f"model {handle} on this worker gives {self.embedder.spec.dim} dimensions, "
-                             f"the store {dim}")
+        # the driver's runtime, compiled once per node into that node's cache
+        self.embedder = load_embedder(handle, runtime=runtime, fingerprint=fingerprint, batch_size=batch_size)
+        spec = self.embedder.spec
+        if spec.dim != dim or (fingerprint and spec.fingerprint and spec.fingerprint != fingerprint):
+            raise StoreError(f"model {handle} on this worker is not the store's: {spec.dim} dimensions, "
+                             f"content {spec.fingerprint}; the store has {dim}, content {fingerprint}")
         self.batch_size, self.dim, self.folder = batch_size, dim, folder
         self.schema = shard_schema(dim)
         self.fs, _ = staging_filesystem(staging)
@@ -211,12 +214,13 @@ class RayRun:
     """One `index` run on Ray: plans shards, runs the pipeline for those not yet written, reads results back."""
 
     def __init__(self, options: RayOptions, *, staging: str, model: str, dim: int, input_size: tuple[int, int],
-                 resize: str, max_pixels: int, batch_size: int) -> None:
+                 resize: str, max_pixels: int, batch_size: int, runtime: str, fingerprint: str | None) -> None:
         self.options = options
         self.model, self.dim, self.input_size = model, dim, input_size
+        self.runtime, self.fingerprint = runtime, fingerprint
         self.resize, self.max_pixels, self.batch_size = resize, max_pixels, batch_size
         self.fs, base = staging_filesystem(staging)
-        self.folder = f"{base}/{provenance_key(model, input_size, resize, max_pixels)}"
+        self.folder = f"{base}/{provenance_key(fingerprint or model, input_size, resize, max_pixels)}"
         self.fs.create_dir(self.folder, recursive=True)
         self.staging_uri = staging if "://" in staging else self.folder
         self.stats = {"shards": 0, "reused_shards": 0, "decode": 0.0, "embed": 0.0, "ray_seconds": 0.0}
@@ -318,7 +322,8 @@ class RayRun:
             _EmbedShards, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=opts.actor_cpus, num_gpus=gpus,
             fn_constructor_kwargs={"handle": self.model, "batch_size": self.batch_size, "dim": self.dim,
-                                   "staging": self.staging_uri, "folder": self.folder},
+                                   "staging": self.staging_uri, "folder": self.folder, "runtime": self.runtime,
+                                   "fingerprint": self.fingerprint},
         )
         return self._rows(ds)
 

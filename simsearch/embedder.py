@@ -1,27 +1,44 @@
-"""Models that turn image batches into L2-normalised vectors.
+"""Models that turn image batches into L2-normalised vectors, and the one place that picks where they run.
 
-The default is the TF-Hub Inception V2 feature-vector module, loaded through tensorflow-hub exactly as
-users' machines load it (URL or local folder, cached under TFHUB_CACHE_DIR). TensorFlow is imported
-only when a model is loaded, so commands that need no model (stats, failures) start fast.
+The default is the TF-Hub Inception V2 feature-vector module, fetched and loaded by tensorflow-hub exactly
+as users' machines load it (URL or local folder, cached under TFHUB_CACHE_DIR). On first use of a module
+simsearch compiles it for a fast CPU runtime (simsearch.compiler) and keeps the compiled model under the
+module's content fingerprint (simsearch.runtimes); every later process runs that and never imports
+TensorFlow. TensorFlow is imported only to fetch, compile, or run on the "tensorflow" runtime.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .config import DEFAULT_INPUT_SIZE, DEFAULT_MODEL, ModelSpec
+from .config import (
+    DEFAULT_INPUT_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_RUNTIME,
+    RUNTIME_ENV,
+    RUNTIMES,
+    ModelSpec,
+)
 from .errors import ModelError
+from .handles import fingerprint, is_remote, local_fingerprint, local_module_dir, normalize_handle
 from .images import to_model_input
 
-_REMOTE_PREFIXES = ("http://", "https://", "gs://", "s3://")
+log = logging.getLogger(__name__)
+
 _SIGNATURE_PREFERENCE = ("image_feature_vector", "default", "serving_default")
+DOWNLOAD_TIMEOUT_ENV = "SIMSEARCH_DOWNLOAD_TIMEOUT"
+DEFAULT_DOWNLOAD_TIMEOUT = 60.0  # seconds a model server may stay silent before the fetch gives up
 
 
 @runtime_checkable
@@ -64,14 +81,6 @@ def _import_tensorflow() -> tuple[Any, Any]:
     return tf, hub
 
 
-def normalize_handle(handle: str | os.PathLike[str]) -> str:
-    """URLs stay as they are; local module folders become absolute, so a store records where they are."""
-    text = os.fspath(handle)
-    if text.startswith(_REMOTE_PREFIXES):
-        return text
-    return str(Path(text).expanduser().resolve())
-
-
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -99,8 +108,8 @@ def _check_output(out: Any, n: int, dim: int | None, source: str) -> np.ndarray:
     return l2_normalize(arr)
 
 
-class _BatchingEmbedder:
-    """Shared batching and checking; subclasses provide _run(float32 batch) -> raw vectors."""
+class BatchingEmbedder:
+    """Shared batching and checking; subclasses provide _run(float32 batch in [0,1]) -> raw vectors."""
 
     _spec: ModelSpec
     batch_size: int
@@ -127,7 +136,7 @@ class _BatchingEmbedder:
         return out
 
 
-class HubEmbedder(_BatchingEmbedder):
+class HubEmbedder(BatchingEmbedder):
     """A TF-Hub module: the TF1 Hub format (tags, `image_feature_vector` signature) or a TF2 SavedModel."""
 
     def __init__(
@@ -140,18 +149,22 @@ class HubEmbedder(_BatchingEmbedder):
         input_size: tuple[int, int] | None = None,
         batch_size: int = 32,
     ) -> None:
+        handle = normalize_handle(handle)
+        _check_local(handle)  # before TensorFlow's import: a typo fails at once
         tf, hub = _import_tensorflow()
         self._tf = tf
         self.batch_size = batch_size
-        handle = normalize_handle(handle)
-        remote = handle.startswith(_REMOTE_PREFIXES)
-        if not remote and not Path(handle).is_dir():
-            raise ModelError(f"model folder {handle} does not exist (expected an unpacked TF-Hub module)")
+        if is_remote(handle) and local_module_dir(handle) is None:
+            log.info("fetching model %s ...", handle)
         try:
-            path = hub.resolve(handle)
+            with _download_timeout() as seconds:
+                path = hub.resolve(handle)
         except Exception as exc:
+            stalled = any(isinstance(e, (TimeoutError, socket.timeout)) for e in _chain(exc))
+            why = (f"the server sent nothing for {seconds:g} s (the limit is {DOWNLOAD_TIMEOUT_ENV})"
+                   if stalled else str(exc))
             raise ModelError(
-                f"cannot fetch model {handle}: {exc}. simsearch needs this TF-Hub module once (it is then "
+                f"cannot fetch model {handle}: {why}. simsearch needs this TF-Hub module once (it is then "
                 f"cached under TFHUB_CACHE_DIR). On a machine without access to it, download the module "
                 f"elsewhere, unpack it into a folder and pass that folder with --model PATH "
                 f"(or SIMSEARCH_MODEL=PATH)."
@@ -163,8 +176,25 @@ class HubEmbedder(_BatchingEmbedder):
         self._obj = obj  # keeps variables alive
         self._fn, self._input_name, self._output, declared = self._pick_function(obj, signature, output, handle)
         size = input_size or declared or DEFAULT_INPUT_SIZE
+        size = (int(size[0]), int(size[1]))
         dim = self._probe_dim(handle, size)
-        self._spec = ModelSpec(handle=handle, input_size=(int(size[0]), int(size[1])), dim=dim)
+        fp = fingerprint(path) if os.path.isdir(path) else None
+        self._spec = ModelSpec(handle=handle, input_size=size, dim=dim, fingerprint=fp)
+
+    def features_function(self) -> Any:
+        """The embedding as one TensorFlow function, images float32 [N, H, W, 3] in [0,1] -> [N, dim]
+        (not normalised): what simsearch.compiler freezes and converts."""
+        tf, fn, name, output = self._tf, self._fn, self._input_name, self._output
+        h, w = self._spec.input_size
+
+        @tf.function(input_signature=[tf.TensorSpec([None, h, w, 3], tf.float32, name="images")])
+        def features(images: Any) -> Any:
+            out = fn(**{name: images}) if name else fn(images)
+            if isinstance(out, dict):
+                out = out[output]
+            return tf.reshape(out, [-1, self._spec.dim])  # [N,1,1,D] from un-squeezed pooling, too
+
+        return features.get_concrete_function()
 
     @staticmethod
     def _pick_function(
@@ -215,7 +245,7 @@ class HubEmbedder(_BatchingEmbedder):
         return out.numpy()
 
 
-class CallableEmbedder(_BatchingEmbedder):
+class CallableEmbedder(BatchingEmbedder):
     """Wraps any function float32 [N,H,W,3] in [0,1] -> [N,D], e.g. your own Keras model."""
 
     def __init__(
@@ -236,8 +266,83 @@ class CallableEmbedder(_BatchingEmbedder):
         return out.numpy() if hasattr(out, "numpy") else out
 
 
-def load_embedder(model: str | os.PathLike[str] | Embedder | None = None, **kwargs: Any) -> Embedder:
-    """A handle (URL or folder) becomes a HubEmbedder; an Embedder is used as it is."""
+def _check_local(handle: str) -> None:
+    if not is_remote(handle) and not Path(handle).is_dir():
+        raise ModelError(f"model folder {handle} does not exist (expected an unpacked TF-Hub module)")
+
+
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    while exc is not None:
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+@contextmanager
+def _download_timeout() -> Iterator[float]:
+    """tensorflow-hub opens URLs with no timeout: a server that accepts and never answers would hang us
+    forever. Sockets made meanwhile get a bounded wait for each read."""
+    try:
+        seconds = float(os.environ.get(DOWNLOAD_TIMEOUT_ENV) or DEFAULT_DOWNLOAD_TIMEOUT)
+    except ValueError as exc:
+        raise ModelError(f"{DOWNLOAD_TIMEOUT_ENV} must be a number of seconds") from exc
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield seconds
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def load_embedder(
+    model: str | os.PathLike[str] | Embedder | None = None,
+    *,
+    runtime: str | None = None,
+    precision: str = DEFAULT_PRECISION,
+    fingerprint: str | None = None,
+    tags: set[str] | None = None,
+    signature: str | None = None,
+    output: str | None = None,
+    input_size: tuple[int, int] | None = None,
+    batch_size: int = 32,
+) -> Embedder:
+    """A handle (URL or folder) becomes an embedder on `runtime`; an Embedder is used as it is.
+
+    runtime: "onnxruntime" or "openvino" run the module compiled once for this CPU (compiled on first
+    use, which needs TensorFlow; never again after); "tensorflow" runs the module itself. Default:
+    $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME. If compiling fails the reason is logged and the module
+    runs on TensorFlow. fingerprint: the content the caller expects (a store's), so that a compiled
+    model is found even when the module's files are gone from the TF-Hub cache (a cleared temp folder).
+    """
     if isinstance(model, Embedder):
         return model
-    return HubEmbedder(model if model is not None else DEFAULT_MODEL, **kwargs)
+    from .runtimes import Variant, find_compiled, open_compiled
+
+    handle = normalize_handle(model if model is not None else DEFAULT_MODEL)
+    runtime = runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+    if runtime not in RUNTIMES:
+        raise ModelError(f"unknown runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    _check_local(handle)
+    hub_args: dict[str, Any] = dict(tags=tags, signature=signature, output=output, input_size=input_size,
+                                    batch_size=batch_size)
+    if runtime == "tensorflow" or tags:  # the {"train"} graph is for fine-tuning: TensorFlow's own
+        if precision != "fp32":
+            raise ModelError(f"precision {precision} needs a compiled runtime (onnxruntime or openvino)")
+        return HubEmbedder(handle, **hub_args)
+    variant = Variant(signature, output, tuple(input_size) if input_size else None, precision)
+    content = local_fingerprint(handle) or fingerprint
+    if content is not None and (found := find_compiled(content, variant)) is not None:
+        return open_compiled(found, runtime, handle, batch_size=batch_size)
+    if precision != "fp32":
+        raise ModelError(f"no {precision} model of {handle} has been made on this machine yet "
+                         f"(it is made when a store is created with --precision {precision})")
+    reference = HubEmbedder(handle, **hub_args)
+    from .compiler import compile_module
+
+    if reference.spec.fingerprint is None or find_compiled(reference.spec.fingerprint, variant) is None:
+        log.info("compiling model %s for this CPU (once) ...", handle)
+    try:
+        compiled = compile_module(reference, variant, runtime=runtime)
+        return open_compiled(compiled, runtime, handle, batch_size=batch_size)
+    except (ModelError, ImportError) as exc:
+        log.warning("cannot run model %s on %s (%s): running it on TensorFlow", handle, runtime, exc)
+        return reference

@@ -27,9 +27,19 @@ import numpy as np
 from PIL import Image
 
 from .catalog import OK, Catalog, Changes, Entry, ImageFields, ImageFilter
-from .config import DEFAULT_MODEL, DEFAULT_RESIZE, ModelSpec, Settings, default_store_dir
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_RESIZE,
+    DEFAULT_RUNTIME,
+    RUNTIME_ENV,
+    ModelSpec,
+    Settings,
+    default_store_dir,
+)
 from .distributed import RayOptions, RayRun
-from .embedder import Embedder, l2_normalize, load_embedder, normalize_handle
+from .embedder import Embedder, l2_normalize, load_embedder
+from .handles import local_fingerprint, normalize_handle
 from .errors import (
     EmptyStoreError,
     ImageError,
@@ -40,7 +50,8 @@ from .errors import (
     StoreError,
 )
 from .images import ImageInfo, array_to_image, find_images, load_image, read_file
-from .index import VectorIndex, atomic_write, recall_at_k, rescore, tune_nprobe, without_self
+from .files import atomic_write
+from .index import VectorIndex, recall_at_k, rescore, tune_nprobe, without_self
 
 try:
     import fcntl
@@ -205,8 +216,13 @@ class Store:
         self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}")
         settings = settings or Settings()
         self._recorded: dict[str, Any] | None = self.catalog.get_meta("model")
-        resize = settings.resize or (self._recorded or {}).get("resize") or DEFAULT_RESIZE
-        self.settings = Settings(**{**asdict(settings), "resize": resize})
+        recorded = self._recorded or {}
+        resize = settings.resize or recorded.get("resize") or DEFAULT_RESIZE
+        # stores made before precision was recorded are fp32
+        precision = settings.precision or (recorded.get("precision", "fp32") if recorded else DEFAULT_PRECISION)
+        runtime = settings.runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+        self.settings = Settings(**{**asdict(settings), "resize": resize, "precision": precision,
+                                    "runtime": runtime})
         self._embedder: Embedder | None = None
         self._model_lock = threading.Lock()
         self.model_load_seconds = 0.0
@@ -215,7 +231,8 @@ class Store:
             self._model_arg = os.environ["SIMSEARCH_MODEL"]
         try:
             self._check_provenance()
-        except ModelMismatchError:
+            self._record_fingerprint()
+        except SimsearchError:
             self.catalog.close()
             raise
         self._index: VectorIndex | None = None
@@ -237,24 +254,61 @@ class Store:
             return normalize_handle(arg)
         return self._recorded["model"] if self._recorded else DEFAULT_MODEL
 
+    def _same_model(self, spec: ModelSpec | None) -> bool:
+        """Identity by content: the module's fingerprint where both sides have one, else the handle.
+        Before the model is loaded, a handle whose files are not here yet (a URL not fetched) passes;
+        its content is checked once it is loaded."""
+        rec = self._recorded
+        assert rec is not None
+        rec_fp = rec.get("fingerprint")
+        if spec is not None:
+            if spec.fingerprint and rec_fp:
+                return spec.fingerprint == rec_fp
+            return spec.handle == rec["model"] or (spec.fingerprint is not None and spec.fingerprint ==
+                                                    local_fingerprint(rec["model"]))
+        handle = self.model_handle
+        if isinstance(self._model_arg, Embedder) or handle == rec["model"]:
+            return handle == rec["model"]
+        arg_fp = local_fingerprint(handle)
+        if arg_fp is None:
+            return True  # not fetched yet: checked by content once loaded
+        return arg_fp == (rec_fp or local_fingerprint(rec["model"]))
+
     def _check_provenance(self, spec: ModelSpec | None = None) -> None:
         rec = self._recorded
         if not rec:
             return
         problems = []
-        if self.model_handle != rec["model"]:
-            problems.append(f"model {self.model_handle}")
+        if not self._same_model(spec):
+            problems.append(f"model {spec.handle if spec else self.model_handle}"
+                            + (f" (content {spec.fingerprint})" if spec and spec.fingerprint else ""))
         if self.settings.resize != rec.get("resize"):
             problems.append(f"resize policy {self.settings.resize!r}")
+        if self.settings.precision != rec.get("precision", "fp32"):
+            problems.append(f"precision {self.settings.precision}")
         if spec is not None and (spec.dim != rec["dim"] or list(spec.input_size) != rec["input_size"]):
             problems.append(f"a model of {spec.dim} dimensions at {spec.input_size[0]}x{spec.input_size[1]}")
         if problems:
             raise ModelMismatchError(
-                f"store {self.root} was built with model {rec['model']} ({rec['dim']} dimensions, input "
-                f"{rec['input_size'][0]}x{rec['input_size'][1]}, resize {rec.get('resize')!r}), but this run "
-                f"uses {', '.join(problems)}. Vectors of different models cannot be mixed: use the store's "
-                f"model, or another --store."
+                f"store {self.root} was built with model {rec['model']} "
+                f"({'content ' + rec['fingerprint'] + ', ' if rec.get('fingerprint') else ''}{rec['dim']} "
+                f"dimensions, input {rec['input_size'][0]}x{rec['input_size'][1]}, resize {rec.get('resize')!r}, "
+                f"precision {rec.get('precision', 'fp32')}), but this run uses {', '.join(problems)}. Vectors of "
+                f"different models cannot be mixed: use the store's model, or another --store."
             )
+
+    def _record_fingerprint(self, spec: ModelSpec | None = None) -> None:
+        """Stores made before models were identified by content learn their module's fingerprint on the
+        first open where its files are here (or once the model is loaded)."""
+        rec = self._recorded
+        if not rec or rec.get("fingerprint") or isinstance(self._model_arg, Embedder):
+            return
+        fp = spec.fingerprint if spec is not None else local_fingerprint(rec["model"])
+        if fp is None:
+            return
+        rec = {**rec, "fingerprint": fp}
+        self.catalog.set_meta(model=rec)
+        self._recorded = rec
 
     @property
     def embedder(self) -> Embedder:
@@ -266,8 +320,14 @@ class Store:
         if self._embedder is None:
             t = time.perf_counter()
             arg = self._model_arg
-            emb = arg if isinstance(arg, Embedder) else load_embedder(self.model_handle, batch_size=self.settings.batch_size)
+            if isinstance(arg, Embedder):
+                emb = arg
+            else:
+                s, rec = self.settings, self._recorded or {}
+                emb = load_embedder(self.model_handle, runtime=s.runtime, precision=s.precision or DEFAULT_PRECISION,
+                                    fingerprint=rec.get("fingerprint"), batch_size=s.batch_size)
             self._check_provenance(emb.spec)
+            self._record_fingerprint(emb.spec)
             self._embedder = emb
             if emb is not arg:  # loaded from a handle now, not handed in ready
                 self.model_load_seconds = time.perf_counter() - t
@@ -605,7 +665,8 @@ class Store:
         s = self.settings
         return RayRun(options, staging=options.staging or str(self.root / STAGING_DIR), model=self.model_handle,
                       dim=int(rec["dim"]), input_size=self._input_size, resize=s.resize or DEFAULT_RESIZE,
-                      max_pixels=s.max_pixels, batch_size=s.batch_size)
+                      max_pixels=s.max_pixels, batch_size=s.batch_size, runtime=s.runtime or DEFAULT_RUNTIME,
+                      fingerprint=rec.get("fingerprint"))
 
     @staticmethod
     def _from_ray(run: RayRun, tasks: list[_Task], movable: dict[str, Entry], known: dict[str, int]) -> Iterator[_Prepared]:
@@ -663,7 +724,8 @@ class Store:
         elif not isinstance(probe, (bytes, bytearray, memoryview, Image.Image)):
             raise QueryError(f"cannot query by a {type(probe).__name__}: give a path, bytes, a PIL image, "
                              f"an array, an indexed id or a vector")
-        pixels, _ = load_image(probe, self.embedder.spec.input_size, policy=self.settings.resize,
+        # decoded before the model loads (the store knows its input size): a bad probe fails at once
+        pixels, _ = load_image(probe, self._input_size, policy=self.settings.resize,
                                max_pixels=self.settings.max_pixels)
         return self.embedder.embed(pixels[None])[0]
 
@@ -804,6 +866,9 @@ class Store:
             "store": str(self.root),
             "db": self.catalog.url,
             "model": rec.get("model", self.model_handle),
+            "fingerprint": rec.get("fingerprint"),
+            "precision": rec.get("precision", self.settings.precision),
+            "runtime": self.settings.runtime,
             "dim": rec.get("dim"),
             "input_size": rec.get("input_size"),
             "resize": self.settings.resize,

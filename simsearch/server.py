@@ -33,7 +33,7 @@ from .errors import (
     StoreError,
 )
 from .images import thumbnail_jpeg
-from .index import atomic_write
+from .files import atomic_write
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 THUMBNAIL_SIZE = 256

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Compiled models go to a cache of this test session's own, never the user's (~/.cache/simsearch).
+os.environ["SIMSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="simsearch-test-cache-")
 
 from simsearch.embedder import HubEmbedder  # noqa: E402
 

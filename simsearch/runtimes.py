@@ -1,0 +1,162 @@
+"""The model compiled once per module, then run without TensorFlow: on ONNX Runtime or OpenVINO.
+
+The compiled model (ONNX) lives in the per-user cache (simsearch.handles.cache_dir), under the module's
+content fingerprint and the way it was asked for (signature, output, input size, precision):
+
+    CACHE/compiled/<fingerprint>/<variant>/model.onnx + meta.json
+
+meta.json says what it is and how close it came to TensorFlow on the check images when compiled
+(simsearch.compiler writes it; nothing is cached that failed the check). Loading one costs an import of
+the runtime and a session, well under a second, where importing TensorFlow alone costs seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ModelSpec
+from .embedder import BatchingEmbedder
+from .errors import ModelError
+from .handles import cache_dir
+
+MODEL_FILE = "model.onnx"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How a module is asked for: None means the module's own choice (signature, output, input size)."""
+
+    signature: str | None = None
+    output: str | None = None
+    input_size: tuple[int, int] | None = None
+    precision: str = "fp32"
+
+    @property
+    def key(self) -> str:
+        text = json.dumps([self.signature, self.output, list(self.input_size or ()), self.precision])
+        return f"{self.precision}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class CompiledModel:
+    """A compiled model in the cache: its folder and what meta.json says of it."""
+
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        h, w = self.meta["input_size"]
+        return int(h), int(w)
+
+    def spec(self, handle: str, runtime: str) -> ModelSpec:
+        return ModelSpec(handle=handle, input_size=self.input_size, dim=int(self.meta["dim"]),
+                         fingerprint=self.meta["fingerprint"], runtime=runtime, precision=self.meta["precision"])
+
+
+def compiled_dir(fingerprint: str, variant: Variant) -> Path:
+    return cache_dir() / "compiled" / fingerprint.replace("sha256:", "")[:32] / variant.key
+
+
+def find_compiled(fingerprint: str, variant: Variant) -> CompiledModel | None:
+    folder = compiled_dir(fingerprint, variant)
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fingerprint or not (folder / MODEL_FILE).is_file():
+        return None
+    return CompiledModel(folder, meta)
+
+
+class OnnxRuntimeEmbedder(BatchingEmbedder):
+    """The compiled model on ONNX Runtime's CPU provider."""
+
+    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ModelError("runtime onnxruntime is not installed: pip install onnxruntime") from exc
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a corrupt cache file: say which, the user can delete it
+            raise ModelError(f"cannot load compiled model {model.onnx}: {exc}") from exc
+        self._input = self._session.get_inputs()[0].name
+        self.batch_size = batch_size
+        self._spec = model.spec(handle, "onnxruntime")
+
+    def _run(self, batch: np.ndarray) -> Any:
+        return self._session.run(None, {self._input: batch})[0]
+
+
+class OpenVinoEmbedder(BatchingEmbedder):
+    """The compiled model on OpenVINO's CPU plugin, in FP32 (its default on CPUs with BF16 units is
+    BF16, which moves vectors by about 1e-5 in cosine: not the same model)."""
+
+    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ModelError("runtime openvino is not installed: pip install openvino") from exc
+        try:
+            core = ov.Core()
+            config = {"PERFORMANCE_HINT": "LATENCY"}
+            if model.meta["precision"] == "fp32":
+                config["INFERENCE_PRECISION_HINT"] = "f32"
+            self._compiled = core.compile_model(core.read_model(str(model.onnx)), "CPU", config)
+        except Exception as exc:
+            raise ModelError(f"cannot load compiled model {model.onnx} on OpenVINO: {exc}") from exc
+        self.batch_size = batch_size
+        self._spec = model.spec(handle, "openvino")
+
+    def _run(self, batch: np.ndarray) -> Any:
+        return self._compiled(np.ascontiguousarray(batch))[0]
+
+
+def open_compiled(model: CompiledModel, runtime: str, handle: str, *, batch_size: int = 32) -> BatchingEmbedder:
+    match runtime:
+        case "onnxruntime":
+            return OnnxRuntimeEmbedder(model, handle, batch_size=batch_size)
+        case "openvino":
+            return OpenVinoEmbedder(model, handle, batch_size=batch_size)
+        case _:
+            raise ModelError(f"no compiled runtime {runtime!r}")
+
+
+def check_images(size: tuple[int, int], n: int = 8, seed: int = 0) -> np.ndarray:
+    """Photo-like uint8 images (smooth colour fields and discs) on which a compiled model must match
+    TensorFlow: deterministic, so the check is the same everywhere."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        img = np.empty((h, w, 3), np.float32)
+        for c in range(3):
+            a, b, p = rng.uniform(-1, 1, 3)
+            img[..., c] = 128 + 100 * np.sin(a * xx / (w / 13) + b * yy / (h / 10) + p * 6)
+        for _ in range(5):
+            cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(h / 30, h / 3)
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+        out[i] = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+    return out
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(axis=1).min())
+
