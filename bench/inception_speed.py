@@ -69,7 +69,7 @@ def main() -> None:
     runs = {
         "simsearch (Keras)": lambda: ours_fn(xt).numpy(),
         "imported module": lambda: module_fn(images=xt)["default"].numpy(),
-        "tf-slim graph": lambda: session.run(slim_out, {images: x}),
+        "tf-slim graph": lambda: session.run(slim_out, {images: x * 2 - 1}),  # TF-Slim trained on [-1, 1]
         "simsearch bf16": lambda: np.asarray(bf16_fn(xt), np.float32),
     }
     outputs = {name: fn() for name, fn in runs.items()}  # warm-up, and the vectors to compare

@@ -5,7 +5,8 @@ These are TEST MODELS with seeded random weights, never a substitute for the rea
   tag sets {} and {"train"}, signatures ``default`` and ``image_feature_vector`` taking ``images``
   [N, H, W, 3] in [0,1] and returning ``default`` [N, D], plus ``tfhub_module.pb``).
 - ``inception_v2``: TF-Slim's Inception V2 layer for layer (separable 7x7 stem with depth multiplier
-  8, Mixed_3b..Mixed_5c, batch norm without scale, eps 0.001), variables named as in TF-Slim.
+  8, Mixed_3b..Mixed_5c, batch norm without scale, eps 0.001), variables named as in TF-Slim; the
+  module takes [0,1] and feeds the network 2x - 1, as TF-Slim's checkpoints require.
 - ``build_tf2_saved_model``: a plain TF2 SavedModel with a ``serving_default`` signature.
 
 Run ``python tests/modules.py OUT_DIR [--arch inception_v2|tiny]`` to write one by hand.
@@ -107,11 +108,12 @@ def _reduction(x: tf.Tensor, name: str, b0: tuple[int, int], b1: tuple[int, int,
 
 
 def inception_v2(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
-    """TF-Slim inception_v2_base (depth_multiplier 1) plus global average pooling to 1024."""
+    """TF-Slim inception_v2_base (depth_multiplier 1) plus global average pooling to 1024. Like the
+    TF-Hub module, it takes [0,1] and scales to the [-1, 1] that TF-Slim's weights were trained on."""
     t = training
     end: dict[str, tf.Tensor] = {}
     with v1.variable_scope("InceptionV2"):
-        x = conv(images, "Conv2d_1a_7x7", 64, 7, t, stride=2, separable_multiplier=8)
+        x = conv(images * 2.0 - 1.0, "Conv2d_1a_7x7", 64, 7, t, stride=2, separable_multiplier=8)
         x = _pool(x, "max", 2)
         x = conv(x, "Conv2d_2b_1x1", 64, 1, t)
         x = conv(x, "Conv2d_2c_3x3", 192, 3, t)

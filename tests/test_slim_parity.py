@@ -1,7 +1,10 @@
 """simsearch's Inception V2 against the reference: tf_slim.nets.inception_v2, on real photos.
 
 The reference graph gets seeded random weights and non-trivial batch-norm statistics, is saved as a
-TF-Slim checkpoint, and simsearch imports that checkpoint; vectors and logits must agree to 1e-4.
+TF-Slim checkpoint by TF-Slim's own saver, and simsearch imports that checkpoint; vectors and logits
+must agree to 1e-4. The reference follows TF-Slim's convention, not simsearch's: it is fed the photos
+scaled to [-1, 1] (slim's inception preprocessing, `(x - 0.5) * 2`), while simsearch gets [0, 1] as the
+TF-Hub module does.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray)
     slim, nets = import_tf_slim()
     v1 = tf.compat.v1
     ckpt = str(tmp_path_factory.mktemp("slim") / "inception_v2.ckpt")
+    slim_range = (photos - 0.5) * 2.0  # what TF-Slim's Inception was trained on
     out: dict[str, object] = {"ckpt": ckpt}
     for training in (False, True):
         with tf.Graph().as_default():
@@ -65,10 +69,11 @@ def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray)
                             value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
                         var.load(value.astype(np.float32), sess)
                     saver.save(sess, ckpt, write_meta_graph=False)
-                    out["features"], out["logits"] = sess.run([features, logits], {images: photos})
+                    out["features"], out["logits"] = sess.run([features, logits], {images: slim_range})
+                    out["features_from_unit_range"] = sess.run(features, {images: photos})
                 else:
                     saver.restore(sess, ckpt)
-                    out["train_features"] = sess.run(features, {images: photos})
+                    out["train_features"] = sess.run(features, {images: slim_range})
     return out
 
 
@@ -82,6 +87,8 @@ def test_inference_vectors_and_logits_match_tf_slim(slim_reference: dict, photos
     out = model(photos, training=False)
     assert _relative(out["features"].numpy(), slim_reference["features"]) < TOL
     assert _relative(out["logits"].numpy(), slim_reference["logits"]) < TOL
+    # the input convention matters with these weights: [0, 1] fed to TF-Slim's graph is another function
+    assert _relative(out["features"].numpy(), slim_reference["features_from_unit_range"]) > 1e-2
 
 
 def test_training_mode_forward_matches_tf_slim(slim_reference: dict, photos: np.ndarray) -> None:
