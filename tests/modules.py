@@ -197,8 +197,9 @@ def build_tf1_hub_module(path: str | Path, network: Network = tiny, size: tuple[
 
 
 class _TF2Model(tf.Module):
-    def __init__(self, dim: int, seed: int) -> None:
+    def __init__(self, dim: int, seed: int, igamma: bool = False) -> None:
         super().__init__()
+        self.igamma = igamma
         rng = np.random.default_rng(seed)
         self.kernel = tf.Variable(rng.normal(0, 0.5, (3, 3, 3, 8)).astype(np.float32))
         self.proj = tf.Variable(rng.normal(0, 0.5, (16, dim)).astype(np.float32))
@@ -206,13 +207,15 @@ class _TF2Model(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def __call__(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         x = tf.nn.relu(tf.nn.conv2d(images, self.kernel, 2, "SAME"))
+        if self.igamma:  # an op ONNX has no counterpart for: the compiled runtimes cannot run this model
+            x = tf.math.igamma(x + 1.0, x + 1.0)
         pooled = tf.concat([tf.reduce_mean(x, [1, 2]), tf.reduce_max(x, [1, 2])], 1)
         return {"features": tf.matmul(pooled, self.proj)}
 
 
-def build_tf2_saved_model(path: str | Path, dim: int = 24, seed: int = 0) -> Path:
+def build_tf2_saved_model(path: str | Path, dim: int = 24, seed: int = 0, igamma: bool = False) -> Path:
     """A plain TF2 SavedModel, spatial size left open, with a serving_default signature."""
-    model = _TF2Model(dim, seed)
+    model = _TF2Model(dim, seed, igamma)
     tf.saved_model.save(model, str(path), signatures={"serving_default": model.__call__})
     return Path(path)
 
