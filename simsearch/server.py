@@ -112,19 +112,59 @@ class IndexJob:
             self.state, self.error, self.finished_at = state, error, time.time()
 
 
+@dataclass
+class ModelLoad:
+    """The model loaded in the background when the server starts, so the first upload does not wait
+    for it; /healthz says where it stands."""
+
+    state: str = "none"  # none (an empty store has no model yet) | loading | ready | failed
+    error: str | None = None
+    seconds: float | None = None
+    runtime: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def start(self, store: Store) -> None:
+        if store.stats()["dim"] is None:
+            return
+        self.state = "loading"
+        threading.Thread(target=self._run, args=(store,), name="simsearch-model", daemon=True).start()
+
+    def _run(self, store: Store) -> None:
+        t0 = time.perf_counter()
+        try:
+            spec = store.embedder.spec
+            state, error, runtime = "ready", None, spec.runtime
+        except Exception as exc:  # shown by /healthz; a query then reports the same error itself
+            state, error, runtime = "failed", str(exc), None
+        with self._lock:
+            self.state, self.error, self.runtime = state, error, runtime
+            self.seconds = round(time.perf_counter() - t0, 3)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {"model": self.state, "model_error": self.error, "model_seconds": self.seconds,
+                    "runtime": self.runtime}
+
+
 def create_app(
     store: Store | str | Path,
     *,
     token: str | None = None,
     max_upload: int = DEFAULT_MAX_UPLOAD,
     cors_origins: list[str] | None = None,
+    preload: bool = True,
 ) -> FastAPI:
-    """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn."""
+    """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn.
+
+    preload: load the model in a background thread now, rather than on the first upload."""
     store = store if isinstance(store, Store) else Store(store, create=False)
     app = FastAPI(title="simsearch", version=__import__("simsearch").__version__,
                   description="Find similar photos in an indexed collection.")
     app.state.store = store
     app.state.job = IndexJob()
+    app.state.model = ModelLoad()
+    if preload:
+        app.state.model.start(store)
     thumbs = store.root / "thumbnails"
     page = resources.files("simsearch").joinpath("web/index.html").read_text(encoding="utf-8")
 
@@ -176,7 +216,8 @@ def create_app(
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        return {"ok": True, "images": store.stats()["images"]}
+        """Liveness, and whether the model is ready ("loading" right after start)."""
+        return {"ok": True, "images": store.stats()["images"], **app.state.model.snapshot()}
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:

@@ -47,13 +47,37 @@ def client(store: simsearch.Store) -> TestClient:
     return TestClient(create_app(store, token=TOKEN, max_upload=200_000))
 
 
+def _healthz_when_loaded(client: TestClient) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while (health := client.get("/healthz").json())["model"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return health
+
+
 def test_health_stats_and_openapi(client: TestClient) -> None:
-    assert client.get("/healthz").json() == {"ok": True, "images": 13}
+    health = _healthz_when_loaded(client)
+    assert health["ok"] is True and health["images"] == 13 and health["model"] == "ready"
     assert client.get("/api/stats").json()["images"] == 13
     assert "/api/query" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "<title>simsearch</title>" in page.text
+
+
+def test_the_server_loads_the_model_at_start_and_says_when_it_is_ready(
+        tmp_path: Path, folder: Path, tiny_module: Path) -> None:
+    with simsearch.open(tmp_path / "s", model=tiny_module) as s:
+        s.index(folder)
+    store = simsearch.open(tmp_path / "s", create=False)  # by handle, as `simsearch serve` opens it
+    client = TestClient(create_app(store))
+    assert client.get("/healthz").json()["model"] in ("loading", "ready")
+    health = _healthz_when_loaded(client)
+    assert health["model"] == "ready" and health["runtime"] == "onnxruntime" and health["model_error"] is None
+    hits = client.post("/api/query", files={"image": ("x.jpg", (folder / "p04.jpg").read_bytes())}).json()
+    assert hits[0]["path"] == str(folder / "p04.jpg")
+
+    empty = TestClient(create_app(simsearch.open(tmp_path / "empty"), preload=True))
+    assert empty.get("/healthz").json()["model"] == "none"  # nothing to load before the first index
 
 
 def test_query_by_upload_id_and_vector(client: TestClient, folder: Path, store: simsearch.Store) -> None:
