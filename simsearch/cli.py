@@ -70,14 +70,18 @@ def _open(store: str | None, model: str | None, db: str | None, create: bool = F
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
 
 
+class _EchoHandler(logging.Handler):
+    """Log records to whatever stderr is now (click's test runner swaps it per invocation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
 def _log_to_stderr() -> None:
     """What the library says while it works ("fetching model ...", "compiling model ...") goes to stderr."""
     logger = logging.getLogger("simsearch")
-    if not any(getattr(h, "_simsearch_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._simsearch_cli = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
     logger.setLevel(logging.INFO)
     logger.propagate = False  # TensorFlow's absl gives the root logger a handler of its own
 

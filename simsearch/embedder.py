@@ -24,7 +24,6 @@ import numpy as np
 from .config import (
     DEFAULT_INPUT_SIZE,
     DEFAULT_MODEL,
-    DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
     RUNTIME_ENV,
     RUNTIMES,
@@ -297,7 +296,6 @@ def load_embedder(
     model: str | os.PathLike[str] | Embedder | None = None,
     *,
     runtime: str | None = None,
-    precision: str = DEFAULT_PRECISION,
     fingerprint: str | None = None,
     tags: set[str] | None = None,
     signature: str | None = None,
@@ -325,16 +323,11 @@ def load_embedder(
     hub_args: dict[str, Any] = dict(tags=tags, signature=signature, output=output, input_size=input_size,
                                     batch_size=batch_size)
     if runtime == "tensorflow" or tags:  # the {"train"} graph is for fine-tuning: TensorFlow's own
-        if precision != "fp32":
-            raise ModelError(f"precision {precision} needs a compiled runtime (onnxruntime or openvino)")
         return HubEmbedder(handle, **hub_args)
-    variant = Variant(signature, output, tuple(input_size) if input_size else None, precision)
+    variant = Variant(signature, output, tuple(input_size) if input_size else None)
     content = local_fingerprint(handle) or fingerprint
     if content is not None and (found := find_compiled(content, variant)) is not None:
         return open_compiled(found, runtime, handle, batch_size=batch_size)
-    if precision != "fp32":
-        raise ModelError(f"no {precision} model of {handle} has been made on this machine yet "
-                         f"(it is made when a store is created with --precision {precision})")
     reference = HubEmbedder(handle, **hub_args)
     from .compiler import compile_module
 

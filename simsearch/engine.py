@@ -50,6 +50,7 @@ from .errors import (
     StoreError,
 )
 from .images import ImageInfo, array_to_image, find_images, load_image, read_file
+from .quantize import CALIBRATION_PHOTOS, INT8_DIR, open_int8, quantize_int8
 from .files import atomic_write
 from .index import VectorIndex, recall_at_k, rescore, tune_nprobe, without_self
 
@@ -221,6 +222,8 @@ class Store:
         # stores made before precision was recorded are fp32
         precision = settings.precision or (recorded.get("precision", "fp32") if recorded else DEFAULT_PRECISION)
         runtime = settings.runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+        if precision == "int8":
+            runtime = "openvino"  # the only runtime that runs the quantized model (simsearch.quantize)
         self.settings = Settings(**{**asdict(settings), "resize": resize, "precision": precision,
                                     "runtime": runtime})
         self._embedder: Embedder | None = None
@@ -320,12 +323,18 @@ class Store:
         if self._embedder is None:
             t = time.perf_counter()
             arg = self._model_arg
+            s, rec = self.settings, self._recorded or {}
             if isinstance(arg, Embedder):
+                if s.precision == "int8":
+                    raise SimsearchError("precision int8 quantizes the model from its handle: open the store "
+                                         "with a model URL or folder, not an Embedder object")
                 emb = arg
-            else:
-                s, rec = self.settings, self._recorded or {}
-                emb = load_embedder(self.model_handle, runtime=s.runtime, precision=s.precision or DEFAULT_PRECISION,
-                                    fingerprint=rec.get("fingerprint"), batch_size=s.batch_size)
+            elif s.precision == "int8" and rec:
+                emb = open_int8(self.root / INT8_DIR, self.model_handle, sha256=rec.get("int8_sha256", ""),
+                                batch_size=s.batch_size)
+            else:  # fp32, or a new int8 store's starting point (see _record_provenance)
+                emb = load_embedder(self.model_handle, runtime=s.runtime, fingerprint=rec.get("fingerprint"),
+                                    batch_size=s.batch_size)
             self._check_provenance(emb.spec)
             self._record_fingerprint(emb.spec)
             self._embedder = emb
@@ -341,15 +350,45 @@ class Store:
             return int(h), int(w)
         return self.embedder.spec.input_size
 
-    def _record_provenance(self) -> None:
+    def _record_provenance(self, folder: Path | None = None) -> None:
+        """A new store's first write: load the model (int8: quantize it on the folder) and record it."""
         if self._recorded:
             return
+        extra: dict[str, Any] = {}
+        if self.settings.precision == "int8":
+            if folder is None:
+                raise SimsearchError("an int8 store is created by indexing a folder: its photos calibrate the model")
+            extra["int8_sha256"] = self._quantize(folder)
         spec = self.embedder.spec
-        rec = {**spec.as_meta(), "resize": self.settings.resize, "preprocessing":
+        rec = {**spec.as_meta(), **extra, "resize": self.settings.resize, "preprocessing":
                f"RGB float32 in [0,1]; EXIF-oriented; alpha on white; resize={self.settings.resize}, bilinear"}
         self.catalog.set_meta(model=rec)
         self._recorded = rec
         self._index = self._new_index(spec.dim)
+
+    def _quantize(self, folder: Path) -> str:
+        """A new int8 store: quantize the compiled fp32 model on photos spread over the folder; the
+        store's embedder becomes the int8 one. Returns the int8 model's sha256."""
+        compiled = getattr(self.embedder, "compiled", None)
+        if compiled is None:
+            raise SimsearchError("precision int8 needs the compiled model, but it runs on TensorFlow here "
+                                 "(see the warning above, or drop --runtime tensorflow)")
+        files = sorted(find_images(folder))
+        step = max(1, len(files) // CALIBRATION_PHOTOS)
+        photos = []
+        for path in files[::step][:CALIBRATION_PHOTOS]:
+            try:
+                photos.append(load_image(path, self._input_size, policy=self.settings.resize,
+                                         max_pixels=self.settings.max_pixels)[0])
+            except ImageError:
+                continue  # recorded as a failure when it is indexed
+        log.info("quantizing the model to int8 on %d photos of %s (once for this store) ...", len(photos), folder)
+        model = quantize_int8(compiled, np.stack(photos) if photos else np.zeros((0, 1, 1, 3), np.uint8),
+                              self.root / INT8_DIR)
+        with self._model_lock:
+            self._embedder = open_int8(self.root / INT8_DIR, self.model_handle, sha256=model.meta["sha256"],
+                                       batch_size=self.settings.batch_size)
+        return str(model.meta["sha256"])
 
     # vector index -----------------------------------------------------------------------------
     def _index_settings(self) -> dict[str, Any]:
@@ -470,7 +509,7 @@ class Store:
             raise NotFoundError(f"folder {root} does not exist or is not a folder")
         root = root.resolve()
         with self._writer():
-            self._record_provenance()  # a new store loads its model here, before any scanning
+            self._record_provenance(root)  # a new store loads its model here, before any scanning
             folders = set(self.catalog.get_meta("folders") or [])
             if str(root) not in folders:
                 self.catalog.set_meta(folders=sorted(folders | {str(root)}))
@@ -657,6 +696,9 @@ class Store:
                     fut.cancel()
 
     def _ray_run(self, options: RayOptions) -> RayRun:
+        if self.settings.precision == "int8":
+            raise SimsearchError("indexing on Ray runs the fp32 model on every worker; an int8 store is "
+                                 "indexed on one machine")
         if isinstance(self._model_arg, Embedder):
             raise SimsearchError("indexing on Ray loads the model by its handle on every worker: "
                                  "open the store with a model URL or folder, not an Embedder object")

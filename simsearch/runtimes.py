@@ -1,7 +1,7 @@
 """The model compiled once per module, then run without TensorFlow: on ONNX Runtime or OpenVINO.
 
 The compiled model (ONNX) lives in the per-user cache (simsearch.handles.cache_dir), under the module's
-content fingerprint and the way it was asked for (signature, output, input size, precision):
+content fingerprint and the way it was asked for (signature, output, input size):
 
     CACHE/compiled/<fingerprint>/<variant>/model.onnx + meta.json
 
@@ -52,8 +52,9 @@ class CompiledModel:
     meta: dict[str, Any]
 
     @property
-    def onnx(self) -> Path:
-        return self.folder / MODEL_FILE
+    def path(self) -> Path:
+        """The model file: ONNX when compiled from the module, OpenVINO IR (.xml) when quantized."""
+        return self.folder / str(self.meta.get("file", MODEL_FILE))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -75,7 +76,7 @@ def find_compiled(fingerprint: str, variant: Variant) -> CompiledModel | None:
         meta = json.loads((folder / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("fingerprint") != fingerprint or not (folder / MODEL_FILE).is_file():
+    if meta.get("fingerprint") != fingerprint or not (folder / meta.get("file", MODEL_FILE)).is_file():
         return None
     return CompiledModel(folder, meta)
 
@@ -91,10 +92,11 @@ class OnnxRuntimeEmbedder(BatchingEmbedder):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # a corrupt cache file: say which, the user can delete it
-            raise ModelError(f"cannot load compiled model {model.onnx}: {exc}") from exc
+            raise ModelError(f"cannot load compiled model {model.path}: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
+        self.compiled = model
         self.batch_size = batch_size
         self._spec = model.spec(handle, "onnxruntime")
 
@@ -116,9 +118,10 @@ class OpenVinoEmbedder(BatchingEmbedder):
             config = {"PERFORMANCE_HINT": "LATENCY"}
             if model.meta["precision"] == "fp32":
                 config["INFERENCE_PRECISION_HINT"] = "f32"
-            self._compiled = core.compile_model(core.read_model(str(model.onnx)), "CPU", config)
+            self._compiled = core.compile_model(core.read_model(str(model.path)), "CPU", config)
         except Exception as exc:
-            raise ModelError(f"cannot load compiled model {model.onnx} on OpenVINO: {exc}") from exc
+            raise ModelError(f"cannot load compiled model {model.path} on OpenVINO: {exc}") from exc
+        self.compiled = model
         self.batch_size = batch_size
         self._spec = model.spec(handle, "openvino")
 

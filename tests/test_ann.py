@@ -108,7 +108,7 @@ def test_eval_ann_reports_the_index_recall(store: simsearch.Store) -> None:
     tuned = store.optimize()["recall_at_10"]
     r = CliRunner().invoke(main, ["eval", "--ann", "--store", str(store.root), "--json"])
     assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
+    out = json.loads(r.stdout)
     assert out["index_kind"] == "ivf-sq8" and out["k"] == 10 and 0.95 <= out["ann_recall_at_k"] <= 1.0
     assert abs(out["ann_recall_at_k"] - tuned) < 0.03  # another sample of queries, same index
     assert CliRunner().invoke(main, ["eval", "--store", str(store.root)]).exit_code == 2

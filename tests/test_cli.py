@@ -29,7 +29,7 @@ def test_index_stats_query_failures_remove(tmp_path: Path, folder: Path, tiny_mo
     store = ["--store", str(tmp_path / "s")]
     r = _run("index", folder, *store, "--model", tiny_module, "--json")
     assert r.exit_code == 0, r.output
-    report = json.loads(r.output)
+    report = json.loads(r.stdout)
     assert (report["added"], report["failed"]) == (6, 1)
 
     r = _run("index", folder, *store)

@@ -68,7 +68,7 @@ def test_corel_labels_csv_through_the_cli(tmp_path: Path, corel_images: Path, ti
 
     r = CliRunner().invoke(main, ["eval", str(csv_path), "--store", str(tmp_path / "s"), "--json"])
     assert r.exit_code == 0, r.output
-    full = json.loads(r.output)
+    full = json.loads(r.stdout)
     assert (full["queries"], full["database"], full["k"], full["missing"]) == (100, 900, 10, 0)
     assert 0.1 < full["mean_average_precision"] <= 1  # 10 balanced classes: chance is about 0.1
     text = CliRunner().invoke(main, ["eval", str(csv_path), "--store", str(tmp_path / "s"), "-k", "5"]).output

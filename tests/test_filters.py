@@ -111,13 +111,13 @@ def test_cli_filter_options(store: simsearch.Store) -> None:
                                   "--format", "png", "--format", "WEBP", "--min-pixels", "20000",
                                   "--folder", str(root / "trips")])
     assert r.exit_code == 0, r.output
-    hits = json.loads(r.output)
+    hits = json.loads(r.stdout)
     assert hits and all(h["format"] in ("PNG", "WEBP") and h["width"] * h["height"] >= 20000
                         and "/trips/" in h["path"] for h in hits)
     r = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "2015-01-01",
                                   "--taken-until", "2018-12-31", "--json"])
     assert r.exit_code == 0, r.output
-    assert all("2015" <= h["taken_at"][:4] <= "2018" for h in json.loads(r.output))
+    assert all("2015" <= h["taken_at"][:4] <= "2018" for h in json.loads(r.stdout))
     bad = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "yesterday"])
     assert bad.exit_code == 2
 

@@ -214,3 +214,34 @@ def test_a_model_server_that_never_answers_ends_within_the_bound(tmp_path: Path,
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert f"cannot fetch model {url}: the server sent nothing for 2 s" in str(info.value)
     assert "SIMSEARCH_DOWNLOAD_TIMEOUT" in str(info.value)
+
+
+def test_an_int8_store_is_calibrated_on_its_folder_and_never_mixes_with_fp32(tmp_path: Path,
+                                                                            tiny_module: Path) -> None:
+    folder = tmp_path / "photos"
+    for i in range(30):
+        photo(folder / f"p{i:02d}.jpg", seed=i)
+    r = CliRunner().invoke(main, ["index", str(folder), "--store", str(tmp_path / "int8"), "--model",
+                                  str(tiny_module), "--precision", "int8"])
+    assert r.exit_code == 0, r.output
+    assert "quantizing the model to int8 on 30 photos" in r.output
+    meta = json.loads((tmp_path / "int8" / "model-int8" / "meta.json").read_text())
+    assert meta["precision"] == "int8" and meta["calibration_photos"] == 24  # one in five held out to check
+    probes = [(folder / f"p{i:02d}.jpg").read_bytes() for i in (3, 17, 29)]
+    with simsearch.open(tmp_path / "int8", create=False) as s, \
+            simsearch.open(tmp_path / "fp32", model=tiny_module) as ref:
+        assert (s.stats()["precision"], s.stats()["runtime"]) == ("int8", "openvino")
+        assert s.embedder.spec.precision == "int8"
+        ref.index(folder)
+        for i, data in zip((3, 17, 29), probes):
+            assert s.query(data, k=1)[0].path == str(folder / f"p{i:02d}.jpg")
+            assert float(s.query_vector(data) @ ref.query_vector(data)) >= 0.99
+    with pytest.raises(ModelMismatchError, match="precision fp32"):
+        simsearch.open(tmp_path / "int8", settings=simsearch.Settings(precision="fp32"), create=False)
+    weights = tmp_path / "int8" / "model-int8" / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with simsearch.open(tmp_path / "int8", create=False) as s, \
+            pytest.raises(ModelError, match="not the one this store was built with"):
+        s.query(probes[0])
