@@ -12,11 +12,9 @@ from typing import Any
 
 import click
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
-
-from . import __version__  # noqa: E402
-from .catalog import ImageFilter  # noqa: E402
-from .config import (  # noqa: E402
+from . import __version__
+from .catalog import ImageFilter
+from .config import (
     DEFAULT_MODEL,
     DEFAULT_RUNTIME,
     PRECISIONS,
@@ -25,9 +23,9 @@ from .config import (  # noqa: E402
     Settings,
     default_store_dir,
 )
-from .distributed import DEFAULT_SHARD_SIZE, RayOptions  # noqa: E402
-from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store  # noqa: E402
-from .errors import SimsearchError  # noqa: E402
+from .distributed import DEFAULT_SHARD_SIZE, RayOptions
+from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store
+from .errors import SimsearchError
 
 
 class _Group(click.Group):

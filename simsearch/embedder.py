@@ -55,7 +55,7 @@ class Embedder(Protocol):
 def _import_tensorflow() -> tuple[Any, Any]:
     """Import TensorFlow and tensorflow-hub with their C++ start-up chatter (CUDA probes) kept off
     stderr; if the import fails, what they printed is replayed so the cause is not lost."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ start-up chatter (CUDA probes): not for users
     if "tensorflow" in sys.modules:
         import tensorflow as tf
         import tensorflow_hub as hub
@@ -150,11 +150,11 @@ class HubEmbedder(BatchingEmbedder):
     ) -> None:
         handle = normalize_handle(handle)
         _check_local(handle)  # before TensorFlow's import: a typo fails at once
+        if is_remote(handle) and local_module_dir(handle) is None:
+            log.info("fetching model %s ...", handle)
         tf, hub = _import_tensorflow()
         self._tf = tf
         self.batch_size = batch_size
-        if is_remote(handle) and local_module_dir(handle) is None:
-            log.info("fetching model %s ...", handle)
         try:
             with _download_timeout() as seconds:
                 path = hub.resolve(handle)
@@ -328,6 +328,7 @@ def load_embedder(
     content = local_fingerprint(handle) or fingerprint
     if content is not None and (found := find_compiled(content, variant)) is not None:
         return open_compiled(found, runtime, handle, batch_size=batch_size)
+    log.info("loading model %s with TensorFlow to compile it for this CPU (first use only) ...", handle)
     reference = HubEmbedder(handle, **hub_args)
     from .compiler import compile_module
 

@@ -39,7 +39,6 @@ from .config import (
 )
 from .distributed import RayOptions, RayRun
 from .embedder import Embedder, l2_normalize, load_embedder
-from .handles import local_fingerprint, normalize_handle
 from .errors import (
     EmptyStoreError,
     ImageError,
@@ -49,10 +48,11 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .images import ImageInfo, array_to_image, find_images, load_image, read_file
-from .quantize import CALIBRATION_PHOTOS, INT8_DIR, open_int8, quantize_int8
 from .files import atomic_write
+from .handles import local_fingerprint, normalize_handle
+from .images import ImageInfo, array_to_image, find_images, load_image, read_file
 from .index import VectorIndex, recall_at_k, rescore, tune_nprobe, without_self
+from .quantize import CALIBRATION_PHOTOS, INT8_DIR, open_int8, quantize_int8
 
 try:
     import fcntl
@@ -310,7 +310,11 @@ class Store:
         if fp is None:
             return
         rec = {**rec, "fingerprint": fp}
-        self.catalog.set_meta(model=rec)
+        try:
+            self.catalog.set_meta(model=rec)
+        except StoreError as exc:  # a read-only or busy catalog: the store works as before, and learns later
+            log.warning("could not record the model's fingerprint in %s: %s", self.root, exc)
+            return
         self._recorded = rec
 
     @property
