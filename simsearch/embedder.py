@@ -337,6 +337,6 @@ def load_embedder(
     try:
         compiled = compile_module(reference, variant, runtime=runtime)
         return open_compiled(compiled, runtime, handle, batch_size=batch_size)
-    except (ModelError, ImportError) as exc:
+    except (ModelError, ImportError, OSError) as exc:  # OSError: a cache folder we may not write
         log.warning("cannot run model %s on %s (%s): running it on TensorFlow", handle, runtime, exc)
         return reference

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,11 @@ class OpenVinoEmbedder(BatchingEmbedder):
         self.compiled = model
         self.batch_size = batch_size
         self._spec = model.spec(handle, "openvino")
+        self._lock = threading.Lock()  # a compiled model's call reuses one infer request: one caller at a time
 
     def _run(self, batch: np.ndarray) -> Any:
-        return self._compiled(np.ascontiguousarray(batch))[0]
+        with self._lock:
+            return self._compiled(np.ascontiguousarray(batch))[0].copy()
 
 
 def open_compiled(model: CompiledModel, runtime: str, handle: str, *, batch_size: int = 32) -> BatchingEmbedder:

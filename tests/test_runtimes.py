@@ -245,3 +245,17 @@ def test_an_int8_store_is_calibrated_on_its_folder_and_never_mixes_with_fp32(tmp
     with simsearch.open(tmp_path / "int8", create=False) as s, \
             pytest.raises(ModelError, match="not the one this store was built with"):
         s.query(probes[0])
+
+
+@pytest.mark.parametrize("runtime", COMPILED)
+def test_compiled_embedders_give_each_thread_its_own_vectors(runtime: str, tiny_module: Path) -> None:
+    """The server embeds uploads on several threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    emb = load_embedder(tiny_module, runtime=runtime)
+    images = np.random.default_rng(3).integers(0, 256, (8, *TINY_SIZE, 3), dtype=np.uint8)
+    alone = [emb.embed(images[i : i + 1])[0] for i in range(len(images))]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda i: emb.embed(images[i % 8 : i % 8 + 1])[0], range(200)))
+    for i, vec in enumerate(together):
+        np.testing.assert_allclose(vec, alone[i % 8], atol=1e-6)
