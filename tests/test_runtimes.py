@@ -259,3 +259,26 @@ def test_compiled_embedders_give_each_thread_its_own_vectors(runtime: str, tiny_
         together = list(pool.map(lambda i: emb.embed(images[i % 8 : i % 8 + 1])[0], range(200)))
     for i, vec in enumerate(together):
         np.testing.assert_allclose(vec, alone[i % 8], atol=1e-6)
+
+
+def test_a_store_built_from_the_url_queries_after_the_tfhub_cache_is_cleared(
+        tmp_path: Path, tiny_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default TF-Hub cache is in the temp folder, which a reboot may clear: the compiled model is
+    found by the fingerprint the store recorded, without the module's files or a network."""
+    import hashlib
+
+    from simsearch.config import DEFAULT_MODEL
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub"))
+    downloaded = tmp_path / "hub" / hashlib.sha1(DEFAULT_MODEL.encode()).hexdigest()
+    shutil.copytree(tiny_module, downloaded)  # as tensorflow-hub leaves a download
+    folder = tmp_path / "photos"
+    for i in range(4):
+        photo(folder / f"p{i}.jpg", seed=i)
+    with simsearch.open(tmp_path / "store") as s:
+        s.index(folder)
+        assert s.stats()["model"] == DEFAULT_MODEL and s.stats()["fingerprint"].startswith("sha256:")
+    shutil.rmtree(tmp_path / "hub")
+    with simsearch.open(tmp_path / "store", create=False) as s:
+        assert s.query((folder / "p1.jpg").read_bytes(), k=1)[0].path == str(folder / "p1.jpg")
+        assert s.embedder.spec.runtime == "onnxruntime" and s.embedder.spec.handle == DEFAULT_MODEL
