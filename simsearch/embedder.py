@@ -30,7 +30,8 @@ from .config import (
     ModelSpec,
 )
 from .errors import ModelError
-from .handles import fingerprint, is_remote, local_fingerprint, local_module_dir, normalize_handle
+from .handles import fingerprint as module_fingerprint
+from .handles import is_remote, local_fingerprint, local_module_dir, normalize_handle
 from .images import to_model_input
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ class HubEmbedder(BatchingEmbedder):
         size = input_size or declared or DEFAULT_INPUT_SIZE
         size = (int(size[0]), int(size[1]))
         dim = self._probe_dim(handle, size)
-        fp = fingerprint(path) if os.path.isdir(path) else None
+        fp = module_fingerprint(path) if os.path.isdir(path) else None
         self._spec = ModelSpec(handle=handle, input_size=size, dim=dim, fingerprint=fp)
 
     def features_function(self) -> Any:
