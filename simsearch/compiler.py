@@ -9,6 +9,7 @@ else: the scaling the module does inside (TF-Slim's [-1, 1]) is part of it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import ModelError
-from .files import publish_dir
+from .files import atomic_write, publish_dir
 from .runtimes import (
     META_FILE,
     MODEL_FILE,
@@ -24,6 +25,7 @@ from .runtimes import (
     Variant,
     check_images,
     compiled_dir,
+    failure_marker,
     find_compiled,
     min_cosine,
     open_compiled,
@@ -41,9 +43,10 @@ def to_onnx(embedder: HubEmbedder) -> bytes:
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    fn = embedder.features_function()
+    # tf2onnx logs every op it cannot map; the one error that matters is raised (or found by the check)
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     try:
-        frozen = convert_variables_to_constants_v2(fn)
+        frozen = convert_variables_to_constants_v2(embedder.features_function())
         graph = frozen.graph.as_graph_def()
         proto, _ = tf2onnx.convert.from_graph_def(
             graph, input_names=[t.name for t in frozen.inputs], output_names=[t.name for t in frozen.outputs],
@@ -87,6 +90,10 @@ def compile_module(embedder: HubEmbedder, variant: Variant, *, runtime: str = "o
                  "compile_seconds": round(time.perf_counter() - t0, 2)}
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         publish_dir(folder, final)
+    except ModelError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        atomic_write(failure_marker(spec.fingerprint, variant, runtime), f"{exc}\n".encode())
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

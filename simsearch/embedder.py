@@ -314,7 +314,7 @@ def load_embedder(
     """
     if isinstance(model, Embedder):
         return model
-    from .runtimes import Variant, find_compiled, open_compiled
+    from .runtimes import Variant, failure_marker, find_compiled, known_failure, open_compiled
 
     handle = normalize_handle(model if model is not None else DEFAULT_MODEL)
     runtime = runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
@@ -329,6 +329,10 @@ def load_embedder(
     content = local_fingerprint(handle) or fingerprint
     if content is not None and (found := find_compiled(content, variant)) is not None:
         return open_compiled(found, runtime, handle, batch_size=batch_size)
+    if content is not None and (why := known_failure(content, variant, runtime)) is not None:
+        log.warning("model %s runs on TensorFlow: it could not be compiled for %s (%s); delete %s to try again",
+                    handle, runtime, why, failure_marker(content, variant, runtime))
+        return HubEmbedder(handle, **hub_args)
     log.info("loading model %s with TensorFlow to compile it for this CPU (first use only) ...", handle)
     reference = HubEmbedder(handle, **hub_args)
     from .compiler import compile_module

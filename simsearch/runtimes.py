@@ -82,6 +82,19 @@ def find_compiled(fingerprint: str, variant: Variant) -> CompiledModel | None:
     return CompiledModel(folder, meta)
 
 
+def failure_marker(fingerprint: str, variant: Variant, runtime: str) -> Path:
+    """Where a failed compile says why, so later runs go straight to TensorFlow instead of retrying."""
+    folder = compiled_dir(fingerprint, variant)
+    return folder.with_name(f"{folder.name}.{runtime}.failed.txt")
+
+
+def known_failure(fingerprint: str, variant: Variant, runtime: str) -> str | None:
+    try:
+        return failure_marker(fingerprint, variant, runtime).read_text().strip() or "unknown reason"
+    except OSError:
+        return None
+
+
 class OnnxRuntimeEmbedder(BatchingEmbedder):
     """The compiled model on ONNX Runtime's CPU provider."""
 

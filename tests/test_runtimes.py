@@ -166,6 +166,12 @@ def test_a_model_the_runtimes_cannot_run_falls_back_to_tensorflow_and_says_why(
     assert any("running it on TensorFlow" in r.getMessage() and str(odd) in r.getMessage() for r in caplog.records)
     x = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     assert np.isfinite(emb.embed(x)).all()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="simsearch"):  # the next run does not try again
+        assert isinstance(load_embedder(odd, runtime="onnxruntime"), HubEmbedder)
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("compiling" in m for m in messages), messages
+    assert any("could not be compiled for onnxruntime" in m and "to try again" in m for m in messages), messages
 
 
 def test_runtime_choice(tiny_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
