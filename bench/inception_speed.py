@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simsearch.embedder import _import_tensorflow  # noqa: E402
+from simsearch.embedder import import_tensorflow  # noqa: E402
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=3, help="batches per timing")
     args = parser.parse_args()
-    tf, hub = _import_tensorflow()
+    tf, hub = import_tensorflow()
     import keras
 
     from simsearch.models import import_slim, inception_v2, random_inception_v2, save_slim_checkpoint

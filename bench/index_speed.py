@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simsearch.config import Settings  # noqa: E402
-from simsearch.embedder import HubEmbedder, _import_tensorflow  # noqa: E402
-from simsearch.engine import Store  # noqa: E402
+from simsearch.embedder import HubEmbedder, import_tensorflow  # noqa: E402
+from simsearch.store import Store  # noqa: E402
 from simsearch.images import find_images, load_image  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def main() -> None:
 
             model = str(build_tf1_hub_module(tmp / "inception_v2", inception_v2))
             print("model: full Inception V2 with SEEDED RANDOM weights (tests/modules.py)")
-        tf, hub = _import_tensorflow()
+        tf, hub = import_tensorflow()
         embedder = HubEmbedder(model, batch_size=args.batch_size)
         size = embedder.spec.input_size
         print(f"folder: {args.folder} ({len(files)} images), model {embedder.spec.handle}, "

@@ -99,7 +99,7 @@ def store_vectors(store: Path) -> dict[str, np.ndarray]:
     import simsearch
 
     with simsearch.open(store, create=False) as s:
-        dim = int(s.stats()["dim"])
+        dim = int(s.stats().dim)
         ids = {r["id"]: r["path"] for r in (s.get(int(i)) for i in s.catalog.vector_ids())}
         return {ids[int(i)]: v for chunk_ids, vecs in s.catalog.iter_vectors(dim) for i, v in zip(chunk_ids, vecs)}
 

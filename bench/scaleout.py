@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simsearch.distributed import RayOptions  # noqa: E402
-from simsearch.engine import Store  # noqa: E402
+from simsearch.store import Store  # noqa: E402
 
 RAY = Path(sys.executable).with_name("ray")
 PORT = "6391"

@@ -7,11 +7,10 @@
             print(hit.score, hit.path)
 """
 
-from .catalog import ImageFilter
+from .catalog import Changes, ImageFields, ImageFilter
 from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .distributed import RayOptions
 from .embedder import CallableEmbedder, Embedder, HubEmbedder
-from .engine import Failure, Hit, IndexReport, Progress, Store, open
 from .errors import (
     EmptyStoreError,
     ImageError,
@@ -22,6 +21,8 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
+from .results import DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
+from .store import Store, open
 
 __version__ = "0.1.0"
 
@@ -32,8 +33,13 @@ __all__ = [
     "IndexReport",
     "Progress",
     "Failure",
+    "DuplicateGroup",
+    "StoreStats",
+    "OptimizeReport",
     "Settings",
     "ImageFilter",
+    "Changes",
+    "ImageFields",
     "RayOptions",
     "ModelSpec",
     "Embedder",

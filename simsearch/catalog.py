@@ -221,8 +221,13 @@ def _row_dict(r: ImageRecord) -> dict[str, Any]:
     }
 
 
+_ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.sha256,
+          ImageRecord.status)  # the columns of an Entry, in its field order
+
+
 class Catalog:
-    """Rows, vectors and provenance; every public method is its own transaction."""
+    """Rows, vectors and provenance. Every public method is one transaction, except the iterators
+    (iter_vectors), which read one transaction per chunk so that writers are never held up."""
 
     def __init__(self, db: str | Engine) -> None:
         self.engine = make_engine(db) if isinstance(db, str) else db
@@ -259,11 +264,6 @@ class Catalog:
             return None if row is None else json.loads(row.value)
 
     @_db_errors
-    def meta(self) -> dict[str, Any]:
-        with self._session() as s:
-            return {r.key: json.loads(r.value) for r in s.scalars(select(MetaRecord))}
-
-    @_db_errors
     def set_meta(self, **values: Any) -> None:
         with self._session() as s:
             self._take_turn(s)  # two writers adding the same new key must not both insert it
@@ -279,11 +279,7 @@ class Catalog:
     @_db_errors
     def entries_under(self, folder: str) -> dict[str, Entry]:
         with self._session() as s:
-            rows = s.execute(
-                select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
-                       ImageRecord.sha256, ImageRecord.status).where(_prefix_filter(folder))
-            )
-            return {r.path: Entry(*r) for r in rows}
+            return {r.path: Entry(*r) for r in s.execute(select(*_ENTRY).where(_prefix_filter(folder)))}
 
     @_db_errors
     def ok_hashes(self) -> dict[str, int]:
@@ -306,12 +302,9 @@ class Catalog:
             return list(s.scalars(select(ImageRecord.id).where(or_(*conds))))
 
     @_db_errors
-    def id_for_path(self, path: str) -> Entry | None:
+    def entry_for_path(self, path: str) -> Entry | None:
         with self._session() as s:
-            r = s.execute(
-                select(ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns,
-                       ImageRecord.sha256, ImageRecord.status).where(ImageRecord.path == path)
-            ).first()
+            r = s.execute(select(*_ENTRY).where(ImageRecord.path == path)).first()
             return None if r is None else Entry(*r)
 
     @_db_errors
@@ -395,20 +388,19 @@ class Catalog:
             last = int(ids[-1])
 
     @_db_errors
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
+        """Indexed and failed files, and when the last one was written."""
         with self._session() as s:
             by_status = dict(s.execute(select(ImageRecord.status, func.count()).group_by(ImageRecord.status)).all())
-            vectors = s.scalar(select(func.count()).select_from(VectorRecord)) or 0
             last = s.scalar(select(func.max(ImageRecord.indexed_at)))
-        return {"images": by_status.get(OK, 0), "failed": by_status.get(FAILED, 0), "vectors": vectors,
+        return {"images": by_status.get(OK, 0), "failed": by_status.get(FAILED, 0),
                 "last_indexed_at": last.isoformat() + "Z" if last else None}
 
     @_db_errors
     def failures(self) -> list[dict[str, Any]]:
         with self._session() as s:
             rows = s.scalars(select(ImageRecord).where(ImageRecord.status == FAILED).order_by(ImageRecord.path))
-            return [{"id": r.id, "path": r.path, "reason": r.error, "size": r.size,
-                     "indexed_at": r.indexed_at.isoformat() + "Z"} for r in rows]
+            return [_row_dict(r) for r in rows]
 
     # writing ----------------------------------------------------------------------------------
     @_db_errors

@@ -24,8 +24,10 @@ from .config import (
     default_store_dir,
 )
 from .distributed import DEFAULT_SHARD_SIZE, RayOptions
-from .engine import DEFAULT_DUPLICATE_THRESHOLD, Progress, Store
+from .duplicates import DEFAULT_DUPLICATE_THRESHOLD
 from .errors import SimsearchError
+from .results import Progress
+from .store import Store
 
 
 class _Group(click.Group):
@@ -44,16 +46,16 @@ class _Group(click.Group):
 def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--db", envvar="SIMSEARCH_DB", metavar="URL",
                       help="SQLAlchemy URL of the catalog [default: SQLite in the store folder].")(fn)
-    fn = click.option("--model", envvar="SIMSEARCH_MODEL", metavar="HANDLE",
+    fn = click.option("--model", metavar="HANDLE",
                       help=f"TF-Hub handle: URL or local module folder [default: the store's model, "
                            f"or {DEFAULT_MODEL}]. Env: SIMSEARCH_MODEL.")(fn)
-    fn = click.option("--store", envvar="SIMSEARCH_STORE", metavar="DIR", type=click.Path(file_okay=False),
+    fn = click.option("--store", metavar="DIR", type=click.Path(file_okay=False),
                       help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")(fn)
     return fn
 
 
 def _runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--runtime", type=click.Choice(RUNTIMES), envvar="SIMSEARCH_RUNTIME",
+    return click.option("--runtime", type=click.Choice(RUNTIMES),
                         help=f"Where the model runs: compiled once for this CPU (onnxruntime, openvino) or "
                              f"TensorFlow itself [default: {DEFAULT_RUNTIME}]. Env: SIMSEARCH_RUNTIME.")(fn)
 
@@ -85,7 +87,8 @@ def _log_to_stderr() -> None:
 
 
 def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    """Results' to_dict() holds no NaN or infinity; allow_nan=False makes sure JSON never gets one."""
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,10 +218,12 @@ def query(image: str | None, image_id: int | None, k: int, folder: str | None, t
 def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
     """Show what the store holds and which model built it."""
     with _open(store, model, db) as s:
-        info = s.stats()
+        info = s.stats().to_dict()
     if as_json:
         _print_json(info)
         return
+    if info["index_kind"] == "flat":  # the IVF settings mean nothing for exact search
+        info = {k: v for k, v in info.items() if k not in ("nlist", "nprobe", "recall_at_10")}
     width = max(len(k) for k in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
@@ -310,10 +315,10 @@ def optimize(recall: float, nlist: int | None, store: str | None, model: str | N
     with _open(store, model, db) as s:
         result = s.optimize(target_recall=recall, nlist=nlist)
     if as_json:
-        _print_json(result)
+        _print_json(result.to_dict())
     else:
-        click.echo(f"{result['kind']}: {result['vectors']} vectors in {result['nlist']} lists, nprobe "
-                   f"{result['nprobe']}, recall@10 {result['recall_at_10']:.3f}, {result['seconds']} s")
+        click.echo(f"{result.kind}: {result.vectors} vectors in {result.nlist} lists, nprobe "
+                   f"{result.nprobe}, recall@10 {result.recall_at_10:.3f}, {result.seconds} s")
 
 
 @main.command("eval")
@@ -344,7 +349,7 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
             parsed = Labels.from_folder(labels) if os.path.isdir(labels) else Labels.from_csv(labels)
             result = evaluate(s, parsed, k=k).to_dict()
         if ann:
-            result |= {"index_kind": s.vectors.kind, "ann_recall_at_k": s.ann_recall(k=k), "k": k}
+            result |= {"index_kind": s.stats().index_kind, "ann_recall_at_k": s.ann_recall(k=k), "k": k}
     if as_json:
         _print_json(result)
         return

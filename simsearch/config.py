@@ -18,6 +18,8 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
 DEFAULT_RUNTIME = "onnxruntime"
 RUNTIME_ENV = "SIMSEARCH_RUNTIME"
+MODEL_ENV = "SIMSEARCH_MODEL"  # read in one place: simsearch.provenance
+STORE_ENV = "SIMSEARCH_STORE"  # read in one place: default_store_dir
 PRECISIONS = ("fp32", "int8")
 DEFAULT_PRECISION = "fp32"
 
@@ -69,7 +71,7 @@ class Settings:
 
 def default_store_dir() -> Path:
     """SIMSEARCH_STORE, else the per-user data dir ($XDG_DATA_HOME/simsearch or ~/.local/share/simsearch)."""
-    env = os.environ.get("SIMSEARCH_STORE")
+    env = os.environ.get(STORE_ENV)
     if env:
         return Path(env).expanduser()
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")

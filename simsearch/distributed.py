@@ -3,8 +3,9 @@
 Ray Data runs the pipeline; every shard ends as one Parquet file in a staging folder (local, or any
 pyarrow filesystem: s3://, gs://, hdfs://), written whole or not at all, and named after its content
 (paths, sizes, times) and the model, so a re-run reuses every shard that was fully written. The driver
-reads the shards back in file order and hands their rows to the store, which merges them exactly as
-a single-machine run would: same transactions, same moves and copies, same ids.
+reads the shards back in file order: `RaySource` is a source of prepared items like the local thread
+pool (simsearch.prepare), so the indexing run merges them exactly as a single-machine run would: same
+transactions, same moves and copies, same ids.
 
 Every worker node must see the photos at the same paths, and the model handle (a URL, or a folder on
 shared storage), and have simsearch installed.
@@ -18,7 +19,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import ImageError, SimsearchError, StoreError
-from .images import ImageInfo, load_image, read_file
+from .config import ModelSpec, Settings
+from .errors import SimsearchError, StoreError
 from .files import atomic_write
+from .images import ImageInfo
+from .prepare import Classifier, Decoded, Decoding, Prepared, SourceStats, Task, decode_file
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -139,29 +142,19 @@ def write_shard(fs: pafs.FileSystem, folder: str, name: str, table: pa.Table) ->
         out.write(data)
 
 
-def _decode_shard(row: dict[str, Any], *, input_size: tuple[int, int], resize: str, max_pixels: int) -> dict[str, Any]:
-    """Ray task: read, hash and decode one shard's files; a bad file becomes an error string, never an exception."""
+def _decode_shard(row: dict[str, Any], *, decoding: Decoding) -> dict[str, Any]:
+    """Ray task: read, hash and decode one shard's files, as a local run does (prepare.decode_file)."""
     t0 = time.perf_counter()
-    files = json.loads(row["files"])
     meta, pixels = [], []
-    for path, size, mtime in files:
-        entry: dict[str, Any] = {"path": path, "size": size, "mtime_ns": mtime, "sha256": None, "error": None}
-        try:
-            data = read_file(path)
-        except ImageError as exc:
-            entry["error"] = exc.reason
-        else:
-            entry["sha256"] = hashlib.sha256(data).hexdigest()
-            try:
-                arr, info = load_image(data, input_size, policy=resize, max_pixels=max_pixels)
-            except ImageError as exc:
-                entry["error"] = exc.reason
-            else:
-                pixels.append(arr)
-                entry.update(width=info.width, height=info.height, format=info.format,
-                             taken_at=info.taken_at.isoformat() if info.taken_at else None)
+    for path, size, mtime in json.loads(row["files"]):
+        d = decode_file(path, decoding)
+        entry: dict[str, Any] = {"path": path, "size": size, "mtime_ns": mtime, "sha256": d.sha256, "error": d.error}
+        if d.pixels is not None and d.info is not None:
+            pixels.append(d.pixels)
+            entry.update(width=d.info.width, height=d.info.height, format=d.info.format,
+                         taken_at=d.info.taken_at.isoformat() if d.info.taken_at else None)
         meta.append(entry)
-    h, w = input_size
+    h, w = decoding.input_size
     stacked = np.stack(pixels) if pixels else np.zeros((0, h, w, 3), np.uint8)
     return {"shard": row["shard"], "meta": json.dumps(meta), "pixels": stacked,
             "decode_s": time.perf_counter() - t0}
@@ -170,18 +163,18 @@ def _decode_shard(row: dict[str, Any], *, input_size: tuple[int, int], resize: s
 class _EmbedShards:
     """Ray actor: loads the model once, embeds each decoded shard and writes it to staging."""
 
-    def __init__(self, handle: str, batch_size: int, dim: int, staging: str, folder: str, runtime: str,
-                 fingerprint: str | None) -> None:
+    def __init__(self, spec: ModelSpec, batch_size: int, staging: str, folder: str) -> None:
         from .embedder import load_embedder
 
         # the driver's runtime, compiled once per node into that node's cache
-        self.embedder = load_embedder(handle, runtime=runtime, fingerprint=fingerprint, batch_size=batch_size)
-        spec = self.embedder.spec
-        if spec.dim != dim or (fingerprint and spec.fingerprint and spec.fingerprint != fingerprint):
-            raise StoreError(f"model {handle} on this worker is not the store's: {spec.dim} dimensions, "
-                             f"content {spec.fingerprint}; the store has {dim}, content {fingerprint}")
-        self.batch_size, self.dim, self.folder = batch_size, dim, folder
-        self.schema = shard_schema(dim)
+        self.embedder = load_embedder(spec.handle, runtime=spec.runtime, fingerprint=spec.fingerprint,
+                                      batch_size=batch_size)
+        got = self.embedder.spec
+        if got.dim != spec.dim or (spec.fingerprint and got.fingerprint and got.fingerprint != spec.fingerprint):
+            raise StoreError(f"model {spec.handle} on this worker is not the store's: {got.dim} dimensions, "
+                             f"content {got.fingerprint}; the store has {spec.dim}, content {spec.fingerprint}")
+        self.batch_size, self.dim, self.folder = batch_size, spec.dim, folder
+        self.schema = shard_schema(spec.dim)
         self.fs, _ = staging_filesystem(staging)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -210,21 +203,48 @@ class _EmbedShards:
         return out
 
 
-class RayRun:
-    """One `index` run on Ray: plans shards, runs the pipeline for those not yet written, reads results back."""
+@dataclass
+class RayStats:
+    shards: int = 0  # shards computed in this run
+    reused_shards: int = 0  # shards left complete by an earlier run that did not finish
+    decode: float = 0.0  # seconds, summed over decoding tasks
+    embed: float = 0.0  # seconds, summed over embedding actors
+    ray_seconds: float = 0.0  # wall time of the pipeline
 
-    def __init__(self, options: RayOptions, *, staging: str, model: str, dim: int, input_size: tuple[int, int],
-                 resize: str, max_pixels: int, batch_size: int, runtime: str, fingerprint: str | None) -> None:
-        self.options = options
-        self.model, self.dim, self.input_size = model, dim, input_size
-        self.runtime, self.fingerprint = runtime, fingerprint
-        self.resize, self.max_pixels, self.batch_size = resize, max_pixels, batch_size
-        self.fs, base = staging_filesystem(staging)
-        self.folder = f"{base}/{provenance_key(fingerprint or model, input_size, resize, max_pixels)}"
-        self.fs.create_dir(self.folder, recursive=True)
-        self.staging_uri = staging if "://" in staging else self.folder
-        self.stats = {"shards": 0, "reused_shards": 0, "decode": 0.0, "embed": 0.0, "ray_seconds": 0.0}
+
+class RaySource:
+    """The Ray source of prepared items (see simsearch.prepare): plans shards, runs the pipeline for those
+    not yet written, and reads rows back in task order."""
+
+    def __init__(self, options: RayOptions, spec: ModelSpec, settings: Settings, *, staging: str) -> None:
+        self.options, self.spec, self.batch_size = options, spec, settings.batch_size
+        self.decoding = Decoding(spec.input_size, str(settings.resize), settings.max_pixels)
+        self.staging = staging
+        self.stats = RayStats()
         self._used: set[str] = set()
+        self.fs: Any = None  # the staging filesystem and this provenance's folder in it, set up by items()
+        self.folder = self.staging_uri = ""
+
+    def items(self, tasks: Sequence[Task], classifier: Classifier) -> Iterator[Prepared]:
+        """The pipeline's rows as the items the local source would have made, in the same order."""
+        self.fs, base = staging_filesystem(self.staging)
+        d = self.decoding
+        self.folder = f"{base}/{provenance_key(self.spec.fingerprint or self.spec.handle, d.input_size, d.resize, d.max_pixels)}"
+        self.fs.create_dir(self.folder, recursive=True)
+        self.staging_uri = self.staging if "://" in self.staging else self.folder
+        for task, row in zip(tasks, self.results([(t.path, t.size, t.mtime_ns) for t in tasks])):
+            yield classifier.item(task, Decoded(row.sha256, info=row.info, error=row.error, vector=row.vector))
+
+    def finish(self) -> SourceStats:
+        """After a complete merge the shards it used are in the catalog: they go."""
+        for name in self._used:
+            try:
+                self.fs.delete_file(f"{self.folder}/{name}")
+            except OSError as exc:
+                log.warning("could not delete merged shard %s: %s", name, exc)
+        st = self.stats
+        return SourceStats(timings={"decode": st.decode, "embed": st.embed, "ray": st.ray_seconds},
+                           ray={"shards": st.shards, "reused_shards": st.reused_shards})
 
     # planning -----------------------------------------------------------------------------------
     def _existing(self) -> dict[FileKey, str]:
@@ -255,8 +275,8 @@ class RayRun:
         for name, shard in zip(names, shards):
             for f in shard:
                 held[f] = name
-        self.stats["shards"] = len(shards)
-        self.stats["reused_shards"] = len({held[f] for f in files} - new)
+        self.stats.shards = len(shards)
+        self.stats.reused_shards = len({held[f] for f in files} - new)
         done = self._run(names, shards)
         finished: set[str] = set()
         cache: OrderedDict[str, dict[FileKey, ShardRow]] = OrderedDict()
@@ -310,20 +330,19 @@ class RayRun:
         actors = min(actors, len(shards))
         items = [{"shard": n, "files": json.dumps(s)} for n, s in zip(names, shards)]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map(_decode_shard, fn_kwargs={"input_size": self.input_size, "resize": self.resize,
-                                              "max_pixels": self.max_pixels},
+        h, w = self.decoding.input_size
+        ds = ds.map(_decode_shard, fn_kwargs={"decoding": self.decoding},
                     num_cpus=opts.decode_cpus,
                     # a shard's pixels plus one full-size photo being decoded; as a resource request it also
                     # keeps Ray from fusing decoding into the actors, which would stop it overlapping inference
-                    memory=len(shards[0]) * self.input_size[0] * self.input_size[1] * 3 + (256 << 20))
+                    memory=len(shards[0]) * h * w * 3 + (256 << 20))
         # Ray Data's defaults do the fault tolerance: tasks retried without limit, and an actor lost with
         # its node restarted elsewhere with its shard retried. A shard is written whole or not at all.
         ds = ds.map_batches(
             _EmbedShards, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=opts.actor_cpus, num_gpus=gpus,
-            fn_constructor_kwargs={"handle": self.model, "batch_size": self.batch_size, "dim": self.dim,
-                                   "staging": self.staging_uri, "folder": self.folder, "runtime": self.runtime,
-                                   "fingerprint": self.fingerprint},
+            fn_constructor_kwargs={"spec": self.spec, "batch_size": self.batch_size, "staging": self.staging_uri,
+                                   "folder": self.folder},
         )
         return self._rows(ds)
 
@@ -333,9 +352,9 @@ class RayRun:
         t0 = time.perf_counter()
         try:
             for row in ds.iter_rows():
-                self.stats["decode"] += float(row["decode_s"])
-                self.stats["embed"] += float(row["embed_s"])
-                self.stats["ray_seconds"] = time.perf_counter() - t0
+                self.stats.decode += float(row["decode_s"])
+                self.stats.embed += float(row["embed_s"])
+                self.stats.ray_seconds = time.perf_counter() - t0
                 yield str(row["shard"])
         except RayError as exc:  # what was merged so far stays; a re-run reuses the shards already written
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
@@ -359,11 +378,3 @@ class RayRun:
             out[key] = ShardRow(path, key[1], key[2], t["sha256"][i], info, t["error"][i],
                                 None if vec is None else np.asarray(vec, np.float32))
         return out
-
-    def clean_up(self) -> None:
-        """After a complete merge: the shards it used are in the catalog now."""
-        for name in self._used:
-            try:
-                self.fs.delete_file(f"{self.folder}/{name}")
-            except OSError as exc:
-                log.warning("could not delete merged shard %s: %s", name, exc)

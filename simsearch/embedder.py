@@ -53,7 +53,7 @@ class Embedder(Protocol):
         ...
 
 
-def _import_tensorflow() -> tuple[Any, Any]:
+def import_tensorflow() -> tuple[Any, Any]:
     """Import TensorFlow and tensorflow-hub with their C++ start-up chatter (CUDA probes) kept off
     stderr; if the import fails, what they printed is replayed so the cause is not lost."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ start-up chatter (CUDA probes): not for users
@@ -153,7 +153,7 @@ class HubEmbedder(BatchingEmbedder):
         _check_local(handle)  # before TensorFlow's import: a typo fails at once
         if is_remote(handle) and local_module_dir(handle) is None:
             log.info("fetching model %s ...", handle)
-        tf, hub = _import_tensorflow()
+        tf, hub = import_tensorflow()
         self._tf = tf
         self.batch_size = batch_size
         try:

@@ -9,28 +9,25 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .engine import Store
-from .errors import NotFoundError, StoreError
+from .errors import NotFoundError, QueryError, StoreError
 from .images import find_images
+from .results import Result
+from .store import Store
 
 
 @dataclass(frozen=True)
-class EvalReport:
+class EvalReport(Result):
     queries: int
     database: int
     k: int
     mean_average_precision: float
     precision_at_k: float
     missing: int  # labelled photos that are not indexed (failed, or outside the store)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -70,17 +67,14 @@ def average_precision(relevant: np.ndarray) -> float:
 
 def evaluate(store: Store, labels: Labels, k: int = 10) -> EvalReport:
     """Exact ranking of the database by cosine for each query, from the vectors the store holds."""
-    dim = store.vectors.dim
-    found: dict[str, np.ndarray] = {}
-    for path in labels.classes:
-        entry = store.catalog.id_for_path(path)
-        vec = None if entry is None else store.catalog.vector(entry.id, dim)
-        if vec is not None:
-            found[path] = vec
+    found = store.vectors_of(labels.classes)
     if not found:
         raise NotFoundError("none of the labelled photos is indexed in this store: index their folder first")
     database = [p for p in found if labels.queries is None or p not in labels.queries]
     queries = [p for p in found if labels.queries is None or p in labels.queries]
+    if not queries or not database:
+        raise QueryError(f"{len(queries)} query photos and {len(database)} database photos are indexed: "
+                         f"evaluation needs at least one of each (check the labels' split column)")
     db_vecs = np.stack([found[p] for p in database])
     db_classes = np.array([labels.classes[p] for p in database])
     db_index = {p: i for i, p in enumerate(database)}

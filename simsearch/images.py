@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,16 +17,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-
-# We check sizes ourselves (max_pixels) and say so per file; Pillow's global guard would only warn.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
@@ -107,11 +104,31 @@ def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Image.open(io.BytesIO(data)), name
+            try:
+                return Image.open(io.BytesIO(data)), name
+            except Image.DecompressionBombError:
+                return _open_unchecked(data), name  # refused or not by our own max_pixels, with its message
     except UnidentifiedImageError as exc:
         raise ImageError(name, "not an image (format not recognised)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(name, f"cannot parse image header: {exc}") from exc
+
+
+def _open_unchecked(data: bytes) -> Image.Image:
+    """Open a header that Pillow's Image.open refuses over its global MAX_IMAGE_PIXELS. simsearch applies
+    its own limit (max_pixels, per call, with a message that gives the dimensions), so it asks the format
+    plugins directly, as Image.open does, rather than change Pillow's global setting for the whole process."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and accept(prefix) is not True:
+            continue
+        try:
+            return factory(io.BytesIO(data), None)
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError, struct.error):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def _parse_exif_date(value: object) -> datetime | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import faiss
@@ -194,3 +194,15 @@ def tune_nprobe(index: VectorIndex, queries: np.ndarray, query_ids: np.ndarray, 
         if recall >= target or nprobe >= nlist:
             return nprobe, recall
         nprobe = min(nprobe * 2, nlist)
+
+
+def exact_top_k(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids (by inner product) for a few queries over (ids, vectors) chunks streamed from the
+    catalog, so no second copy of the vectors is held; faiss' ResultHeap merges the blocks."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for ids, vecs in chunks:
+        scores = queries @ np.ascontiguousarray(vecs, dtype=np.float32).T
+        heap.add_result(np.ascontiguousarray(scores), np.ascontiguousarray(np.broadcast_to(ids, scores.shape)))
+    heap.finalize()
+    return heap.I

@@ -21,7 +21,6 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from .catalog import ImageFilter
-from .engine import Progress, Store
 from .errors import (
     EmptyStoreError,
     ImageError,
@@ -32,8 +31,10 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .images import thumbnail_jpeg
 from .files import atomic_write
+from .images import thumbnail_jpeg
+from .results import Hit, Progress
+from .store import Store
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 THUMBNAIL_SIZE = 256
@@ -55,6 +56,12 @@ class HTTPError(SimsearchError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def error_response(exc: SimsearchError) -> JSONResponse:
+    """The one place where an error becomes an HTTP status (the handler and the upload bound both use it)."""
+    status = exc.status if isinstance(exc, HTTPError) else next(c for t, c in _STATUS if isinstance(exc, t))
+    return JSONResponse({"error": str(exc), "kind": type(exc).__name__}, status_code=status)
 
 
 class VectorQuery(BaseModel):
@@ -86,7 +93,7 @@ class IndexJob:
         with self._lock:
             if self.state == "running":
                 raise HTTPError(409, "an index update is already running")
-            folders = store.stats()["folders"]
+            folders = store.stats().folders
             if not folders:
                 raise HTTPError(409, "this store has no folder to re-index: run `simsearch index FOLDER` once")
             self.state, self.done, self.total, self.failed, self.error = "running", 0, 0, 0, None
@@ -124,7 +131,7 @@ class ModelLoad:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def start(self, store: Store) -> None:
-        if store.stats()["dim"] is None:
+        if store.stats().dim is None:
             return
         self.state = "loading"
         threading.Thread(target=self._run, args=(store,), name="simsearch-model", daemon=True).start()
@@ -165,9 +172,6 @@ def create_app(
     app.state.model = ModelLoad()
     if preload:
         app.state.model.start(store)
-    thumbs = store.root / "thumbnails"
-    page = resources.files("simsearch").joinpath("web/index.html").read_text(encoding="utf-8")
-
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -176,39 +180,42 @@ def create_app(
 
     @app.exception_handler(SimsearchError)
     async def _errors(_: Request, exc: SimsearchError) -> JSONResponse:
-        status = exc.status if isinstance(exc, HTTPError) else next(c for t, c in _STATUS if isinstance(exc, t))
-        return JSONResponse({"error": str(exc), "kind": type(exc).__name__}, status_code=status)
+        return error_response(exc)
 
     @app.middleware("http")
     async def _bound_uploads(request: Request, call_next: Any) -> Response:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_upload + 64 * 1024:
-            return JSONResponse({"error": f"upload larger than {max_upload} bytes", "kind": "HTTPError"},
-                                status_code=413)
+            return error_response(HTTPError(413, f"upload larger than {max_upload} bytes"))
         return await call_next(request)
 
-    def require_token(authorization: str | None = Header(default=None)) -> None:
-        if token is None:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPError(401, "a valid bearer token is required for this")
+    _page_routes(app, store)
+    _query_routes(app, store, max_upload)
+    _image_routes(app, store)
+    _index_routes(app, store, token)
+    return app
 
-    def where(
-        folder: str | None = None,
-        taken_from: datetime | None = None,
-        taken_until: datetime | None = None,
-        format: list[str] = Query(default=[]),
-        min_pixels: int | None = Query(default=None, ge=1),
-    ) -> ImageFilter | None:
-        """Filters as query parameters; the folder is only matched against catalog paths, never opened."""
-        f = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=tuple(format),
-                        min_pixels=min_pixels)
-        return f or None
 
-    def hits(found: list[Any]) -> list[dict[str, Any]]:
-        return [h.to_dict() | {"thumbnail": f"/api/images/{h.id}/thumbnail", "file": f"/api/images/{h.id}/file"}
-                for h in found]
+def _filter(
+    folder: str | None = None,
+    taken_from: datetime | None = None,
+    taken_until: datetime | None = None,
+    format: list[str] = Query(default=[]),
+    min_pixels: int | None = Query(default=None, ge=1),
+) -> ImageFilter | None:
+    """Filters as query parameters; the folder is only matched against catalog paths, never opened."""
+    f = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=tuple(format),
+                    min_pixels=min_pixels)
+    return f or None
+
+
+def _hits(found: list[Hit]) -> list[dict[str, Any]]:
+    return [h.to_dict() | {"thumbnail": f"/api/images/{h.id}/thumbnail", "file": f"/api/images/{h.id}/file"}
+            for h in found]
+
+
+def _page_routes(app: FastAPI, store: Store) -> None:
+    page = resources.files("simsearch").joinpath("web/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index_page() -> str:
@@ -217,36 +224,38 @@ def create_app(
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         """Liveness, and whether the model is ready ("loading" right after start)."""
-        return {"ok": True, "images": store.stats()["images"], **app.state.model.snapshot()}
+        return {"ok": True, "images": store.stats().images, **app.state.model.snapshot()}
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
-        return store.stats()
+        return store.stats().to_dict()
 
+
+def _query_routes(app: FastAPI, store: Store, max_upload: int) -> None:
     @app.post("/api/query")
     def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
-                     f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
+                     f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         # a plain def: FastAPI runs it in its thread pool, so the model never blocks the event loop
         data = image.file.read(max_upload + 1)
         if len(data) > max_upload:
             raise HTTPError(413, f"upload larger than {max_upload} bytes")
-        return hits(store.query(data, k=k, where=f))
+        return _hits(store.query(data, k=k, where=f))
 
     @app.get("/api/query")
-    def query_id(id: int, k: int = 10, f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
+    def query_id(id: int, k: int = 10, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         if not 1 <= k <= 1000:
             raise QueryError(f"k must be between 1 and 1000, got {k}")
-        return hits(store.query(int(id), k=k, where=f))
+        return _hits(store.query(id, k=k, where=f))
 
     @app.post("/api/query/vector")
-    def query_vector(body: VectorQuery, f: ImageFilter | None = Depends(where)) -> list[dict[str, Any]]:
+    def query_vector(body: VectorQuery, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         import numpy as np
 
-        return hits(store.query(np.asarray(body.vector, np.float32), k=body.k, where=f))
+        return _hits(store.query(np.asarray(body.vector, np.float32), k=body.k, where=f))
 
-    @app.get("/api/images/{image_id}")
-    def image_record(image_id: int) -> dict[str, Any]:
-        return store.get(image_id)
+
+def _image_routes(app: FastAPI, store: Store) -> None:
+    thumbs = store.root / "thumbnails"
 
     def indexed_file(image_id: int) -> tuple[dict[str, Any], Path]:
         rec = store.get(image_id)
@@ -256,6 +265,10 @@ def create_app(
         if not path.is_file():
             raise NotFoundError(f"image {image_id} is no longer on disk")
         return rec, path
+
+    @app.get("/api/images/{image_id}")
+    def image_record(image_id: int) -> dict[str, Any]:
+        return store.get(image_id)
 
     @app.get("/api/images/{image_id}/file")
     def image_file(image_id: int) -> FileResponse:
@@ -271,6 +284,15 @@ def create_app(
             atomic_write(cached, thumbnail_jpeg(path, THUMBNAIL_SIZE))
         return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
+
+def _index_routes(app: FastAPI, store: Store, token: str | None) -> None:
+    def require_token(authorization: str | None = Header(default=None)) -> None:
+        if token is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPError(401, "a valid bearer token is required for this")
+
     @app.post("/api/index", dependencies=[Depends(require_token)], status_code=202)
     def start_index() -> dict[str, Any]:
         app.state.job.start(store)
@@ -279,5 +301,3 @@ def create_app(
     @app.get("/api/index")
     def index_status() -> dict[str, Any]:
         return app.state.job.snapshot()
-
-    return app

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # as simsearch.embedder.import_tensorflow sets it
 import tensorflow as tf  # noqa: E402
 
 v1 = tf.compat.v1

@@ -12,7 +12,7 @@ from simsearch import CallableEmbedder, ImageFilter
 from simsearch.catalog import Changes, ImageFields
 from simsearch.config import Settings
 from simsearch.embedder import l2_normalize
-from simsearch.engine import INDEX_FILE
+from simsearch.collection import INDEX_FILE
 from simsearch.index import recall_at_k
 
 DIM, N = 128, 12_000
@@ -29,10 +29,9 @@ def _vectors(seed: int, n: int) -> np.ndarray:
 def store(tmp_path: Path) -> simsearch.Store:
     model = CallableEmbedder(lambda x: np.ones((len(x), DIM)), name="synthetic", input_size=(8, 8))
     s = simsearch.open(tmp_path / "store", model=model, settings=Settings(ann_threshold=10**9))
-    s._record_provenance()
     vecs = _vectors(0, N)
     for start in range(0, N, 2000):  # rows as the indexer writes them, with synthetic vectors
-        s._apply(Changes(upserts=[(ImageFields(f"/photos/{'a' if i % 3 else 'b'}/{i}.jpg", 1, 1, f"{i:064x}",
+        s.write(Changes(upserts=[(ImageFields(f"/photos/{'a' if i % 3 else 'b'}/{i}.jpg", 1, 1, f"{i:064x}",
                                                width=100 + i % 50, height=100, format="JPEG"), vecs[i])
                                   for i in range(start, min(N, start + 2000))]))
     yield s
@@ -47,8 +46,8 @@ def _brute(store: simsearch.Store, queries: np.ndarray, k: int, among: np.ndarra
 
 def test_optimize_reaches_the_recall_target_on_fresh_queries(store: simsearch.Store) -> None:
     result = store.optimize(target_recall=0.95)
-    assert result["kind"] == "ivf-sq8" and result["recall_at_10"] >= 0.95 and result["vectors"] == N
-    assert store.stats()["index_kind"] == "ivf-sq8" and store.stats()["nprobe"] == result["nprobe"]
+    assert result.kind == "ivf-sq8" and result.recall_at_10 >= 0.95 and result.vectors == N
+    assert store.stats().index_kind == "ivf-sq8" and store.stats().nprobe == result.nprobe
     queries = _vectors(0, N + 300)[N:]  # held out: same clusters, points that are not in the store
     found = np.stack([[h.id for h in store.query(q, k=10)] for q in queries])  # always 10 hits
     assert recall_at_k(found, _brute(store, queries, 10)) >= 0.95
@@ -57,18 +56,17 @@ def test_optimize_reaches_the_recall_target_on_fresh_queries(store: simsearch.St
 def test_removal_reopen_and_rebuild_keep_the_ivf_index(store: simsearch.Store, tmp_path: Path) -> None:
     store.optimize()
     gone = store.catalog.ids_for_paths(["/photos/b"])
-    store._apply(Changes(deletes=gone))
+    store.write(Changes(deletes=gone))  # checkpointed, as a writer leaves it
     q = _vectors(0, N + 1)[N]
     assert not set(h.id for h in store.query(q, k=50)) & set(gone)
-    store._save_index()
-    nprobe = store.vectors.nprobe
+    nprobe = store.collection.vector_index.nprobe
     with simsearch.open(tmp_path / "store") as again:
-        assert again.vectors.kind == "ivf-sq8" and not again.rebuilt_index and again.vectors.nprobe == nprobe
-        assert len(again.vectors) == N - len(gone)
+        assert again.collection.vector_index.kind == "ivf-sq8" and not again.rebuilt_index and again.collection.vector_index.nprobe == nprobe
+        assert len(again.collection.vector_index) == N - len(gone)
     (tmp_path / "store" / INDEX_FILE).unlink()
     with simsearch.open(tmp_path / "store") as rebuilt:  # from the catalog into the trained template
-        assert rebuilt.rebuilt_index and rebuilt.vectors.kind == "ivf-sq8" and rebuilt.vectors.nprobe == nprobe
-        assert sorted(rebuilt.vectors.ids().tolist()) == sorted(rebuilt.catalog.vector_ids().tolist())
+        assert rebuilt.rebuilt_index and rebuilt.collection.vector_index.kind == "ivf-sq8" and rebuilt.collection.vector_index.nprobe == nprobe
+        assert sorted(rebuilt.collection.vector_index.ids().tolist()) == sorted(rebuilt.catalog.vector_ids().tolist())
 
 
 def test_selective_filters_stay_exact_on_the_ivf_index(store: simsearch.Store) -> None:
@@ -84,15 +82,14 @@ def test_selective_filters_stay_exact_on_the_ivf_index(store: simsearch.Store) -
 def test_too_small_for_ivf(tmp_path: Path) -> None:
     model = CallableEmbedder(lambda x: np.ones((len(x), 8)), name="synthetic", input_size=(8, 8))
     with simsearch.open(tmp_path / "s", model=model) as s:
-        s._record_provenance()
-        s._apply(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, str(i)), np.eye(8)[i % 8]) for i in range(100)]))
+        s.write(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, str(i)), np.eye(8)[i % 8]) for i in range(100)]))
         with pytest.raises(simsearch.StoreError, match="too few for an approximate index"):
             s.optimize()
 
 
 def test_ivf_search_never_returns_short_rows(store: simsearch.Store) -> None:
     store.optimize()
-    store.vectors.nprobe = 1  # one list may hold fewer than k vectors
+    store.collection.vector_index.nprobe = 1  # one list may hold fewer than k vectors
     for q in _vectors(0, N + 30)[N:]:
         assert len(store.query(q, k=200)) == 200
 
@@ -105,7 +102,7 @@ def test_eval_ann_reports_the_index_recall(store: simsearch.Store) -> None:
     from simsearch.cli import main
 
     assert store.ann_recall() >= 0.995  # still exact: only float rounding swaps near-ties at the 10th place
-    tuned = store.optimize()["recall_at_10"]
+    tuned = store.optimize().recall_at_10
     r = CliRunner().invoke(main, ["eval", "--ann", "--store", str(store.root), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)

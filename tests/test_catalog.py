@@ -35,7 +35,7 @@ def test_write_returns_what_faiss_must_mirror(db_url: str) -> None:
     w3 = cat.write(Changes(touches=[(a_id, 11, 2)]))
     assert w3.version == 2  # no vector changed
     assert cat.counts()["images"] == 1 and cat.counts()["failed"] == 1
-    assert [f["reason"] for f in cat.failures()] == ["bad"]
+    assert [f["error"] for f in cat.failures()] == ["bad"]
     w4 = cat.write(Changes(deletes=[a_id]))
     assert w4.removed_ids.tolist() == [a_id] and cat.vector(a_id, 8) is None
 
@@ -106,7 +106,7 @@ def test_filters_on_the_database(db_url: str) -> None:
 def test_concurrent_writers_on_postgresql(tmp_path: Path) -> None:
     """Four processes sharing one catalog: no lost version bump, no duplicate path, every write kept.
 
-    PostgreSQL only: a SQLite store admits one writer at a time through its lock file (tested in test_engine).
+    PostgreSQL only: a SQLite store admits one writer at a time through its lock file (tested in test_indexing).
     """
     with database("postgresql", tmp_path) as url:
         Catalog(url).close()

@@ -36,9 +36,9 @@ def test_corel_index_query_and_follow_changes(tmp_path: Path, corel_images: Path
             (photos / name).unlink()
         r2 = store.index(photos)
         assert (r2.added, r2.updated, r2.moved, r2.removed, r2.unchanged) == (0, 0, 3, 2, 995)
-        assert store.stats()["images"] == 998
+        assert store.stats().images == 998
         moved = store.query(photos / "moved" / "db_10.jpg", k=1)[0]
         assert moved.path == str(photos / "moved" / "db_10.jpg") and moved.score >= 0.999
         paths = {h.path for h in store.query(photos / "q_0.jpg", k=1000)}
         assert len(paths) == 998 and str(photos / "db_40.jpg") not in paths
-        np.testing.assert_array_equal(np.sort(store.vectors.ids()), np.sort(store.catalog.vector_ids()))
+        np.testing.assert_array_equal(np.sort(store.collection.vector_index.ids()), np.sort(store.catalog.vector_ids()))

@@ -33,10 +33,10 @@ def _ok_count(db: Path) -> int:
 def _snapshot(store_dir: Path) -> tuple[dict[str, int], int]:
     with simsearch.open(store_dir) as store:
         ids = np.sort(store.catalog.vector_ids())
-        np.testing.assert_array_equal(np.sort(store.vectors.ids()), ids)  # index and catalog agree
+        np.testing.assert_array_equal(np.sort(store.collection.vector_index.ids()), ids)  # index and catalog agree
         assert len(np.unique(ids)) == len(ids)
         paths = {h.path: h.id for h in store.query(int(ids[0]), k=100_000)}
-        return paths, store.stats()["images"]
+        return paths, store.stats().images
 
 
 def test_sigkill_then_resume_matches_a_clean_run(tmp_path: Path, corel_images: Path, tiny_module: Path) -> None:

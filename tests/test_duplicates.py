@@ -46,7 +46,7 @@ def _components(store: simsearch.Store, threshold: float) -> set[frozenset[str]]
     """Brute force: connected components of the full similarity graph (fine for a test's 16 photos)."""
     ids = store.catalog.vector_ids()
     recs = store.catalog.records(ids)
-    vecs = np.stack([store.catalog.vector(int(i), store.vectors.dim) for i in ids])
+    vecs = np.stack([store.catalog.vector(int(i), store.collection.vector_index.dim) for i in ids])
     adj = vecs @ vecs.T >= threshold
     seen, comps = set(), set()
     for s in range(len(ids)):

@@ -20,7 +20,7 @@ from .conftest import photo
 
 
 def _naive(store: simsearch.Store, classes: dict[str, str], queries: list[str], database: list[str], k: int) -> tuple[float, float]:
-    vec = {p: store.catalog.vector(store.catalog.id_for_path(p).id, store.vectors.dim) for p in set(queries) | set(database)}
+    vec = {p: store.catalog.vector(store.catalog.entry_for_path(p).id, store.collection.vector_index.dim) for p in set(queries) | set(database)}
     aps, pks = [], []
     for q in queries:
         ranked = sorted((p for p in database if p != q), key=lambda p: -float(vec[q] @ vec[p]))

@@ -65,13 +65,13 @@ def _brute_force(store: simsearch.Store, probe: np.ndarray, f: ImageFilter, k: i
         if f.min_pixels and r["width"] * r["height"] < f.min_pixels:
             continue
         keep.append(i)
-    scores = {i: float(store.catalog.vector(i, store.vectors.dim) @ probe) for i in keep}
+    scores = {i: float(store.catalog.vector(i, store.collection.vector_index.dim) @ probe) for i in keep}
     return sorted(keep, key=lambda i: -scores[i])[:k]
 
 
 def test_filtered_queries_equal_brute_force(store: simsearch.Store) -> None:
     rng = np.random.default_rng(1)
-    root = Path(store.stats()["folders"][0])
+    root = Path(store.stats().folders[0])
     checked = 0
     for trial in range(40):
         f = ImageFilter(
@@ -82,7 +82,7 @@ def test_filtered_queries_equal_brute_force(store: simsearch.Store) -> None:
             if rng.random() < 0.5 else (),
             min_pixels=int(rng.integers(10_000, 80_000)) if rng.random() < 0.4 else None,
         )
-        probe = store.catalog.vector(int(rng.integers(1, 61)), store.vectors.dim)
+        probe = store.catalog.vector(int(rng.integers(1, 61)), store.collection.vector_index.dim)
         k = int(rng.integers(1, 15))
         hits = store.query(probe, k=k, where=f)
         assert [h.id for h in hits] == _brute_force(store, probe, f, k), (trial, f)
@@ -92,7 +92,7 @@ def test_filtered_queries_equal_brute_force(store: simsearch.Store) -> None:
 
 def test_filter_matching_nothing_and_relative_folder(store: simsearch.Store, monkeypatch: pytest.MonkeyPatch) -> None:
     assert store.query(1, k=5, where=ImageFilter(min_pixels=10**9)) == []
-    root = Path(store.stats()["folders"][0])
+    root = Path(store.stats().folders[0])
     monkeypatch.chdir(root)
     hits = store.query(1, k=50, where=ImageFilter(folder="home"))
     assert hits and all(h.path.startswith(str(root / "home") + "/") for h in hits)
@@ -106,7 +106,7 @@ def test_cli_filter_options(store: simsearch.Store) -> None:
 
     from simsearch.cli import main
 
-    root = Path(store.stats()["folders"][0])
+    root = Path(store.stats().folders[0])
     r = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "-k", "50", "--json",
                                   "--format", "png", "--format", "WEBP", "--min-pixels", "20000",
                                   "--folder", str(root / "trips")])
@@ -128,13 +128,13 @@ def test_api_filter_parameters(store: simsearch.Store) -> None:
     from simsearch.server import create_app
 
     client = TestClient(create_app(store))
-    root = Path(store.stats()["folders"][0])
+    root = Path(store.stats().folders[0])
     params = {"id": 2, "k": 50, "format": ["PNG", "webp"], "min_pixels": 20000, "folder": str(root / "trips")}
     hits = client.get("/api/query", params=params).json()
     expected = store.query(2, k=50, where=ImageFilter(folder=str(root / "trips"), formats=("PNG", "webp"),
                                                       min_pixels=20000))
     assert [h["id"] for h in hits] == [h.id for h in expected] and hits
-    vec = store.catalog.vector(2, store.vectors.dim).tolist()
+    vec = store.catalog.vector(2, store.collection.vector_index.dim).tolist()
     by_vec = client.post("/api/query/vector", params={"taken_from": "2015-01-01"}, json={"vector": vec, "k": 50})
     assert by_vec.status_code == 200 and all(h["taken_at"] >= "2015" for h in by_vec.json())
     up = client.post("/api/query", params={"folder": str(root / "home")},

@@ -91,7 +91,7 @@ def cluster() -> Iterator[Cluster]:
 def _snapshot(store: simsearch.Store) -> tuple[dict[int, str], np.ndarray]:
     ids = np.sort(store.catalog.vector_ids())
     paths = {i: r["path"] for i, r in store.catalog.records(ids).items()}
-    return paths, store.catalog.vectors_for(ids, store.vectors.dim)
+    return paths, store.catalog.vectors_for(ids, store.collection.vector_index.dim)
 
 
 def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Cluster, corel_images: Path,
@@ -156,8 +156,8 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Clu
         records = store.catalog.records(store.catalog.vector_ids())
         paths = sorted(r["path"] for r in records.values())
         assert paths == sorted(str(p) for p in corel_images.glob("*.jpg"))  # every photo, each once
-        assert store.stats()["failed"] == 0 and store.stats()["vectors"] == 1000
-        np.testing.assert_array_equal(np.sort(store.vectors.ids()), np.sort(store.catalog.vector_ids()))
+        assert store.stats().failed == 0 and store.stats().vectors == 1000
+        np.testing.assert_array_equal(np.sort(store.collection.vector_index.ids()), np.sort(store.catalog.vector_ids()))
         # vectors are the model's, whichever node (or retry) made them
         embedder = HubEmbedder(inception_module)
         sample = sorted(records)[::50]
@@ -183,7 +183,7 @@ def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, clus
     with simsearch.open(tmp_path / "ray", model=tiny_module) as store:
         with pytest.raises(Stop):
             store.index(corel_images, progress=stop_after_first_batch, ray=options)
-        committed = store.stats()["images"]
+        committed = store.stats().images
         assert 0 < committed < 1000
         assert list((tmp_path / "ray" / "staging").rglob("*.parquet"))  # written shards outlive the driver
         report = store.index(corel_images, ray=options)

@@ -135,7 +135,7 @@ def test_a_copied_or_moved_module_opens_the_store_and_another_module_is_refused(
     with simsearch.open(store, model=copy, create=False) as s:
         hit = s.query(probe, k=1)[0]  # bytes: the copied module runs
         assert hit.path == str(folder / "p2.jpg") and hit.score > 0.9999
-        assert s.stats()["model"] == str(tiny_module)  # the store keeps the handle it was built with
+        assert s.stats().model == str(tiny_module)  # the store keeps the handle it was built with
     moved = tmp_path / "moved"
     copy.rename(moved)
     with simsearch.open(store, model=moved, create=False) as s:
@@ -149,12 +149,12 @@ def test_a_copied_or_moved_module_opens_the_store_and_another_module_is_refused(
 def test_a_store_made_before_fingerprints_learns_its_module_on_open(tmp_path: Path, tiny_module: Path) -> None:
     _, store = _store_with_photos(tmp_path, tiny_module, n=2)
     with simsearch.open(store, create=False) as s:
-        fingerprint = s.stats()["fingerprint"]
+        fingerprint = s.stats().fingerprint
         assert fingerprint and fingerprint.startswith("sha256:")
         old = {k: v for k, v in s.catalog.get_meta("model").items() if k not in ("fingerprint", "precision")}
         s.catalog.set_meta(model=old)  # as an older simsearch wrote it
     with simsearch.open(store, create=False) as s:
-        assert s.stats()["fingerprint"] == fingerprint and s.stats()["precision"] == "fp32"
+        assert s.stats().fingerprint == fingerprint and s.stats().precision == "fp32"
 
 
 def test_a_model_the_runtimes_cannot_run_falls_back_to_tensorflow_and_says_why(
@@ -236,7 +236,7 @@ def test_an_int8_store_is_calibrated_on_its_folder_and_never_mixes_with_fp32(tmp
     probes = [(folder / f"p{i:02d}.jpg").read_bytes() for i in (3, 17, 29)]
     with simsearch.open(tmp_path / "int8", create=False) as s, \
             simsearch.open(tmp_path / "fp32", model=tiny_module) as ref:
-        assert (s.stats()["precision"], s.stats()["runtime"]) == ("int8", "openvino")
+        assert (s.stats().precision, s.stats().runtime) == ("int8", "openvino")
         assert s.embedder.spec.precision == "int8"
         ref.index(folder)
         for i, data in zip((3, 17, 29), probes):
@@ -283,7 +283,7 @@ def test_a_store_built_from_the_url_queries_after_the_tfhub_cache_is_cleared(
         photo(folder / f"p{i}.jpg", seed=i)
     with simsearch.open(tmp_path / "store") as s:
         s.index(folder)
-        assert s.stats()["model"] == DEFAULT_MODEL and s.stats()["fingerprint"].startswith("sha256:")
+        assert s.stats().model == DEFAULT_MODEL and s.stats().fingerprint.startswith("sha256:")
     shutil.rmtree(tmp_path / "hub")
     with simsearch.open(tmp_path / "store", create=False) as s:
         assert s.query((folder / "p1.jpg").read_bytes(), k=1)[0].path == str(folder / "p1.jpg")

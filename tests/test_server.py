@@ -88,7 +88,7 @@ def test_query_by_upload_id_and_vector(client: TestClient, folder: Path, store: 
     assert hits[0]["thumbnail"] == f"/api/images/{hits[0]['id']}/thumbnail"
     by_id = client.get("/api/query", params={"id": hits[1]["id"], "k": 3}).json()
     assert by_id[0]["id"] == hits[1]["id"]
-    vec = store.catalog.vector(hits[2]["id"], store.vectors.dim).tolist()
+    vec = store.catalog.vector(hits[2]["id"], store.collection.vector_index.dim).tolist()
     by_vec = client.post("/api/query/vector", json={"vector": vec, "k": 2}).json()
     assert by_vec[0]["id"] == hits[2]["id"]
     assert client.get(f"/api/images/{hits[0]['id']}").json()["path"] == str(target)

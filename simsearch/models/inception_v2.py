@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..embedder import _import_tensorflow
+from ..embedder import import_tensorflow
 from ..errors import ModelError
 
 SCOPE = "InceptionV2"
@@ -48,7 +48,7 @@ _REDUCTION = {"Mixed_4a": ((128, 160), (64, 96, 96)), "Mixed_5a": ((128, 192), (
 
 
 def _keras() -> Any:
-    _import_tensorflow()
+    import_tensorflow()
     import keras
 
     return keras
@@ -196,7 +196,7 @@ def _random_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -
 
 def _open_checkpoint(path: str | os.PathLike[str]) -> tuple[Any, dict[str, list[int]]]:
     """A reader and the weights' shapes (old or new format), without optimiser slots or counters."""
-    tf, _ = _import_tensorflow()
+    tf, _ = import_tensorflow()
     try:
         reader = tf.train.load_checkpoint(str(path))
     except Exception as exc:
@@ -232,7 +232,7 @@ def load_slim_checkpoint(model: Any, path: str | os.PathLike[str]) -> None:
 
 def save_slim_checkpoint(model: Any, path: str | os.PathLike[str]) -> str:
     """Write the weights under their TF-Slim names, as TF-Slim's own Saver would."""
-    tf, _ = _import_tensorflow()
+    tf, _ = import_tensorflow()
     names = sorted(model.slim_variables)
     tf.raw_ops.SaveV2(prefix=str(path), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[model.slim_variables[n].value for n in names])
@@ -246,7 +246,7 @@ def export_module(model: Any, out_dir: str | os.PathLike[str]) -> Path:
     [-1, 1] inside the network, as in the TF-Hub module) and return
     `default` [N, 1024], plus `classification` (1001 logits) when the model has the head.
     Written to a temporary folder and renamed, so a failed export leaves nothing half-written."""
-    tf, _ = _import_tensorflow()
+    tf, _ = import_tensorflow()
     out = Path(out_dir)
     if out.exists():
         raise ModelError(f"{out} already exists; choose a new folder for the module")

@@ -17,7 +17,8 @@ from PIL import Image
 import simsearch
 from simsearch.config import ModelSpec, Settings
 from simsearch.embedder import HubEmbedder
-from simsearch.engine import INDEX_FILE, INDEX_STATE_FILE, Progress
+from simsearch.collection import INDEX_FILE, INDEX_STATE_FILE
+from simsearch.results import Progress
 
 from .conftest import photo
 
@@ -58,8 +59,8 @@ def _open(tmp_path: Path, model: object, **kw: object) -> simsearch.Store:
 def _consistent(store: simsearch.Store) -> None:
     """The in-memory index, the catalog's vectors and the saved checkpoint hold the same ids."""
     cat_ids = np.sort(store.catalog.vector_ids())
-    np.testing.assert_array_equal(np.sort(store.vectors.ids()), cat_ids)
-    assert store.stats()["vectors"] == store.stats()["images"] == len(cat_ids)
+    np.testing.assert_array_equal(np.sort(store.collection.vector_index.ids()), cat_ids)
+    assert store.stats().vectors == store.stats().images == len(cat_ids)
 
 
 def test_index_then_reindex_is_a_no_op(tmp_path: Path, folder: Path, model: Counting, db_url: str) -> None:
@@ -119,7 +120,7 @@ def test_bad_files_are_recorded_and_never_stop_the_job(tmp_path: Path, folder: P
         assert reasons["notes.jpg"] == "not an image (format not recognised)"
         assert "truncated" in reasons["half.jpg"]
         assert reasons["dangling.jpg"].startswith("cannot read file")
-        assert store.stats()["failed"] == 4 and store.stats()["images"] == 12
+        assert store.stats().failed == 4 and store.stats().images == 12
 
         (folder / "notes.jpg").unlink()
         photo(folder / "empty.jpg", seed=300, fmt="JPEG")  # fixed by the user
@@ -138,7 +139,7 @@ def test_every_kind_of_probe(tmp_path: Path, folder: Path, model: Counting) -> N
         tid = by_path[0].id
         img = Image.open(target)
         probes = [str(target), target.read_bytes(), img, np.asarray(img), np.asarray(img) / 255.0, tid,
-                  store.catalog.vector(tid, store.vectors.dim) * 3.0]
+                  store.catalog.vector(tid, store.collection.vector_index.dim) * 3.0]
         for probe in probes:
             hits = store.query(probe, k=3)
             assert [h.id for h in hits][:1] == [tid], type(probe)
@@ -170,7 +171,7 @@ def test_store_refuses_another_model(tmp_path: Path, folder: Path, model: Counti
     with pytest.raises(simsearch.ModelMismatchError, match="resize policy 'center-crop'"):
         simsearch.open(tmp_path / "store", settings=Settings(resize="center-crop"))
     with simsearch.open(tmp_path / "store") as store:  # no model given: the store's own, loaded lazily
-        assert store.stats()["model"] == model.spec.handle
+        assert store.stats().model == model.spec.handle
         assert store.query(folder / "p01.jpg", k=1)[0].path == str(folder / "p01.jpg")
 
 
@@ -209,14 +210,14 @@ def test_remove_paths_and_folders(tmp_path: Path, folder: Path, model: Counting,
         assert store.remove([folder / "sub"]) == 4
         with pytest.raises(simsearch.NotFoundError, match="not in the store: .*nothing.jpg"):
             store.remove([folder / "p02.jpg", folder / "nothing.jpg"])
-        assert store.stats()["images"] == 7  # nothing removed by the refused call
+        assert store.stats().images == 7  # nothing removed by the refused call
         _consistent(store)
         assert store.index(folder).added == 5  # still on disk: indexing brings them back
 
 
 def test_one_writer_at_a_time(tmp_path: Path, folder: Path, model: Counting) -> None:
     with _open(tmp_path, model) as first, _open(tmp_path, model) as second:
-        with first._writer():
+        with first.collection.writer():
             with pytest.raises(simsearch.StoreError, match="being updated by another simsearch process"):
                 second.index(folder)
 
@@ -224,7 +225,7 @@ def test_one_writer_at_a_time(tmp_path: Path, folder: Path, model: Counting) -> 
 def test_in_memory_catalog(tmp_path: Path, folder: Path, model: Counting) -> None:
     with _open(tmp_path, model, db="sqlite://") as store:
         assert store.index(folder).added == 12
-        assert store.stats()["db"] == "sqlite://"
+        assert store.stats().db == "sqlite://"
     assert not (tmp_path / "store" / "catalog.sqlite").exists()
 
 
@@ -241,7 +242,7 @@ def test_model_loading_is_timed_apart_and_skipped_when_nothing_changed(tmp_path:
         assert r.added == 12 and 0 < r.timings["model_load"] < r.seconds
     with simsearch.open(tmp_path / "store") as store:
         r = store.index(folder)
-        assert r.unchanged == 12 and "model_load" not in r.timings and store._embedder is None
+        assert r.unchanged == 12 and "model_load" not in r.timings and not store.model.loaded
 
 
 def test_a_reader_rebuilds_in_memory_but_leaves_the_files_to_a_busy_writer(tmp_path: Path, folder: Path,
@@ -250,11 +251,11 @@ def test_a_reader_rebuilds_in_memory_but_leaves_the_files_to_a_busy_writer(tmp_p
         store.index(folder)
     state_file = tmp_path / "store" / INDEX_STATE_FILE
     stale = {**json.loads(state_file.read_text()), "version": -1}
-    with _open(tmp_path, model) as writer, writer._writer_lock() as got:
+    with _open(tmp_path, model) as writer, writer.collection.try_writer() as got:
         assert got
         state_file.write_text(json.dumps(stale))  # as if the writer had committed past its checkpoint
         with _open(tmp_path, model) as reader:
-            assert reader.rebuilt_index and len(reader.vectors) == 12  # answers from the catalog
+            assert reader.rebuilt_index and len(reader.collection.vector_index) == 12  # answers from the catalog
         assert json.loads(state_file.read_text()) == stale  # but wrote nothing while the writer held the lock
     with _open(tmp_path, model) as later:
         assert later.rebuilt_index

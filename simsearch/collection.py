@@ -1,0 +1,248 @@
+"""The catalog and its FAISS index kept in step: the crash-safety rule lives here.
+
+The rule: the catalog is the truth and holds every vector. Every batch of changes is one catalog
+transaction (which bumps `vectors_version`), then the same change in the in-memory FAISS index. The
+FAISS file is only a checkpoint, written atomically with the version it mirrors, at the end of every
+write and from time to time during a long one. On open, a file that disagrees with the catalog
+(version, kind, count or ids) is rebuilt from the catalog. So a killed run loses at most the batch in
+flight, and the next run resumes from what was committed. One writer per store (an advisory lock
+file, released when the process dies); readers in other threads see one committed state, because
+writes and a search with its record lookup run under one lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, Changes, ImageFilter
+from .errors import EmptyStoreError, StoreError
+from .files import atomic_write
+from .index import VectorIndex, exact_top_k, recall_at_k, rescore, tune_nprobe, without_self
+from .results import Hit, IndexSettings, OptimizeReport
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second writer is then the user's responsibility
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+INDEX_STATE_FILE = "index.json"
+TEMPLATE_FILE = "index.trained.faiss"  # the empty trained IVF index: rebuilds need no training
+LOCK_FILE = "lock"
+EXACT_FILTER_LIMIT = 50_000  # filters matching fewer photos are searched exactly, whatever the index
+DELETE_CHUNK = 1000  # ids per delete transaction
+
+
+class Collection:
+    """A store folder's catalog and FAISS index, changed together and searched together."""
+
+    def __init__(self, root: Path, catalog: Catalog) -> None:
+        self.root, self.catalog = root, catalog
+        self._index: VectorIndex | None = None
+        self._lock = threading.RLock()
+        self.version = 0  # the catalog's vectors_version that the in-memory index mirrors
+        self.rebuilt = False  # whether opening had to rebuild the index from the catalog
+
+    # opening ----------------------------------------------------------------------------------
+    @property
+    def settings(self) -> IndexSettings:
+        """The index kind (and, for IVF, nlist, nprobe, recall) as optimize recorded it."""
+        return IndexSettings.from_meta(self.catalog.get_meta("index"))
+
+    @property
+    def is_open(self) -> bool:
+        return self._index is not None
+
+    @property
+    def vector_index(self) -> VectorIndex:
+        if self._index is None:
+            raise EmptyStoreError(f"store {self.root} is empty: run `simsearch index FOLDER` first")
+        return self._index
+
+    def create(self, dim: int) -> None:
+        """A new store's (empty) index, once its model is known."""
+        self._index = self._empty(dim)
+
+    def _empty(self, dim: int) -> VectorIndex:
+        """An empty index of the store's kind: flat, or the trained IVF template."""
+        settings, template = self.settings, self.root / TEMPLATE_FILE
+        if settings.kind == "flat" or not template.exists():
+            return VectorIndex(dim)
+        index = VectorIndex.load(template, dim)
+        index.nprobe = int(settings.nprobe or 1)
+        return index
+
+    def open(self, dim: int) -> None:
+        """Load the FAISS checkpoint if it matches the catalog exactly, else rebuild it from the catalog."""
+        self.version = int(self.catalog.get_meta("vectors_version") or 0)
+        index, reason = self._checkpoint(dim)
+        if index is not None:
+            self._index = index
+            return
+        index = self._empty(dim)
+        for ids, vecs in self.catalog.iter_vectors(dim):
+            index.add(ids, vecs)
+        self._index = index
+        if len(index) or (self.root / INDEX_FILE).exists():
+            log.info("rebuilt vector index of %s from the catalog: %s", self.root, reason)
+            self.rebuilt = True
+            with self.try_writer() as free:
+                if free:  # else a writer is at work and will checkpoint it itself
+                    self.checkpoint()
+
+    def _checkpoint(self, dim: int) -> tuple[VectorIndex | None, str]:
+        """The index file if it mirrors the catalog, else None and why not."""
+        path, state_path = self.root / INDEX_FILE, self.root / INDEX_STATE_FILE
+        if not (path.exists() and state_path.exists()):
+            return None, "no index file"
+        try:
+            state = json.loads(state_path.read_text())
+            index = VectorIndex.load(path, dim)
+        except (ValueError, OSError, StoreError) as exc:
+            return None, f"unreadable index file ({exc})"
+        ids, settings = self.catalog.vector_ids(), self.settings
+        if index.kind != settings.kind:
+            return None, f"index file is {index.kind}, the store uses {settings.kind}"
+        if state.get("version") != self.version:
+            return None, f"index file is at version {state.get('version')}, catalog at {self.version}"
+        if len(index) != len(ids) or not np.array_equal(np.sort(index.ids()), np.sort(ids)):
+            return None, f"index file holds {len(index)} vectors, catalog {len(ids)}"
+        if index.kind != "flat":
+            index.nprobe = int(settings.nprobe or 1)
+        return index, ""
+
+    # writing ----------------------------------------------------------------------------------
+    def apply(self, changes: Changes) -> None:
+        """One transaction in the catalog, then the same change in memory."""
+        if not len(changes):
+            return
+        with self._lock:
+            written = self.catalog.write(changes)
+            self.vector_index.remove(written.removed_ids)
+            if len(written.added_ids):
+                self.vector_index.add(written.added_ids, written.added_vectors)
+            self.version = written.version
+
+    def delete(self, ids: list[int]) -> None:
+        """Forget rows, a bounded transaction at a time."""
+        for i in range(0, len(ids), DELETE_CHUNK):
+            self.apply(Changes(deletes=ids[i : i + DELETE_CHUNK]))
+
+    def checkpoint(self) -> None:
+        """Write the FAISS file and the catalog version it mirrors (each atomically)."""
+        if self._index is None:
+            return
+        with self._lock:
+            self._index.save(self.root / INDEX_FILE)
+            atomic_write(self.root / INDEX_STATE_FILE,
+                         json.dumps({"version": self.version, "count": len(self._index)}).encode())
+
+    @contextmanager
+    def try_writer(self) -> Iterator[bool]:
+        """Try the store's advisory write lock (released when the process dies); yields whether it was got."""
+        with (self.root / LOCK_FILE).open("a+") as f:
+            if fcntl is None:
+                yield True
+                return
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+
+    @contextmanager
+    def writer(self) -> Iterator[None]:
+        """One writer per store (two would race on the FAISS file); checkpoints when it is done."""
+        with self.try_writer() as got:
+            if not got:
+                raise StoreError(f"store {self.root} is being updated by another simsearch process; "
+                                 f"try again when it has finished")
+            try:
+                yield
+            finally:
+                self.checkpoint()
+
+    # reading ----------------------------------------------------------------------------------
+    def exact_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """Full-precision vectors from the catalog, for re-scoring an approximate index's candidates."""
+        return self.catalog.vectors_for(ids, self.vector_index.dim)
+
+    def vector(self, image_id: int) -> np.ndarray | None:
+        return self.catalog.vector(image_id, self.vector_index.dim)
+
+    def search(self, vec: np.ndarray, k: int, where: ImageFilter | None = None) -> list[Hit]:
+        """The true top k (among photos passing `where`), with their records, from one committed state."""
+        index = self.vector_index
+        with self._lock:
+            among = self.catalog.ids_matching(where) if where else None
+            if among is not None and index.kind != "flat" and len(among) <= EXACT_FILTER_LIMIT:
+                scores, ids = (x[None] for x in rescore(vec, among, self.exact_vectors, k))  # selective: exact
+            else:
+                scores, ids = index.search(vec[None], k, among=among, exact=self.exact_vectors)
+            found = [(int(i), float(sc)) for i, sc in zip(ids[0], scores[0]) if i >= 0]
+            records = self.catalog.records(i for i, _ in found)
+        # a row removed by another process since this one loaded the index has no record: left out
+        return [Hit.from_record(records[i], score) for i, score in found if i in records]
+
+    def close_pairs(self, threshold: float, chunk: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Every pair of stored vectors with cosine >= threshold, a chunk of queries at a time."""
+        index = self.vector_index
+        for ids, vecs in self.catalog.iter_vectors(index.dim, chunk=chunk):
+            with self._lock:
+                yield index.pairs_within(ids, vecs, threshold)
+
+    # approximate index ------------------------------------------------------------------------
+    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
+        """Move to an IVF-SQ8 index trained on a sample of the stored vectors, with nprobe tuned so that
+        recall@10 against exact search reaches target_recall on the store's own vectors."""
+        t0 = time.perf_counter()
+        dim = self.vector_index.dim
+        all_ids = self.catalog.vector_ids()
+        n = len(all_ids)
+        nlist = nlist or int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))  # ~2000 lists at 1M: k-means in a minute
+        if nlist < 16:
+            raise StoreError(f"{n} vectors are too few for an approximate index; exact search is fast at this size")
+        rng = np.random.default_rng(seed)
+        sample_ids = np.sort(rng.choice(all_ids, min(n, max(64 * nlist, 50_000)), replace=False))
+        with self.writer():
+            index = VectorIndex.trained_ivf(dim, self.catalog.vectors_for(sample_ids, dim), nlist)
+            template = index.empty_like()
+            for ids, vecs in self.catalog.iter_vectors(dim):
+                index.add(ids, vecs)
+            query_ids = rng.choice(all_ids, min(n, 500), replace=False)
+            queries = self.catalog.vectors_for(query_ids, dim)
+            truth = without_self(exact_top_k(self.catalog.iter_vectors(dim), queries, 11), query_ids, 10)
+            nprobe, recall = tune_nprobe(index, queries, query_ids, truth, target_recall, exact=self.exact_vectors)
+            template.nprobe = nprobe
+            settings = IndexSettings(index.kind, nlist, nprobe, round(recall, 4))
+            with self._lock:
+                template.save(self.root / TEMPLATE_FILE)
+                self.catalog.set_meta(index=settings.to_dict())
+                self._index = index
+        return OptimizeReport(settings.kind, nlist, nprobe, settings.recall_at_10 or 0.0, n,
+                              round(time.perf_counter() - t0, 2))
+
+    def recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
+        """recall@k of the current index, as queries run it (re-scoring included), against exact search;
+        stored vectors are the queries, their own ids left out."""
+        dim = self.vector_index.dim
+        all_ids = self.catalog.vector_ids()
+        if len(all_ids) <= k:
+            return 1.0
+        query_ids = np.random.default_rng(seed).choice(all_ids, min(len(all_ids), queries), replace=False)
+        vecs = self.catalog.vectors_for(query_ids, dim)
+        truth = without_self(exact_top_k(self.catalog.iter_vectors(dim), vecs, k + 1), query_ids, k)
+        with self._lock:
+            found = self.vector_index.search(vecs, k + 1, exact=self.exact_vectors)[1]
+        return recall_at_k(without_self(found, query_ids, k), truth)

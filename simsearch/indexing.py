@@ -1,0 +1,218 @@
+"""One indexing run: bring a store up to date with a folder.
+
+The rule, in order:
+1. Scan: every image file under the folder, compared with the catalog by size and mtime. Equal: unchanged,
+   never read. Different or new: a task. Catalogued but gone: missing (a deletion, unless it moved).
+2. A source (simsearch.prepare) reads, hashes and classifies each task, in order: embed, touch, move,
+   copy or failed; only files to embed are decoded.
+3. Items are consumed in order and written in batches (`flush`): pixels are embedded a batch at a time,
+   and each batch is one transaction in the collection (simsearch.collection holds the crash-safety rule).
+   A move re-paths the missing row, keeping its id and vector; a copy reuses an indexed vector.
+4. What is still missing at the end was deleted: its rows go, in bounded transactions.
+Every file gets a row, a failure included, so one bad photo never stops a run and is listed with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import OK, Changes, Entry, ImageFields
+from .collection import Collection
+from .config import Settings
+from .errors import ImageError
+from .images import find_images
+from .prepare import Classifier, Kind, Prepared, Source, SourceStats, Task, decode_now
+from .provenance import StoreModel
+from .results import IndexReport, Progress
+
+
+@dataclass
+class Counts:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    failed: int = 0
+    unchanged: int = 0
+
+    def embedded(self, task: Task) -> None:
+        if task.is_update:
+            self.updated += 1
+        else:
+            self.added += 1
+
+
+@dataclass
+class Timings:
+    """Seconds per stage; decode is summed over the decoding threads (or Ray tasks)."""
+
+    scan: float = 0.0
+    decode: float = 0.0
+    embed: float = 0.0
+    write: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, float]:
+        stages = {k: v for k, v in asdict(self).items() if k != "extra"} | self.extra
+        return {k: round(v, 3) for k, v in stages.items()}
+
+
+@dataclass
+class Scan:
+    tasks: list[Task] = field(default_factory=list)
+    seen: int = 0
+    missing: dict[str, Entry] = field(default_factory=dict)  # catalogued under the folder, not found in it
+    unreadable: Changes = field(default_factory=Changes)  # files that cannot even be stat'ed
+
+
+def scan(folder: Path, entries: dict[str, Entry], counts: Counts) -> Scan:
+    """Compare the folder with its catalog entries by size and mtime; nothing is read here."""
+    out = Scan()
+    seen: set[str] = set()
+    for path in find_images(folder):
+        p = str(path)
+        seen.add(p)
+        old = entries.get(p)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            out.unreadable.upserts.append((ImageFields(p, None, None, None, error=f"cannot read file: {exc.strerror or exc}"), None))
+            continue
+        if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
+            counts.unchanged += 1
+        else:
+            out.tasks.append(Task(p, st.st_size, st.st_mtime_ns, old))
+    out.seen = len(seen)
+    out.missing = {p: e for p, e in entries.items() if p not in seen}
+    return out
+
+
+class IndexRun:
+    """Consumes a source's prepared items in order and writes them in batches; one run, one object."""
+
+    def __init__(self, collection: Collection, model: StoreModel, settings: Settings, folder: Path, *,
+                 progress: Callable[[Progress], None] | None = None, started: float | None = None) -> None:
+        self.collection, self.model, self.settings, self.folder = collection, model, settings, folder
+        self.progress = progress
+        self.started = time.perf_counter() if started is None else started  # the report's seconds count from here
+        self.counts, self.timings = Counts(), Timings()
+        self.total = self.done = 0
+        self.pending = Changes()
+        self.batch: list[Prepared] = []
+        self.movable: dict[str, Entry] = {}
+        self.known: dict[str, int] = {}
+        self.missing: dict[str, Entry] = {}
+        self.last_save = time.perf_counter()
+
+    def run(self, source: Source) -> IndexReport:
+        t = time.perf_counter()
+        found = scan(self.folder, self.collection.catalog.entries_under(str(self.folder)), self.counts)
+        self.missing = found.missing
+        self.movable = {e.sha256: e for e in found.missing.values() if e.status == OK and e.sha256}
+        self.known = self.collection.catalog.ok_hashes()
+        self.timings.scan = time.perf_counter() - t
+        self.counts.failed = len(found.unreadable.upserts)
+        self.collection.apply(found.unreadable)
+        self.total = len(found.tasks)
+        self._report_progress()
+        stats = SourceStats()
+        if found.tasks:
+            self._consume(source.items(found.tasks, Classifier(frozenset(self.movable), self.known)))
+            self.collection.checkpoint()
+            stats = source.finish()  # every row is committed: a source may drop what it staged
+        self.timings.extra |= stats.timings
+        gone = [e.id for e in self.missing.values()]
+        self.collection.delete(gone)
+        return self._report(found.seen, len(gone), stats)
+
+    def _consume(self, items: Iterable[Prepared]) -> None:
+        s = self.settings
+        for item in items:
+            self.timings.decode += item.seconds
+            self._take(item)
+            if len(self.batch) >= s.batch_size or len(self.pending) >= 4 * s.batch_size:
+                self.flush()
+        self.flush()
+
+    def _take(self, item: Prepared) -> None:
+        task = item.task
+        match item.kind:
+            case Kind.EMBED:
+                self.batch.append(item)
+                self.counts.embedded(task)
+            case Kind.FAILED:
+                self.pending.upserts.append((item.fields(), None))
+                self.counts.failed += 1
+            case Kind.TOUCH:
+                assert task.old is not None
+                self.counts.unchanged += 1
+                self.pending.touches.append((task.old.id, task.size, task.mtime_ns))
+            case Kind.MOVE if item.sha256 in self.movable:
+                src = self.movable.pop(item.sha256)
+                self.missing.pop(src.path, None)
+                self.pending.moves.append((src.id, task.path, task.size, task.mtime_ns))
+                self.counts.moved += 1
+            case _:  # a copy (or a second file moved from the same content): reuse an indexed vector
+                self._take_copy(item)
+
+    def _take_copy(self, item: Prepared) -> None:
+        src_id = self.known.get(item.sha256 or "")
+        if src_id is not None and self._copy(item, src_id):
+            self.counts.embedded(item.task)
+            return
+        try:  # the source row was re-embedded or removed earlier in this run: embed this file itself
+            self.batch.append(item if item.vector is not None else decode_now(item, self.model.decoding))
+            self.counts.embedded(item.task)
+        except ImageError as exc:
+            self.pending.upserts.append((replace(item, info=None, error=exc.reason).fields(), None))
+            self.counts.failed += 1
+
+    def _copy(self, item: Prepared, src_id: int) -> bool:
+        """Queue a row that reuses src_id's vector; False if that row no longer holds this content."""
+        rec = self.collection.catalog.records([src_id]).get(src_id)
+        vec = self.collection.vector(src_id)
+        if rec is None or vec is None or rec["sha256"] != item.sha256:
+            return False
+        task, taken = item.task, rec["taken_at"]
+        fields = ImageFields(task.path, task.size, task.mtime_ns, item.sha256, rec["width"], rec["height"],
+                             rec["format"], datetime.fromisoformat(taken) if taken else None)
+        self.pending.upserts.append((fields, vec))
+        return True
+
+    def flush(self) -> None:
+        """Embed the batch's pixels, write the pending rows in one transaction, checkpoint now and then."""
+        todo = [b.pixels for b in self.batch if b.vector is None]
+        if todo:
+            embedder = self.model.embedder  # loads the model on first use, timed apart as model_load
+            t = time.perf_counter()
+            embedded = iter(embedder.embed(np.stack(todo)))
+            self.timings.embed += time.perf_counter() - t
+        for b in self.batch:
+            self.pending.upserts.append((b.fields(), b.vector if b.vector is not None else next(embedded)))
+        t = time.perf_counter()
+        self.collection.apply(self.pending)
+        self.timings.write += time.perf_counter() - t
+        self.done += len(self.pending.upserts) + len(self.pending.moves) + len(self.pending.touches)
+        self.pending, self.batch = Changes(), []
+        if time.perf_counter() - self.last_save > self.settings.save_every_s:
+            self.collection.checkpoint()
+            self.last_save = time.perf_counter()
+        self._report_progress()
+
+    def _report_progress(self) -> None:
+        if self.progress:
+            self.progress(Progress(self.done, self.total, self.counts.failed, time.perf_counter() - self.started))
+
+    def _report(self, scanned: int, removed: int, stats: SourceStats) -> IndexReport:
+        c = self.counts
+        return IndexReport(
+            folder=str(self.folder), scanned=scanned, added=c.added, updated=c.updated, moved=c.moved,
+            removed=removed, unchanged=c.unchanged, failed=c.failed, seconds=time.perf_counter() - self.started,
+            timings=self.timings.as_dict(), ray=stats.ray,
+        )

@@ -1,0 +1,193 @@
+"""From a file that needs work to a prepared item: read, hash, classify, decode.
+
+A file whose size or time changed is read and hashed; its hash decides what it needs (`Kind`): a new
+vector (`EMBED`), only a new timestamp (`TOUCH`, same bytes), a new path for an indexed row whose file
+vanished (`MOVE`), or a copy of a vector already indexed (`COPY`). Only `EMBED` files are decoded.
+
+A *source* turns tasks into prepared items in task order: `LocalSource` on a small thread pool here,
+`simsearch.distributed.RaySource` on a Ray cluster. Both classify with the same `Classifier` and read
+with the same `decode_file`, so a run gives the same store wherever it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from typing import Protocol
+
+import numpy as np
+
+from .catalog import OK, Entry, ImageFields
+from .errors import ImageError
+from .images import ImageInfo, load_image, read_file
+
+
+class Kind(Enum):
+    EMBED = "embed"
+    TOUCH = "touch"
+    MOVE = "move"
+    COPY = "copy"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A file whose size or time differs from the catalog's (or that the catalog lacks)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    old: Entry | None
+
+    @property
+    def is_update(self) -> bool:
+        """A file that failed before and now indexes is new to the index, not an update."""
+        return self.old is not None and self.old.status == OK
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How a file becomes model input; the same settings on every machine that decodes."""
+
+    input_size: tuple[int, int]  # (height, width)
+    resize: str
+    max_pixels: int
+
+    def load(self, source: str | bytes) -> tuple[np.ndarray, ImageInfo]:
+        return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """What reading a file gave: its hash (None if unreadable), pixels or the reason they are missing."""
+
+    sha256: str | None
+    pixels: np.ndarray | None = None
+    info: ImageInfo | None = None
+    error: str | None = None
+    vector: np.ndarray | None = None  # already embedded (by a Ray worker)
+
+
+def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = lambda sha: True) -> Decoded:
+    """Read and hash a file, and decode it when `wanted(sha256)`; a bad file is an error, never an exception."""
+    try:
+        data = read_file(path)
+    except ImageError as exc:
+        return Decoded(None, error=exc.reason)
+    sha = hashlib.sha256(data).hexdigest()
+    if not wanted(sha):
+        return Decoded(sha)
+    try:
+        pixels, info = decoding.load(data)
+    except ImageError as exc:
+        return Decoded(sha, error=exc.reason)
+    return Decoded(sha, pixels, info)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    task: Task
+    kind: Kind
+    sha256: str | None = None
+    pixels: np.ndarray | None = None
+    info: ImageInfo | None = None
+    error: str | None = None
+    seconds: float = 0.0  # spent reading and decoding it
+    vector: np.ndarray | None = None
+
+    def fields(self) -> ImageFields:
+        """The catalog row this item becomes (a failure when it has no image info)."""
+        t, info = self.task, self.info
+        if info is None:
+            return ImageFields(t.path, t.size, t.mtime_ns, self.sha256, error=self.error)
+        return ImageFields(t.path, t.size, t.mtime_ns, self.sha256, info.width, info.height, info.format,
+                           info.taken_at)
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """Decides what a file needs from its hash and what the catalog already holds."""
+
+    movable: frozenset[str]  # hashes of indexed rows whose files are gone from the folder
+    known: Mapping[str, int] = field(default_factory=dict)  # hash -> id of an indexed row with that content
+
+    def kind(self, task: Task, sha: str) -> Kind:
+        if task.old is not None and task.old.sha256 == sha:
+            return Kind.TOUCH  # only the timestamp changed
+        if task.old is None and sha in self.movable:
+            return Kind.MOVE
+        if sha in self.known or sha in self.movable:
+            return Kind.COPY
+        return Kind.EMBED
+
+    def item(self, task: Task, decoded: Decoded, seconds: float = 0.0) -> Prepared:
+        """A touch or move needs no pixels, so only a file to embed fails for a decode error."""
+        if decoded.sha256 is None:
+            return Prepared(task, Kind.FAILED, error=decoded.error, seconds=seconds)
+        kind = self.kind(task, decoded.sha256)
+        if kind is Kind.EMBED and decoded.error is not None:
+            return Prepared(task, Kind.FAILED, decoded.sha256, error=decoded.error, seconds=seconds)
+        return Prepared(task, kind, decoded.sha256, decoded.pixels, decoded.info, seconds=seconds,
+                        vector=decoded.vector)
+
+
+def decode_now(item: Prepared, decoding: Decoding) -> Prepared:
+    """A copy whose source row changed during the run needs its own pixels after all (raises ImageError)."""
+    pixels, info = decoding.load(item.task.path)
+    return replace(item, kind=Kind.EMBED, pixels=pixels, info=info)
+
+
+@dataclass(frozen=True)
+class SourceStats:
+    """What a source measured itself, reported when the run is complete."""
+
+    timings: dict[str, float] = field(default_factory=dict)  # replaces the run's own stage sums
+    ray: dict[str, float] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    def items(self, tasks: Sequence[Task], classifier: Classifier) -> Iterator[Prepared]:
+        """One prepared item per task, in task order."""
+        ...
+
+    def finish(self) -> SourceStats:
+        """Called once every item is committed."""
+        ...
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """Read, hash and decode on a thread pool (Pillow releases the GIL), in order, at most a few batches
+    ahead of the writer, so memory stays bounded on any folder size."""
+
+    decoding: Decoding
+    workers: int
+    ahead: int
+
+    def items(self, tasks: Sequence[Task], classifier: Classifier) -> Iterator[Prepared]:
+        def prepare(task: Task) -> Prepared:
+            t = time.perf_counter()
+            decoded = decode_file(task.path, self.decoding, lambda sha: classifier.kind(task, sha) is Kind.EMBED)
+            return classifier.item(task, decoded, time.perf_counter() - t)
+
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="simsearch-decode") as pool:
+            window: deque[Future[Prepared]] = deque()
+            it = iter(tasks)
+            try:
+                while True:
+                    while len(window) < self.ahead and (task := next(it, None)) is not None:
+                        window.append(pool.submit(prepare, task))
+                    if not window:
+                        return
+                    yield window.popleft().result()
+            finally:
+                for fut in window:
+                    fut.cancel()
+
+    def finish(self) -> SourceStats:
+        return SourceStats()

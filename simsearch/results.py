@@ -1,0 +1,146 @@
+"""What the store hands back: frozen dataclasses that print as JSON through one `to_dict`.
+
+Every result is plain data (no handles to the store), so the CLI, the server and library users format
+the same objects; `to_dict` never yields NaN or infinity (JSON has neither): they become None.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+class Result:
+    """Mixin for result dataclasses: `to_dict()` is what `--json` and the HTTP API print."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return _finite(asdict(self))  # type: ignore[call-overload, no-any-return]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Reported once before the first batch (done 0) and after every committed batch; `total` counts the
+    files that needed work."""
+
+    done: int
+    total: int
+    failed: int
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class IndexReport(Result):
+    folder: str
+    scanned: int
+    added: int
+    updated: int
+    moved: int
+    removed: int
+    unchanged: int
+    failed: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode summed over workers)
+    ray: dict[str, float] = field(default_factory=dict)  # with --ray: shards run and reused
+
+
+@dataclass(frozen=True)
+class Hit(Result):
+    id: int
+    path: str
+    score: float
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: str | None = None
+    mtime: float | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], score: float) -> Hit:
+        """A catalog record (Catalog.records) with its score."""
+        return cls(id=record["id"], path=record["path"], score=score, size=record["size"], width=record["width"],
+                   height=record["height"], format=record["format"], taken_at=record["taken_at"],
+                   mtime=record["mtime"], sha256=record["sha256"])
+
+
+@dataclass(frozen=True)
+class Failure(Result):
+    id: int
+    path: str
+    reason: str
+    size: int | None
+    indexed_at: str
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Failure:
+        return cls(id=record["id"], path=record["path"], reason=record["error"], size=record["size"],
+                   indexed_at=record["indexed_at"])
+
+
+@dataclass(frozen=True)
+class DuplicateGroup(Result):
+    """Photos that are copies of each other: `exact` when every file has the same bytes, else `near`."""
+
+    kind: str
+    keep: str  # the suggested one to keep: largest resolution, then oldest
+    min_score: float  # the lowest similarity that links the group (1.0 for exact copies)
+    members: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class IndexSettings(Result):
+    """How the store searches: exact (`flat`) or IVF with its tuned probe count, as optimize recorded it."""
+
+    kind: str = "flat"
+    nlist: int | None = None
+    nprobe: int | None = None
+    recall_at_10: float | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any] | None) -> IndexSettings:
+        return cls(**meta) if meta else cls()
+
+
+@dataclass(frozen=True)
+class OptimizeReport(Result):
+    kind: str
+    nlist: int
+    nprobe: int
+    recall_at_10: float
+    vectors: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StoreStats(Result):
+    store: str
+    db: str
+    model: str
+    fingerprint: str | None
+    precision: str
+    runtime: str | None
+    dim: int | None
+    input_size: list[int] | None
+    resize: str | None
+    images: int
+    failed: int
+    vectors: int
+    folders: list[str]
+    last_indexed_at: str | None
+    index_bytes: int
+    index_kind: str
+    nlist: int | None = None
+    nprobe: int | None = None
+    recall_at_10: float | None = None

@@ -1,0 +1,272 @@
+"""The Store: one folder with a catalog, a vector index and the model that built them.
+
+A facade: it opens the parts and delegates. Where each rule lives:
+- simsearch.provenance: which model a store belongs to, loading it on first use;
+- simsearch.collection: catalog and FAISS kept in step (the crash-safety rule), search, the IVF index;
+- simsearch.indexing: one indexing run (scan, batches, moves, copies, deletions);
+- simsearch.prepare / simsearch.distributed: where files are read and decoded (threads here, or Ray);
+- simsearch.duplicates: duplicate groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .catalog import OK, Catalog, Changes, ImageFilter
+from .collection import INDEX_FILE, Collection
+from .config import Settings, default_store_dir
+from .distributed import RayOptions
+from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates
+from .embedder import Embedder, l2_normalize
+from .errors import NotFoundError, QueryError, SimsearchError, StoreError
+from .images import array_to_image
+from .indexing import IndexRun
+from .prepare import LocalSource, Source
+from .provenance import StoreModel
+from .results import DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
+
+log = logging.getLogger(__name__)
+
+CATALOG_FILE = "catalog.sqlite"
+STAGING_DIR = "staging"  # default home of the Parquet shards of an index run on Ray
+
+
+class Store:
+    """A folder with a catalog and a vector index, built with one model.
+
+    store: the folder (default: $SIMSEARCH_STORE, else the per-user data folder). model: a TF-Hub handle
+    (URL or module folder) or an Embedder; by default $SIMSEARCH_MODEL, else the model the store was
+    built with, else the Inception V2 module. db: a SQLAlchemy URL or Engine; by default SQLite in the
+    store folder. create: make the store if there is none (else NotFoundError).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str] | None = None,
+        *,
+        model: str | os.PathLike[str] | Embedder | None = None,
+        db: Any = None,
+        settings: Settings | None = None,
+        create: bool = True,
+    ) -> None:
+        self.root = _store_folder(store, create=create, has_db=db is not None)
+        self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}")
+        try:
+            self.model = StoreModel(self.root, self.catalog, model, settings or Settings())
+        except SimsearchError:
+            self.catalog.close()
+            raise
+        self.collection = Collection(self.root, self.catalog)
+        if self.model.recorded:
+            self.collection.open(self.model.dim)
+
+    @property
+    def settings(self) -> Settings:
+        return self.model.settings
+
+    @property
+    def embedder(self) -> Embedder:
+        """Loaded on first use: stats, failures and queries by id or vector need no model."""
+        return self.model.embedder
+
+    @property
+    def rebuilt_index(self) -> bool:
+        return self.collection.rebuilt
+
+    # writing ----------------------------------------------------------------------------------
+    def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None,
+              ray: RayOptions | None = None) -> IndexReport:
+        """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted.
+
+        With `ray`, files are decoded and embedded on a Ray cluster (see simsearch.distributed) and merged
+        here as they come back, with the same result as a run in this process.
+        """
+        t0 = time.perf_counter()
+        loaded_before = self.model.loaded
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise NotFoundError(f"folder {root} does not exist or is not a folder")
+        root = root.resolve()
+        with self.collection.writer():
+            self._begin(root)  # a new store loads its model here, before any scanning
+            folders = set(self.catalog.get_meta("folders") or [])
+            if str(root) not in folders:
+                self.catalog.set_meta(folders=sorted(folders | {str(root)}))
+            run = IndexRun(self.collection, self.model, self.settings, root, progress=progress, started=t0)
+            report = run.run(self._source(ray))
+        if not loaded_before and self.model.load_seconds:
+            report = replace(report, timings=report.timings | {"model_load": round(self.model.load_seconds, 3)})
+        index = self.collection.vector_index
+        if index.kind == "flat" and len(index) >= self.settings.ann_threshold:
+            log.info("%d vectors: moving %s to an approximate index", len(index), self.root)
+            self.collection.optimize()
+        return report
+
+    def _begin(self, folder: Path | None = None) -> None:
+        if self.model.record(folder):
+            self.collection.create(self.model.dim)
+
+    def _source(self, ray: RayOptions | None) -> Source:
+        s = self.settings
+        if ray is None:
+            return LocalSource(self.model.decoding, s.workers, ahead=2 * s.batch_size + 2 * s.workers)
+        from .distributed import RaySource
+
+        if s.precision == "int8":
+            raise SimsearchError("indexing on Ray runs the fp32 model on every worker; an int8 store is "
+                                 "indexed on one machine")
+        if not self.model.from_handle:
+            raise SimsearchError("indexing on Ray loads the model by its handle on every worker: "
+                                 "open the store with a model URL or folder, not an Embedder object")
+        return RaySource(ray, self.model.spec, s, staging=ray.staging or str(self.root / STAGING_DIR))
+
+    def write(self, changes: Changes) -> None:
+        """Write rows as the indexer does (one transaction, FAISS in step, checkpointed): for vectors made
+        elsewhere. A new store records its model first (loading it, for its dimension)."""
+        with self.collection.writer():
+            self._begin()
+            self.collection.apply(changes)
+
+    def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:
+        """Forget files (or everything under folders) without touching them on disk; returns how many."""
+        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        unknown = [p for p in resolved if not self.catalog.ids_for_paths([p])]
+        if unknown:
+            raise NotFoundError(f"not in the store: {', '.join(unknown)}")
+        ids = self.catalog.ids_for_paths(resolved)
+        with self.collection.writer():
+            self.collection.delete(ids)
+        return len(ids)
+
+    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
+        """Move to an approximate IVF-SQ8 index tuned to target_recall (see Collection.optimize)."""
+        return self.collection.optimize(target_recall=target_recall, nlist=nlist, seed=seed)
+
+    # reading ----------------------------------------------------------------------------------
+    def query_vector(self, probe: Any) -> np.ndarray:
+        """The unit query vector for any kind of probe."""
+        dim = self.collection.vector_index.dim
+        if isinstance(probe, (bool, np.bool_)):
+            raise QueryError(f"cannot query by {probe!r}")
+        if isinstance(probe, (int, np.integer)):
+            vec = self.collection.vector(int(probe))
+            if vec is None:
+                raise NotFoundError(f"no indexed image with id {int(probe)}")
+            return vec
+        if isinstance(probe, np.ndarray) and probe.ndim == 1:
+            if probe.shape[0] != dim or not np.all(np.isfinite(probe)):
+                raise QueryError(f"query vector must be {dim} finite floats, got shape {list(probe.shape)}")
+            return l2_normalize(probe[None].astype(np.float32))[0]
+        if isinstance(probe, np.ndarray):
+            probe = array_to_image(probe)
+        elif isinstance(probe, (str, os.PathLike)):
+            probe = Path(probe).expanduser()
+            stored = self._stored_vector(probe)
+            if stored is not None:
+                return stored
+        elif not isinstance(probe, (bytes, bytearray, memoryview, Image.Image)):
+            raise QueryError(f"cannot query by a {type(probe).__name__}: give a path, bytes, a PIL image, "
+                             f"an array, an indexed id or a vector")
+        # decoded before the model loads (the store knows its input size): a bad probe fails at once
+        pixels, _ = self.model.decoding.load(probe)
+        return self.embedder.embed(pixels[None])[0]
+
+    def _stored_vector(self, path: Path) -> np.ndarray | None:
+        """An indexed file unchanged since (same size and time) needs no model: its stored vector."""
+        entry = self.catalog.entry_for_path(str(path.resolve()))
+        if entry is None or entry.status != OK:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            return None
+        return self.collection.vector(entry.id)
+
+    def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None) -> list[Hit]:
+        """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first.
+
+        where: only photos passing this filter; the k returned are the true top k among them."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        if where and where.folder:
+            where = replace(where, folder=str(Path(where.folder).expanduser().resolve()))
+        vec = self.query_vector(probe)  # decoding and the model run outside the collection's lock
+        return self.collection.search(vec, k, where)
+
+    def vectors_of(self, paths: Iterable[str]) -> dict[str, np.ndarray]:
+        """Stored vectors of these indexed paths (absolute, as catalogued); paths not indexed are left out."""
+        out = {}
+        for path in paths:
+            entry = self.catalog.entry_for_path(path)
+            vec = None if entry is None else self.collection.vector(entry.id)
+            if vec is not None:
+                out[path] = vec
+        return out
+
+    def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *, chunk: int = 1024) -> list[DuplicateGroup]:
+        """Groups of exact copies and near-duplicates, largest first (see simsearch.duplicates)."""
+        return find_duplicates(self.collection, threshold, chunk=chunk)
+
+    def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
+        """recall@k of the current index against exact search (see Collection.recall)."""
+        return self.collection.recall(k, queries, seed)
+
+    def get(self, image_id: int) -> dict[str, Any]:
+        rec = self.catalog.records([image_id]).get(image_id)
+        if rec is None:
+            raise NotFoundError(f"no image with id {image_id}")
+        return rec
+
+    def stats(self) -> StoreStats:
+        counts = self.catalog.counts()
+        rec, s = self.model.recorded or {}, self.settings
+        index_file = self.root / INDEX_FILE
+        index = self.collection.vector_index if self.collection.is_open else None
+        ix = self.collection.settings
+        return StoreStats(
+            store=str(self.root), db=self.catalog.url, model=rec.get("model", self.model.handle),
+            fingerprint=rec.get("fingerprint"), precision=str(rec.get("precision", s.precision)), runtime=s.runtime,
+            dim=rec.get("dim"), input_size=rec.get("input_size"), resize=s.resize,
+            images=counts["images"], failed=counts["failed"], vectors=len(index) if index is not None else 0,
+            folders=self.catalog.get_meta("folders") or [], last_indexed_at=counts["last_indexed_at"],
+            index_bytes=index_file.stat().st_size if index_file.exists() else 0,
+            index_kind=index.kind if index is not None else "flat",
+            nlist=ix.nlist, nprobe=ix.nprobe, recall_at_10=ix.recall_at_10,
+        )
+
+    def failures(self) -> list[Failure]:
+        return [Failure.from_record(r) for r in self.catalog.failures()]
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _store_folder(store: str | os.PathLike[str] | None, *, create: bool, has_db: bool) -> Path:
+    root = Path(store).expanduser() if store is not None else default_store_dir()
+    if not create and not has_db and not (root / CATALOG_FILE).exists():
+        raise NotFoundError(f"no store at {root}: build one with `simsearch index FOLDER --store {root}`")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create store folder {root}: {exc.strerror or exc}") from exc
+    return root.resolve()
+
+
+open = Store  # `simsearch.open(...)`: the store is its own factory, with one signature to keep
