@@ -45,7 +45,7 @@ class _Group(click.Group):
 
 def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--db", envvar="SIMSEARCH_DB", metavar="URL",
-                      help="SQLAlchemy URL of the catalog [default: SQLite in the store folder].")(fn)
+                      help="SQLAlchemy URL of the catalog [default: SQLite in the store folder]. Env: SIMSEARCH_DB.")(fn)
     fn = click.option("--model", metavar="HANDLE",
                       help=f"TF-Hub handle: URL or local module folder [default: the store's model, "
                            f"or {DEFAULT_MODEL}]. Env: SIMSEARCH_MODEL.")(fn)

@@ -20,7 +20,17 @@ from typing import Any
 import numpy as np
 
 from .catalog import Catalog
-from .config import DEFAULT_MODEL, DEFAULT_PRECISION, DEFAULT_RESIZE, DEFAULT_RUNTIME, MODEL_ENV, RUNTIME_ENV, ModelSpec, Settings
+from .config import (
+    DEFAULT_MODEL,
+    DEFAULT_PRECISION,
+    DEFAULT_RESIZE,
+    DEFAULT_RUNTIME,
+    MODEL_ENV,
+    RUNTIME_ENV,
+    RUNTIMES,
+    ModelSpec,
+    Settings,
+)
 from .embedder import Embedder, load_embedder
 from .errors import ImageError, ModelMismatchError, SimsearchError, StoreError
 from .handles import local_fingerprint, normalize_handle
@@ -38,6 +48,8 @@ def resolve_settings(settings: Settings, recorded: dict[str, Any] | None) -> Set
     # stores made before precision was recorded are fp32
     precision = settings.precision or (rec.get("precision", "fp32") if rec else DEFAULT_PRECISION)
     runtime = settings.runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+    if runtime not in RUNTIMES:
+        raise SimsearchError(f"{RUNTIME_ENV}={runtime!r} is not a runtime: use one of {', '.join(RUNTIMES)}")
     if precision == "int8":
         runtime = "openvino"  # the only runtime that runs the quantized model (simsearch.quantize)
     return replace(settings, resize=resize, precision=precision, runtime=runtime)
