@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from simsearch.config import Settings  # noqa: E402
 from simsearch.embedder import HubEmbedder, import_tensorflow  # noqa: E402
 from simsearch.store import Store  # noqa: E402
-from simsearch.images import find_images, load_image  # noqa: E402
+from simsearch.formats import find_images  # noqa: E402
+from simsearch.images import load_image  # noqa: E402
 
 
 def rate(n: int, seconds: float) -> float:

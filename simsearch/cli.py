@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -26,7 +27,8 @@ from .config import (
 from .distributed import DEFAULT_SHARD_SIZE, RayOptions
 from .duplicates import DEFAULT_DUPLICATE_THRESHOLD
 from .errors import SimsearchError
-from .results import Progress
+from .probes import is_url, read_stdin
+from .results import IndexReport, Progress
 from .store import Store
 
 
@@ -44,28 +46,76 @@ class _Group(click.Group):
 
 
 def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--db", envvar="SIMSEARCH_DB", metavar="URL",
-                      help="SQLAlchemy URL of the catalog [default: SQLite in the store folder]. Env: SIMSEARCH_DB.")(fn)
+    # No click envvars here: the library resolves environment and config file in one place (simsearch.config).
+    fn = click.option("--db", metavar="URL",
+                      help="SQLAlchemy URL of the catalog [default: SQLite in the store folder]. "
+                           "Env: SIMSEARCH_DB; config: db.")(fn)
     fn = click.option("--model", metavar="HANDLE",
                       help=f"TF-Hub handle: URL or local module folder [default: the store's model, "
-                           f"or {DEFAULT_MODEL}]. Env: SIMSEARCH_MODEL.")(fn)
+                           f"or {DEFAULT_MODEL}]. Env: SIMSEARCH_MODEL; config: model.")(fn)
     fn = click.option("--store", metavar="DIR", type=click.Path(file_okay=False),
-                      help=f"Store folder [default: {default_store_dir()}]. Env: SIMSEARCH_STORE.")(fn)
+                      help="Store folder [default: the platform's data folder, ~/.local/share/simsearch on "
+                           "Linux]. Env: SIMSEARCH_STORE; config: store.")(fn)
     return fn
 
 
 def _runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--runtime", type=click.Choice(RUNTIMES),
                         help=f"Where the model runs: compiled once for this CPU (onnxruntime, openvino) or "
-                             f"TensorFlow itself [default: {DEFAULT_RUNTIME}]. Env: SIMSEARCH_RUNTIME.")(fn)
+                             f"TensorFlow itself [default: {DEFAULT_RUNTIME}]. Env: SIMSEARCH_RUNTIME; config: "
+                             f"runtime.")(fn)
 
 
 def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
 
+FORMATS = ("text", "json", "jsonl", "csv", "paths")
+
+
+def _output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--output", "-o", "output", type=click.Choice(FORMATS),
+                      help="Output: text, json (one document), jsonl (one object a line), csv, or paths (one "
+                           "path a line, for piping) [default: text]. --json is -o json.")(fn)
+    return _json_option(fn)
+
+
+def _output(output: str | None, as_json: bool, as_csv: bool = False) -> str:
+    """The one output format asked for; two different ones are refused, not silently ranked."""
+    asked = {f for f in (output, "json" if as_json else None, "csv" if as_csv else None) if f}
+    if len(asked) > 1:
+        raise click.UsageError(f"choose one output format, not {' and '.join(sorted(asked))}")
+    return asked.pop() if asked else "text"
+
+
+def _emit(rows: list[dict[str, Any]], output: str, text: Callable[[], None], path_key: str = "path") -> None:
+    if output == "json":
+        _print_json(rows)
+    elif output == "jsonl":
+        for row in rows:
+            click.echo(json.dumps(row, ensure_ascii=False, allow_nan=False))
+    elif output == "csv":
+        import csv as csv_module
+
+        out = csv_module.writer(sys.stdout)
+        if rows:
+            out.writerow(list(rows[0]))
+        for row in rows:
+            out.writerow(["" if v is None else v for v in row.values()])
+    elif output == "paths":
+        for row in rows:
+            click.echo(row[path_key])
+    else:
+        text()
+
+
+def _hint_args(s: Store, db: str | None) -> str:
+    """The options that reach the same store, so a hint is runnable as printed."""
+    return f"--store {shlex.quote(str(s.root))}" + (f" --db {shlex.quote(db)}" if db else "")
+
+
 def _open(store: str | None, model: str | None, db: str | None, create: bool = False, **settings: Any) -> Store:
-    """Only `index` creates a store; the other commands say so when there is none."""
+    """Only `index` (and `serve`, for a new container) creates a store; the others say so when there is none."""
     return Store(store, model=model, db=db, create=create,
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
 
@@ -77,12 +127,13 @@ class _EchoHandler(logging.Handler):
         click.echo(self.format(record), err=True)
 
 
-def _log_to_stderr() -> None:
-    """What the library says while it works ("fetching model ...", "compiling model ...") goes to stderr."""
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    """The one place logging is set up: what the library says while it works ("fetching model ...",
+    "rebuilt vector index ...") goes to stderr; -q keeps only warnings, -v adds debug detail."""
     logger = logging.getLogger("simsearch")
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
         logger.addHandler(_EchoHandler())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False  # TensorFlow's absl gives the root logger a handler of its own
 
 
@@ -93,19 +144,59 @@ def _print_json(value: Any) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="simsearch")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="Say more (debug detail).")
+@click.option("-q", "--quiet", is_flag=True, help="Say only warnings and errors (no progress bar).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """Find similar photos in your own collection.
 
     \b
       simsearch index ~/Pictures
       simsearch query probe.jpg -k 10
+      simsearch watch
     """
-    _log_to_stderr()
+    ctx.obj = {"quiet": quiet}
+    _configure_logging(verbose, quiet)
+
+
+def _progress_bar(quiet: bool) -> tuple[Callable[[Progress], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar: list[tqdm] = []
+
+    def progress(p: Progress) -> None:
+        if not bar:
+            bar.append(tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, disable=True if quiet else None,
+                            dynamic_ncols=True))
+        bar[0].total = p.total
+        bar[0].update(p.done - bar[0].n)
+        bar[0].set_postfix(failed=p.failed, refresh=False)
+
+    def close() -> None:
+        if bar:
+            bar.pop().close()
+
+    return progress, close
+
+
+def _print_report(report: IndexReport) -> None:
+    work = report.added + report.updated
+    busy = report.seconds - report.timings.get("model_load", 0.0)
+    rate = f" ({work / busy:.1f} images/s after loading the model)" if work and busy > 0 else ""
+    click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
+               f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
+               f"in {report.seconds:.1f} s{rate}")
 
 
 @main.command()
-@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.argument("folder", type=click.Path(exists=True, file_okay=False), required=False)
 @_store_options
+@click.option("--exclude", "excludes", multiple=True, metavar="GLOB",
+              help="Leave out files or folders whose name or path under FOLDER matches (repeatable); remembered "
+                   "for the folder. Config: exclude.")
+@click.option("--include-hidden/--skip-hidden", default=None,
+              help="Index hidden files and folders too (names starting with a dot) [default: skip them, and "
+                   "always junk such as ._* and @eaDir]; remembered for the folder.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per model call [default: 32].")
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: cores + 1, at most 8].")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
@@ -126,54 +217,63 @@ def main() -> None:
 @click.option("--actors", type=click.IntRange(1, 100_000),
               help="With --ray: embedding actors [default: one per GPU, else one per node].")
 @_json_option
-def index(folder: str, store: str | None, model: str | None, db: str | None, batch_size: int | None,
-          workers: int | None, resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None, staging: str | None,
-          shard_size: int | None, actors: int | None, as_json: bool) -> None:
+@click.pass_obj
+def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str | None, db: str | None,
+          excludes: tuple[str, ...], include_hidden: bool | None, batch_size: int | None, workers: int | None,
+          resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None,
+          staging: str | None, shard_size: int | None, actors: int | None, as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
+
+    Without FOLDER, every folder of the store is brought up to date, each with the choices
+    (--exclude, --include-hidden) remembered for it.
 
     \b
       simsearch index ~/Pictures --store data/photos
+      simsearch index ~/Pictures --exclude 'Screenshots' --exclude '*.tmp.jpg'
+      simsearch index --store data/photos
       simsearch index /shared/photos --ray 10.0.0.1:6379 --staging s3://bucket/shards \\
           --db postgresql+psycopg://USER:PASSWORD@HOST/DB
     """
-    from tqdm import tqdm
-
     ray = None
     if ray_address is not None:
         ray = RayOptions(address=ray_address, staging=staging, shard_size=shard_size or DEFAULT_SHARD_SIZE, actors=actors)
     elif staging or shard_size or actors:
         raise click.UsageError("--staging, --shard-size and --actors go with --ray")
-    with _open(store, model, db, create=True, batch_size=batch_size, workers=workers, resize=resize,
+    if folder is None and (excludes or include_hidden is not None):
+        raise click.UsageError("--exclude and --include-hidden are remembered per folder: give the FOLDER")
+    progress, close = _progress_bar(obj["quiet"] or as_json)
+    with _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
                precision=precision, runtime=runtime) as s:
-        bar: tqdm | None = None
-
-        def progress(p: Progress) -> None:
-            nonlocal bar
-            if bar is None:
-                bar = tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, disable=None, dynamic_ncols=True)
-            bar.update(p.done - bar.n)
-            bar.set_postfix(failed=p.failed, refresh=False)
-
         try:
-            report = s.index(folder, progress=progress, ray=ray)
+            if folder is None:
+                reports = s.update(progress=progress, ray=ray)
+            else:
+                reports = [s.index(folder, progress=progress, ray=ray, exclude=excludes or None,
+                                   include_hidden=include_hidden)]
         finally:
-            if bar is not None:
-                bar.close()
+            close()
+        hint = _hint_args(s, db)
     if as_json:
-        _print_json(report.to_dict())
+        _print_json(reports[0].to_dict() if folder is not None else [r.to_dict() for r in reports])
         return
-    work = report.added + report.updated
-    busy = report.seconds - report.timings.get("model_load", 0.0)
-    rate = f" ({work / busy:.1f} images/s after loading the model)" if work and busy > 0 else ""
-    click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
-               f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
-               f"in {report.seconds:.1f} s{rate}")
-    if report.failed:
-        click.echo(f"{report.failed} files could not be indexed: see `simsearch failures`", err=True)
+    for report in reports:
+        _print_report(report)
+    failed = sum(r.failed for r in reports)
+    if failed:
+        click.echo(f"{failed} files could not be indexed: see `simsearch failures {hint}`", err=True)
+
+
+def _probe(image: str) -> Any:
+    """A path, an http(s) URL (fetched by the store) or - for standard input."""
+    if image == "-":
+        return read_stdin(click.get_binary_stream("stdin"))
+    if not is_url(image) and not os.path.exists(image):
+        raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+    return image
 
 
 @main.command()
-@click.argument("image", required=False)
+@click.argument("image", required=False, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--id", "image_id", type=int, help="Query by the id of an indexed image instead of a file.")
 @click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many neighbours to return.")
@@ -184,32 +284,36 @@ def index(folder: str, store: str | None, model: str | None, db: str | None, bat
 @click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
 @_store_options
 @_runtime_option
-@_json_option
+@_output_option
 def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: datetime | None,
           taken_until: datetime | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
-          model: str | None, db: str | None, runtime: str | None, as_json: bool) -> None:
-    """Print the photos most similar to IMAGE (a file), or to an indexed photo with --id.
+          model: str | None, db: str | None, runtime: str | None, output: str | None, as_json: bool) -> None:
+    """Print the photos most similar to IMAGE (a file, an http(s) URL, or - for standard input), or to an
+    indexed photo with --id.
 
     Filters narrow the candidates first, so the k shown are the true top k among matching photos.
 
     \b
       simsearch query probe.jpg -k 10
+      simsearch query https://example.com/cat.jpg -o paths | xargs open
+      simsearch query - < probe.jpg
       simsearch query --id 42 --json
       simsearch query probe.jpg --folder ~/Pictures/2023 --taken-from 2023-06-01 --format JPEG
     """
     if (image is None) == (image_id is None):
         raise click.UsageError("give either IMAGE or --id")
-    if image is not None and not os.path.exists(image):
-        raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+    out = _output(output, as_json)
+    probe = _probe(image) if image is not None else image_id
     where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
                         min_pixels=min_pixels)
     with _open(store, model, db, runtime=runtime) as s:
-        hits = s.query(image if image is not None else image_id, k=k, where=where or None)
-    if as_json:
-        _print_json([h.to_dict() for h in hits])
-        return
-    for h in hits:
-        click.echo(f"{h.score:.4f}  {h.id:>7}  {h.path}")
+        hits = s.query(probe, k=k, where=where or None)
+
+    def text() -> None:
+        for h in hits:
+            click.echo(f"{h.score:.4f}  {h.id:>7}  {h.path}")
+
+    _emit([h.to_dict() for h in hits], out, text)
 
 
 @main.command()
@@ -248,55 +352,57 @@ def remove(paths: tuple[str, ...], store: str | None, model: str | None, db: str
 
 @main.command()
 @_store_options
-@_json_option
-def failures(store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+@_output_option
+def failures(store: str | None, model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
     """List the files that could not be indexed, with the reason."""
+    out = _output(output, as_json)
     with _open(store, model, db) as s:
         items = s.failures()
-    if as_json:
-        _print_json([f.to_dict() for f in items])
-        return
-    for f in items:
-        click.echo(f"{f.path}: {f.reason}")
-    if not items:
-        click.echo("no failures", err=True)
+
+    def text() -> None:
+        for f in items:
+            click.echo(f"{f.path}: {f.reason}")
+        if not items:
+            click.echo("no failures", err=True)
+
+    _emit([f.to_dict() for f in items], out, text)
 
 
 @main.command()
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_DUPLICATE_THRESHOLD,
               show_default=True, help="Cosine similarity at or above which two photos are near-duplicates.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV (-o csv).")
 @_store_options
-@_json_option
+@_output_option
 def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | None, db: str | None,
-               as_json: bool) -> None:
+               output: str | None, as_json: bool) -> None:
     """Group exact copies (same bytes) and near-duplicates (resized, recompressed, slightly cropped).
 
-    Each group names the photo to keep: the largest resolution, then the oldest.
+    Each group names the photo to keep: the largest resolution, then the oldest. -o paths prints the
+    others, one a line; -o csv and jsonl give one row per photo.
 
     \b
       simsearch duplicates --store data/photos
-      simsearch duplicates --threshold 0.97 --csv > duplicates.csv
+      simsearch duplicates --threshold 0.97 -o csv > duplicates.csv
     """
+    out = _output(output, as_json, as_csv)
     with _open(store, model, db) as s:
         groups = s.duplicates(threshold)
-    if as_json:
+    if out == "json":
         _print_json([g.to_dict() for g in groups])
-    elif as_csv:
-        import csv as csv_module
+        return
+    rows = [{"group": n, "kind": g.kind, "keep": int(m["path"] == g.keep), "path": m["path"], "size": m["size"],
+             "width": m["width"], "height": m["height"], "taken_at": m["taken_at"]}
+            for n, g in enumerate(groups, 1) for m in g.members]
 
-        out = csv_module.writer(sys.stdout)
-        out.writerow(["group", "kind", "keep", "path", "size", "width", "height", "taken_at"])
-        for n, g in enumerate(groups, 1):
-            for m in g.members:
-                out.writerow([n, g.kind, int(m["path"] == g.keep), m["path"], m["size"], m["width"], m["height"],
-                              m["taken_at"] or ""])
-    else:
+    def text() -> None:
         for g in groups:
             click.echo(f"{g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}):")
             for m in g.members:
                 click.echo(f"  {'keep' if m['path'] == g.keep else '    '}  {m['width']}x{m['height']}  {m['path']}")
         click.echo(f"{len(groups)} groups", err=True)
+
+    _emit([r for r in rows if not r["keep"]] if out == "paths" else rows, out, text)
 
 
 @main.command()
@@ -370,23 +476,108 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
               help="Bearer token required for anything beyond read-only queries (re-indexing). Env: SIMSEARCH_TOKEN.")
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024), help="Largest upload accepted.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this web origin (repeatable); off by default.")
+@click.option("--watch", "watch_folders", is_flag=True, help="Also follow the store's folders and index changes as they happen.")
 def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, host: str, port: int, token: str | None,
-          max_upload_mb: int, cors_origins: tuple[str, ...]) -> None:
+          max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
+
+    An empty (new) store is served too: the page says how to index a folder.
 
     \b
       simsearch serve --store data/photos
+      simsearch serve --store data/photos --watch
       simsearch serve --store data/photos --host 0.0.0.0 --token "$(openssl rand -hex 16)"
     """
+    import threading
+
     import uvicorn
 
     from .server import create_app
 
-    app = create_app(_open(store, model, db, runtime=runtime), token=token or None,
-                     max_upload=max_upload_mb * 1024 * 1024,
+    s = _open(store, model, db, create=True, runtime=runtime)
+    app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None)
+    if watch_folders:
+        from .watch import FolderWatcher
+
+        stop = threading.Event()
+        threading.Thread(target=FolderWatcher(s, on_report=_print_report).run, args=(stop,), name="simsearch-watch",
+                         daemon=True).start()
+    if not s.folders():
+        click.echo(f"store {s.root} is empty: index a folder with `simsearch index FOLDER {_hint_args(s, db)}`", err=True)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
+@_store_options
+@_runtime_option
+@click.option("--debounce", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds a folder must be quiet before its changes are indexed.")
+def watch(store: str | None, model: str | None, db: str | None, runtime: str | None, debounce: float) -> None:
+    """Keep the store up to date: index new, changed, moved and deleted photos in its folders as they happen.
+
+    Starts with one incremental pass, so changes made while nothing watched are picked up. A folder
+    that disappears (an unmounted disk) is left alone, nothing removed, until it is back. Ctrl-C stops.
+
+    \b
+      simsearch watch --store data/photos
+    """
+    import signal
+    import threading
+
+    from .watch import FolderWatcher
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with _open(store, model, db, runtime=runtime) as s:
+        if not s.folders():
+            raise click.ClickException(f"store {s.root} has no folders to watch: index one with "
+                                       f"`simsearch index FOLDER {_hint_args(s, db)}`")
+        click.echo(f"watching {', '.join(s.folders())} (Ctrl-C stops)", err=True)
+        try:
+            FolderWatcher(s, debounce=debounce, on_report=_print_report).run(stop)
+        except KeyboardInterrupt:
+            click.echo("stopped", err=True)
+
+
+@main.command()
+@_json_option
+def formats(as_json: bool) -> None:
+    """List the photo file extensions simsearch looks at, and what decodes each here."""
+    from .formats import supported_formats
+
+    found = supported_formats()
+    if as_json:
+        _print_json([{"extension": f.extension, "family": f.family, "decoder": f.decoder, "install": f.install}
+                     for f in found])
+        return
+    for f in found:
+        click.echo(f"{f.extension:<7} {f.decoder or 'missing: pip install ' + repr(f.install)}")
+
+
+@main.command("config")
+@_json_option
+def config_(as_json: bool) -> None:
+    """Show the config file's place and the defaults in force (environment first, then the file).
+
+    The file is TOML with any of: store, model, db, runtime (strings), exclude (a list of globs for
+    new folders), include_hidden (true/false). $SIMSEARCH_CONFIG moves it.
+    """
+    from .config import CONFIG_KEYS, config_path, user_config, user_default
+
+    path = config_path()
+    in_file = user_config()
+    values = {k: user_default(k) for k in CONFIG_KEYS}
+    values["store"] = str(default_store_dir())
+    if as_json:
+        _print_json({"config_file": str(path), "exists": path.exists(), "settings": values})
+        return
+    click.echo(f"config file: {path}{'' if path.exists() else ' (none yet)'}")
+    for key, value in values.items():
+        env = CONFIG_KEYS[key][0]
+        source = ("env " + env) if env and os.environ.get(env) else "config file" if key in in_file else "default"
+        click.echo(f"  {key:<15} {value if value not in (None, []) else '-'}  ({source})")
 
 
 @main.group()

@@ -1,10 +1,20 @@
-"""Settings and model provenance as frozen dataclasses."""
+"""Settings and model provenance as frozen dataclasses; the user's defaults (environment, config file).
+
+Defaults for the store, model, catalog, runtime and excluded files come from, in order: the call's
+own arguments (or the command line), the environment (SIMSEARCH_STORE, SIMSEARCH_MODEL, SIMSEARCH_DB,
+SIMSEARCH_RUNTIME), the config file (`config_path()`: TOML), then simsearch's defaults. `user_default`
+is the one place that reads the environment and the file.
+"""
 
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from .errors import SimsearchError
 
 DEFAULT_MODEL = "https://tfhub.dev/google/imagenet/inception_v2/feature_vector/1"
 DEFAULT_INPUT_SIZE = (224, 224)
@@ -18,8 +28,15 @@ DEFAULT_MAX_PIXELS = 2 * 89_478_485
 RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
 DEFAULT_RUNTIME = "onnxruntime"
 RUNTIME_ENV = "SIMSEARCH_RUNTIME"
-MODEL_ENV = "SIMSEARCH_MODEL"  # read in one place: simsearch.provenance
-STORE_ENV = "SIMSEARCH_STORE"  # read in one place: default_store_dir
+MODEL_ENV = "SIMSEARCH_MODEL"
+STORE_ENV = "SIMSEARCH_STORE"
+DB_ENV = "SIMSEARCH_DB"
+CONFIG_ENV = "SIMSEARCH_CONFIG"
+# config-file key -> (environment variable, type)
+CONFIG_KEYS: dict[str, tuple[str | None, type]] = {
+    "store": (STORE_ENV, str), "model": (MODEL_ENV, str), "db": (DB_ENV, str), "runtime": (RUNTIME_ENV, str),
+    "exclude": (None, list), "include_hidden": (None, bool),
+}
 PRECISIONS = ("fp32", "int8")
 DEFAULT_PRECISION = "fp32"
 
@@ -69,10 +86,48 @@ class Settings:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
 
 
-def default_store_dir() -> Path:
-    """SIMSEARCH_STORE, else the per-user data dir ($XDG_DATA_HOME/simsearch or ~/.local/share/simsearch)."""
-    env = os.environ.get(STORE_ENV)
+def config_path() -> Path:
+    """$SIMSEARCH_CONFIG, else config.toml in the platform's config folder (~/.config/simsearch on Linux)."""
+    env = os.environ.get(CONFIG_ENV)
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "simsearch"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("simsearch", appauthor=False)) / "config.toml"
+
+
+def user_config() -> dict[str, Any]:
+    """The config file's settings (none when it does not exist); unknown keys and wrong types are errors."""
+    path = config_path()
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SimsearchError(f"cannot read config file {path}: {exc}") from exc
+    for key, value in data.items():
+        if key not in CONFIG_KEYS:
+            raise SimsearchError(f"config file {path}: unknown setting {key!r} (known: {', '.join(CONFIG_KEYS)})")
+        if not isinstance(value, CONFIG_KEYS[key][1]):
+            raise SimsearchError(f"config file {path}: {key} must be a {CONFIG_KEYS[key][1].__name__}")
+    return data
+
+
+def user_default(key: str) -> Any:
+    """A setting the caller left open: from the environment, else the config file, else None."""
+    env = CONFIG_KEYS[key][0]
+    if env and os.environ.get(env):
+        return os.environ[env]
+    return user_config().get(key)
+
+
+def default_store_dir() -> Path:
+    """SIMSEARCH_STORE or the config file's store, else the platform's per-user data folder
+    (~/.local/share/simsearch on Linux, XDG_DATA_HOME respected)."""
+    configured = user_default("store")
+    if configured:
+        return Path(configured).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("simsearch", appauthor=False))

@@ -31,7 +31,7 @@ from .config import (
 )
 from .errors import ModelError
 from .handles import fingerprint as module_fingerprint
-from .handles import is_remote, local_fingerprint, local_module_dir, normalize_handle
+from .handles import is_remote, local_fingerprint, local_module_dir, normalize_handle, tfhub_cache
 from .images import to_model_input
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def import_tensorflow() -> tuple[Any, Any]:
     """Import TensorFlow and tensorflow-hub with their C++ start-up chatter (CUDA probes) kept off
     stderr; if the import fails, what they printed is replayed so the cause is not lost."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ start-up chatter (CUDA probes): not for users
+    os.environ.setdefault("TFHUB_CACHE_DIR", str(tfhub_cache()))  # kept across reboots, unlike the temp folder
     if "tensorflow" in sys.modules:
         import tensorflow as tf
         import tensorflow_hub as hub

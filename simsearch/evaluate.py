@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NotFoundError, QueryError, StoreError
-from .images import find_images
+from .formats import find_images
 from .results import Result
 from .store import Store
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import ModelError
@@ -45,10 +44,14 @@ def cache_dir() -> Path:
 
 
 def tfhub_module_dir(handle: str) -> Path:
-    """Where tensorflow-hub keeps a downloaded module: $TFHUB_CACHE_DIR (or the temp folder's
-    tfhub_modules)/sha1(handle), as its resolver computes it."""
-    base = os.environ.get("TFHUB_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "tfhub_modules")
-    return Path(base) / hashlib.sha1(handle.encode("utf8")).hexdigest()
+    """Where tensorflow-hub keeps a downloaded module: tfhub_cache()/sha1(handle), as its resolver computes it."""
+    return tfhub_cache() / hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def tfhub_cache() -> Path:
+    """$TFHUB_CACHE_DIR, else tfhub_modules in simsearch's cache folder (not the temp folder, which a reboot
+    empties); simsearch.embedder hands it to tensorflow-hub before importing it."""
+    return Path(os.environ.get("TFHUB_CACHE_DIR") or cache_dir() / "tfhub_modules")
 
 
 def local_module_dir(handle: str) -> Path | None:

@@ -1,4 +1,4 @@
-"""Find image files and turn any of them into a model-ready RGB array.
+"""Turn any photo file into a model-ready RGB array (which files are photos: simsearch.formats).
 
 Decoding is where real photo folders spend their time, so large JPEGs are decoded at reduced size
 (libjpeg's DCT scaling through Pillow's ``draft``) before the final resize.
@@ -21,8 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from .errors import ImageError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+from .formats import check_decoder, family_of, register_decoders
 
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
@@ -37,38 +36,6 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def find_images(root: str | Path) -> Iterator[Path]:
-    """Image files under root, recursively, in a stable order.
-
-    Symlinked folders are followed once each (by device and inode), so a link loop ends the descent
-    instead of recursing forever. Anything with an image extension is yielded, even if it turns out
-    unreadable: the indexer records why rather than silently skipping it.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise ImageError(root, "not a folder")
-    seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            dirnames[:] = []
-            continue
-        seen.add(key)
-        dirnames.sort()
-        for name in sorted(filenames):
-            if is_image_name(name):
-                yield Path(dirpath) / name
 
 
 @dataclass(frozen=True)
@@ -90,17 +57,23 @@ def read_file(path: str | Path) -> bytes:
         raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
 
 
-def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | None]:
-    """Open lazily (header only); returns the image and a name for error messages."""
+def _open(source: str | Path | bytes | Image.Image, name: str | None = None,
+          draft_to: tuple[int, int] = (0, 0)) -> tuple[Image.Image, str | None]:
+    """Open lazily (header only; RAW decodes at once); returns the image and a name for error messages.
+    name: the file's name when source is its bytes (RAW and missing decoders are told by extension)."""
     if isinstance(source, Image.Image):
         return source, None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data, name = bytes(source), None
+        data = bytes(source)
     else:
         name = str(source)
         data = read_file(source)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
+    check_decoder(name)
+    register_decoders()
+    if name is not None and family_of(os.path.splitext(name)[1]) == "raw":
+        return _open_raw(data, name, draft_to), name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -112,6 +85,52 @@ def _open(source: str | Path | bytes | Image.Image) -> tuple[Image.Image, str | 
         raise ImageError(name, "not an image (format not recognised)") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(name, f"cannot parse image header: {exc}") from exc
+
+
+_RAW_FLIP = {3: Image.Transpose.ROTATE_180, 5: Image.Transpose.ROTATE_90, 6: Image.Transpose.ROTATE_270}
+
+
+def _open_raw(data: bytes, name: str, draft_to: tuple[int, int]) -> Image.Image:
+    """A camera RAW file as an oriented RGB image: its embedded JPEG preview when that is at least the size
+    asked for (fast), else LibRaw's half-size demosaic. `info["full_size"]` keeps the sensor image's size."""
+    import rawpy
+
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            flip = raw.sizes.flip
+            full = (raw.sizes.width, raw.sizes.height)
+            img, taken = _raw_preview(raw, draft_to), None
+            if img is not None:
+                taken = _exif(img)[1]
+                img = Image.fromarray(np.asarray(img.convert("RGB")))  # the preview's own EXIF is not the RAW's
+            else:
+                img = Image.fromarray(raw.postprocess(half_size=True, user_flip=0, output_bps=8))
+    except (rawpy.LibRawError, OSError, ValueError) as exc:
+        raise ImageError(name, f"cannot decode RAW file: {exc}") from exc
+    if flip in _RAW_FLIP:
+        img = img.transpose(_RAW_FLIP[flip])
+        if flip in (5, 6):
+            full = (full[1], full[0])
+    if taken is not None:
+        exif = Image.Exif()
+        exif[_DATETIME] = taken.strftime("%Y:%m:%d %H:%M:%S")
+        img.info["exif"] = exif.tobytes()
+    img.info["full_size"] = full
+    img.format = os.path.splitext(name)[1].lstrip(".").upper()
+    return img
+
+
+def _raw_preview(raw: object, draft_to: tuple[int, int]) -> Image.Image | None:
+    import rawpy
+
+    try:
+        thumb = raw.extract_thumb()  # type: ignore[attr-defined]
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumb.format != rawpy.ThumbFormat.JPEG:
+        return None
+    img = Image.open(io.BytesIO(thumb.data))
+    return img if min(img.size) >= min(draft_to) else None
 
 
 def _open_unchecked(data: bytes) -> Image.Image:
@@ -211,11 +230,11 @@ def _decode_errors(name: str | None) -> Iterator[None]:
 
 
 def _decode(
-    source: str | Path | bytes | Image.Image, draft_to: tuple[int, int], max_pixels: int
+    source: str | Path | bytes | Image.Image, draft_to: tuple[int, int], max_pixels: int, name: str | None = None
 ) -> tuple[Image.Image, ImageInfo, str | None]:
     """Open, refuse bombs, take the first frame, decode JPEGs reduced to no less than draft_to
     (width, height as displayed), apply EXIF orientation and convert to RGB."""
-    img, name = _open(source)
+    img, name = _open(source, name, draft_to)
     with _decode_errors(name):
         w, h = img.size
         if w <= 0 or h <= 0:
@@ -241,6 +260,7 @@ def _decode(
         rgb = _to_rgb(img)
     if orientation >= 5:
         w, h = h, w
+    w, h = img.info.get("full_size", (w, h))  # a RAW file's sensor image, not its preview
     return rgb, ImageInfo(width=w, height=h, format=fmt, taken_at=taken), name
 
 
@@ -250,12 +270,14 @@ def load_image(
     *,
     policy: str = "whole",
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
 ) -> tuple[np.ndarray, ImageInfo]:
     """Decode, orient, convert and resize one image to uint8 [height, width, 3].
 
+    name: the file's name when source is its bytes (the format of a RAW file is told by its extension).
     Every failure is an ImageError naming the file and the reason.
     """
-    rgb, info, name = _decode(source, (size[1], size[0]), max_pixels)
+    rgb, info, name = _decode(source, (size[1], size[0]), max_pixels, name)
     with _decode_errors(name):
         return np.asarray(_fit(rgb, size, policy), dtype=np.uint8), info
 

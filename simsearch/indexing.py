@@ -27,7 +27,7 @@ from .catalog import OK, Changes, Entry, ImageFields
 from .collection import Collection
 from .config import Settings
 from .errors import ImageError
-from .images import find_images
+from .formats import ScanOptions, find_images
 from .prepare import Classifier, Kind, Prepared, Source, SourceStats, Task, decode_now
 from .provenance import StoreModel
 from .results import IndexReport, Progress
@@ -71,11 +71,12 @@ class Scan:
     unreadable: Changes = field(default_factory=Changes)  # files that cannot even be stat'ed
 
 
-def scan(folder: Path, entries: dict[str, Entry], counts: Counts) -> Scan:
-    """Compare the folder with its catalog entries by size and mtime; nothing is read here."""
+def scan(folder: Path, entries: dict[str, Entry], counts: Counts, options: ScanOptions) -> Scan:
+    """Compare the folder with its catalog entries by size and mtime; nothing is read here. Catalogued
+    files that are now left out (junk, excluded) count as missing, so they leave the store."""
     out = Scan()
     seen: set[str] = set()
-    for path in find_images(folder):
+    for path in find_images(folder, options):
         p = str(path)
         seen.add(p)
         old = entries.get(p)
@@ -96,9 +97,11 @@ def scan(folder: Path, entries: dict[str, Entry], counts: Counts) -> Scan:
 class IndexRun:
     """Consumes a source's prepared items in order and writes them in batches; one run, one object."""
 
-    def __init__(self, collection: Collection, model: StoreModel, settings: Settings, folder: Path, *,
-                 progress: Callable[[Progress], None] | None = None, started: float | None = None) -> None:
+    def __init__(self, collection: Collection, model: StoreModel, settings: Settings, folder: Path,
+                 options: ScanOptions = ScanOptions(), *, progress: Callable[[Progress], None] | None = None,
+                 started: float | None = None) -> None:
         self.collection, self.model, self.settings, self.folder = collection, model, settings, folder
+        self.options = options
         self.progress = progress
         self.started = time.perf_counter() if started is None else started  # the report's seconds count from here
         self.counts, self.timings = Counts(), Timings()
@@ -112,7 +115,7 @@ class IndexRun:
 
     def run(self, source: Source) -> IndexReport:
         t = time.perf_counter()
-        found = scan(self.folder, self.collection.catalog.entries_under(str(self.folder)), self.counts)
+        found = scan(self.folder, self.collection.catalog.entries_under(str(self.folder)), self.counts, self.options)
         self.missing = found.missing
         self.movable = {e.sha256: e for e in found.missing.values() if e.status == OK and e.sha256}
         self.known = self.collection.catalog.ok_hashes()

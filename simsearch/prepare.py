@@ -58,8 +58,9 @@ class Decoding:
     resize: str
     max_pixels: int
 
-    def load(self, source: str | bytes) -> tuple[np.ndarray, ImageInfo]:
-        return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels)
+    def load(self, source: str | bytes | object, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
+        return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
+                          name=name)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = l
     if not wanted(sha):
         return Decoded(sha)
     try:
-        pixels, info = decoding.load(data)
+        pixels, info = decoding.load(data, name=path)
     except ImageError as exc:
         return Decoded(sha, error=exc.reason)
     return Decoded(sha, pixels, info)

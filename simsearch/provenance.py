@@ -25,16 +25,16 @@ from .config import (
     DEFAULT_PRECISION,
     DEFAULT_RESIZE,
     DEFAULT_RUNTIME,
-    MODEL_ENV,
     RUNTIME_ENV,
     RUNTIMES,
     ModelSpec,
     Settings,
+    user_default,
 )
 from .embedder import Embedder, load_embedder
 from .errors import ImageError, ModelMismatchError, SimsearchError, StoreError
 from .handles import local_fingerprint, normalize_handle
-from .images import find_images
+from .formats import find_images
 from .prepare import Decoding
 from .quantize import CALIBRATION_PHOTOS, INT8_DIR, open_int8, quantize_int8
 
@@ -47,9 +47,9 @@ def resolve_settings(settings: Settings, recorded: dict[str, Any] | None) -> Set
     resize = settings.resize or rec.get("resize") or DEFAULT_RESIZE
     # stores made before precision was recorded are fp32
     precision = settings.precision or (rec.get("precision", "fp32") if rec else DEFAULT_PRECISION)
-    runtime = settings.runtime or os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME
+    runtime = settings.runtime or user_default("runtime") or DEFAULT_RUNTIME
     if runtime not in RUNTIMES:
-        raise SimsearchError(f"{RUNTIME_ENV}={runtime!r} is not a runtime: use one of {', '.join(RUNTIMES)}")
+        raise SimsearchError(f"runtime {runtime!r} (from {RUNTIME_ENV} or the config file) is not one of {', '.join(RUNTIMES)}")
     if precision == "int8":
         runtime = "openvino"  # the only runtime that runs the quantized model (simsearch.quantize)
     return replace(settings, resize=resize, precision=precision, runtime=runtime)
@@ -63,7 +63,7 @@ class StoreModel:
         self.root, self.catalog = root, catalog
         self.recorded: dict[str, Any] | None = catalog.get_meta("model")
         self.settings = resolve_settings(settings, self.recorded)
-        self._arg = model if model is not None else os.environ.get(MODEL_ENV) or None
+        self._arg = model if model is not None else user_default("model") or None
         self._embedder: Embedder | None = None
         self._lock = threading.Lock()
         self.load_seconds = 0.0  # time spent loading it from its handle (0 when handed in ready)

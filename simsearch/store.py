@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,15 +22,17 @@ import numpy as np
 from PIL import Image
 
 from .catalog import OK, Catalog, Changes, ImageFilter
-from .collection import INDEX_FILE, Collection
-from .config import Settings, default_store_dir
+from .collection import INDEX_FILE, LOCK_FILE, Collection
+from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions
 from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates
 from .embedder import Embedder, l2_normalize
+from .formats import ScanOptions
 from .errors import NotFoundError, QueryError, SimsearchError, StoreError
 from .images import array_to_image
 from .indexing import IndexRun
 from .prepare import LocalSource, Source
+from .probes import fetch_url, is_url
 from .provenance import StoreModel
 from .results import DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
 
@@ -58,7 +60,11 @@ class Store:
         settings: Settings | None = None,
         create: bool = True,
     ) -> None:
-        self.root = _store_folder(store, create=create, has_db=db is not None)
+        db = db if db is not None else user_default("db")
+        folder = Path(store).expanduser() if store is not None else default_store_dir()
+        # what this open made, so that a first run that fails before anything is written leaves no store behind
+        self._made = (not folder.exists(), db is None and not (folder / CATALOG_FILE).exists())
+        self.root = _store_folder(folder, create=create, has_db=db is not None)
         self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}")
         try:
             self.model = StoreModel(self.root, self.catalog, model, settings or Settings())
@@ -84,9 +90,12 @@ class Store:
 
     # writing ----------------------------------------------------------------------------------
     def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None,
-              ray: RayOptions | None = None) -> IndexReport:
+              ray: RayOptions | None = None, exclude: Sequence[str] | None = None,
+              include_hidden: bool | None = None) -> IndexReport:
         """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted.
 
+        exclude (globs on names or paths relative to the folder) and include_hidden are remembered for the
+        folder: None keeps what an earlier run chose (by default, junk and hidden files are left out).
         With `ray`, files are decoded and embedded on a Ray cluster (see simsearch.distributed) and merged
         here as they come back, with the same result as a run in this process.
         """
@@ -96,12 +105,15 @@ class Store:
         if not root.is_dir():
             raise NotFoundError(f"folder {root} does not exist or is not a folder")
         root = root.resolve()
+        try:
+            with self.collection.writer():
+                self._begin(root)  # a new store loads its model here, before any scanning
+        except SimsearchError:
+            self._discard_if_unused()
+            raise
         with self.collection.writer():
-            self._begin(root)  # a new store loads its model here, before any scanning
-            folders = set(self.catalog.get_meta("folders") or [])
-            if str(root) not in folders:
-                self.catalog.set_meta(folders=sorted(folders | {str(root)}))
-            run = IndexRun(self.collection, self.model, self.settings, root, progress=progress, started=t0)
+            options = self._remember_folder(root, exclude, include_hidden)
+            run = IndexRun(self.collection, self.model, self.settings, root, options, progress=progress, started=t0)
             report = run.run(self._source(ray))
         if not loaded_before and self.model.load_seconds:
             report = replace(report, timings=report.timings | {"model_load": round(self.model.load_seconds, 3)})
@@ -110,6 +122,52 @@ class Store:
             log.info("%d vectors: moving %s to an approximate index", len(index), self.root)
             self.collection.optimize()
         return report
+
+    def update(self, *, progress: Callable[[Progress], None] | None = None,
+               ray: RayOptions | None = None) -> list[IndexReport]:
+        """Bring every folder of the store up to date, each with the choices remembered for it."""
+        folders = self.folders()
+        if not folders:
+            raise NotFoundError(f"store {self.root} has no folders yet: index one with `simsearch index FOLDER`")
+        reports = []
+        for folder in folders:
+            if not Path(folder).is_dir():  # an unmounted disk: its photos stay in the store until it is back
+                log.warning("folder %s is missing: skipped, nothing removed from the store", folder)
+                continue
+            reports.append(self.index(folder, progress=progress, ray=ray))
+        return reports
+
+    def folders(self) -> list[str]:
+        return list(self.catalog.get_meta("folders") or [])
+
+    def scan_options(self, folder: str) -> ScanOptions:
+        """What scans of this folder leave out (as its last `index` chose)."""
+        return ScanOptions.from_meta((self.catalog.get_meta("folder_options") or {}).get(folder))
+
+    def _remember_folder(self, root: Path, exclude: Sequence[str] | None, include_hidden: bool | None) -> ScanOptions:
+        folders, key = set(self.folders()), str(root)
+        stored = self.catalog.get_meta("folder_options") or {}
+        old = ScanOptions.from_meta(stored[key]) if key in stored else ScanOptions(
+            tuple(user_default("exclude") or ()), bool(user_default("include_hidden")))  # config: new folders
+        options = ScanOptions(tuple(exclude) if exclude is not None else old.exclude,
+                              old.include_hidden if include_hidden is None else include_hidden)
+        if key not in folders or key not in stored or options != old:
+            self.catalog.set_meta(folders=sorted(folders | {key}), folder_options={**stored, key: options.to_meta()})
+        return options
+
+    def _discard_if_unused(self) -> None:
+        """A new store whose model could not even be recorded holds nothing: remove the files this open made."""
+        made_folder, made_catalog = self._made
+        if self.model.recorded or not made_catalog:
+            return
+        self.catalog.close()
+        for name in (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm", CATALOG_FILE + "-journal", LOCK_FILE):
+            (self.root / name).unlink(missing_ok=True)
+        if made_folder:
+            try:
+                self.root.rmdir()
+            except OSError:  # something else is in it now: leave it
+                pass
 
     def _begin(self, folder: Path | None = None) -> None:
         if self.model.record(folder):
@@ -168,6 +226,8 @@ class Store:
             return l2_normalize(probe[None].astype(np.float32))[0]
         if isinstance(probe, np.ndarray):
             probe = array_to_image(probe)
+        elif isinstance(probe, str) and is_url(probe):
+            probe = fetch_url(probe)  # bounded in size and time; then decoded like any bytes
         elif isinstance(probe, (str, os.PathLike)):
             probe = Path(probe).expanduser()
             stored = self._stored_vector(probe)
@@ -194,7 +254,7 @@ class Store:
         return self.collection.vector(entry.id)
 
     def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None) -> list[Hit]:
-        """Nearest neighbours of a path, bytes, PIL image, array, indexed id or vector, best first.
+        """Nearest neighbours of a path, an http(s) URL, bytes, PIL image, array, indexed id or vector, best first.
 
         where: only photos passing this filter; the k returned are the true top k among them."""
         if k < 1:
@@ -258,8 +318,7 @@ class Store:
         self.close()
 
 
-def _store_folder(store: str | os.PathLike[str] | None, *, create: bool, has_db: bool) -> Path:
-    root = Path(store).expanduser() if store is not None else default_store_dir()
+def _store_folder(root: Path, *, create: bool, has_db: bool) -> Path:
     if not create and not has_db and not (root / CATALOG_FILE).exists():
         raise NotFoundError(f"no store at {root}: build one with `simsearch index FOLDER --store {root}`")
     try:

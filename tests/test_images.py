@@ -13,7 +13,8 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from simsearch.errors import ImageError
-from simsearch.images import array_to_image, find_images, load_image
+from simsearch.formats import find_images
+from simsearch.images import array_to_image, load_image
 
 from .conftest import photo
 
