@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,83 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_help_shows_examples() -> None:
     r = CliRunner().invoke(main, ["index", "--help"])
     assert r.exit_code == 0 and "simsearch index ~/Pictures" in r.output and "--store" in r.output
+
+
+def test_the_hint_after_failures_runs_as_printed(tmp_path: Path, folder: Path, tiny_module: Path) -> None:
+    r = CliRunner().invoke(main, ["index", str(folder), "--store", str(tmp_path / "s"), "--model", str(tiny_module)])
+    assert r.exit_code == 0, r.output
+    hint = next(line for line in r.stderr.splitlines() if "could not be indexed" in line)
+    command = shlex.split(hint.split("`")[1])
+    assert command[:2] == ["simsearch", "failures"] and "--store" in command
+    again = CliRunner().invoke(main, command[1:])
+    assert again.exit_code == 0 and "broken.jpg: not an image" in again.stdout
+
+
+def test_a_failed_first_run_leaves_no_store_behind(tmp_path: Path, folder: Path) -> None:
+    r = CliRunner().invoke(main, ["index", str(folder), "--store", str(tmp_path / "s"), "--model", str(tmp_path / "no-model")])
+    assert r.exit_code == 1 and "does not exist" in r.output
+    assert not (tmp_path / "s").exists()
+    assert "no store at" in CliRunner().invoke(main, ["stats", "--store", str(tmp_path / "s")]).output
+
+
+def test_index_without_a_folder_updates_every_folder_of_the_store(tmp_path: Path, folder: Path, tiny_module: Path) -> None:
+    other = tmp_path / "more"
+    photo(other / "q.jpg", seed=20)
+    store = ["--store", str(tmp_path / "s")]
+    _run("index", folder, *store, "--model", tiny_module)
+    _run("index", other, *store)
+    photo(other / "q2.jpg", seed=21)
+    (folder / "p0.jpg").unlink()
+    reports = json.loads(_run("index", *store, "--json").stdout)
+    assert [(r["folder"], r["added"], r["removed"]) for r in reports] == [(str(other), 1, 0), (str(folder), 0, 1)]  # sorted
+    assert CliRunner().invoke(main, ["index", *store, "--exclude", "x"]).exit_code == 2  # excludes need a FOLDER
+
+
+def test_output_formats_and_conflicting_choices(tmp_path: Path, folder: Path, tiny_module: Path) -> None:
+    store = ["--store", str(tmp_path / "s")]
+    _run("index", folder, *store, "--model", tiny_module)
+    probe = str(folder / "p2.jpg")
+    paths = _run("query", probe, *store, "-k", "3", "-o", "paths").stdout.splitlines()
+    rows = list(csv.DictReader(io.StringIO(_run("query", probe, *store, "-k", "3", "-o", "csv").stdout)))
+    jsonl = [json.loads(line) for line in _run("query", probe, *store, "-k", "3", "-o", "jsonl").stdout.splitlines()]
+    assert paths[0] == probe and [r["path"] for r in rows] == paths == [h["path"] for h in jsonl]
+    assert [json.loads(line)["reason"] for line in _run("failures", *store, "-o", "jsonl").stdout.splitlines()] == \
+        ["not an image (format not recognised)"]
+    for args in (["query", probe, "--json", "-o", "csv"], ["duplicates", "--json", "--csv"], ["failures", "--json", "-o", "paths"]):
+        r = CliRunner().invoke(main, [*args, *store])
+        assert r.exit_code == 2 and "choose one output format" in r.output
+
+
+def test_quiet_and_verbose(tmp_path: Path, folder: Path, tiny_module: Path) -> None:
+    quiet = CliRunner().invoke(main, ["-q", "index", str(folder), "--store", str(tmp_path / "s"), "--model", str(tiny_module)])
+    assert quiet.exit_code == 0 and "indexing" not in quiet.stderr and "compiling" not in quiet.stderr
+    (tmp_path / "s" / "index.faiss").unlink()
+    loud = CliRunner().invoke(main, ["stats", "--store", str(tmp_path / "s")])
+    assert "rebuilt vector index" in loud.stderr  # the library's info lines reach the user by default
+
+
+def test_every_option_read_from_the_environment_says_so() -> None:
+    for command, env in [("index", ["SIMSEARCH_STORE", "SIMSEARCH_MODEL", "SIMSEARCH_DB", "SIMSEARCH_RUNTIME"]),
+                         ("query", ["SIMSEARCH_STORE", "SIMSEARCH_MODEL", "SIMSEARCH_DB", "SIMSEARCH_RUNTIME"]),
+                         ("serve", ["SIMSEARCH_STORE", "SIMSEARCH_DB", "SIMSEARCH_TOKEN"]),
+                         ("watch", ["SIMSEARCH_STORE"])]:
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert all(f"Env: {e}" in text for e in env), (command, text)
+
+
+def test_the_config_file_sets_defaults_and_the_environment_wins(tmp_path: Path, folder: Path, tiny_module: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'store = "{tmp_path / "from-config"}"\nmodel = "{tiny_module}"\nexclude = ["p1.jpg"]\n')
+    monkeypatch.setenv("SIMSEARCH_CONFIG", str(config))
+    monkeypatch.delenv("SIMSEARCH_STORE", raising=False)
+    report = json.loads(_run("index", folder, "--json").stdout)
+    assert report["added"] == 5 and (tmp_path / "from-config" / "catalog.sqlite").exists()  # p1 excluded
+    shown = json.loads(_run("config", "--json").stdout)
+    assert shown["config_file"] == str(config) and shown["settings"]["store"] == str(tmp_path / "from-config")
+    monkeypatch.setenv("SIMSEARCH_STORE", str(tmp_path / "from-env"))
+    assert "no store at" in CliRunner().invoke(main, ["stats"]).output and str(tmp_path / "from-env") in \
+        CliRunner().invoke(main, ["stats"]).output
+    config.write_text('stor = "typo"\n')
+    r = CliRunner().invoke(main, ["stats"])
+    assert r.exit_code == 1 and "unknown setting 'stor'" in r.output

@@ -269,7 +269,7 @@ def test_compiled_embedders_give_each_thread_its_own_vectors(runtime: str, tiny_
 
 def test_a_store_built_from_the_url_queries_after_the_tfhub_cache_is_cleared(
         tmp_path: Path, tiny_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default TF-Hub cache is in the temp folder, which a reboot may clear: the compiled model is
+    """A TF-Hub cache in the temp folder (TFHUB_CACHE_DIR) may be cleared at reboot: the compiled model is
     found by the fingerprint the store recorded, without the module's files or a network."""
     import hashlib
 

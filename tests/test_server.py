@@ -203,3 +203,14 @@ def test_serve_binds_to_localhost_by_default() -> None:
 
     text = CliRunner().invoke(main, ["serve", "--help"]).output
     assert "[default: 127.0.0.1]" in text and "--token" in text and "--max-upload-mb" in text
+
+
+def test_an_empty_new_store_is_served_and_the_page_says_how_to_index(tmp_path: Path) -> None:
+    app = create_app(simsearch.open(tmp_path / "new"), preload=True)
+    client = TestClient(app)
+    health = client.get("/healthz").json()
+    assert health["ok"] and health["images"] == 0 and health["model"] == "none"
+    stats = client.get("/api/stats").json()
+    assert stats["folders"] == [] and stats["dim"] is None
+    assert "This store is empty: index a folder with" in client.get("/").text
+    assert client.get("/api/query", params={"id": 1}).status_code == 409  # empty: nothing to search yet
