@@ -99,7 +99,7 @@ def main() -> None:
             t = time.perf_counter()
             embedder.embed(pixels)
             ours_s.append(time.perf_counter() - t)
-            store = Store(tmp / f"store{r}", model=embedder,
+            store = Store(tmp / f"store{r}", model=embedder, create=True,
                           settings=Settings(batch_size=args.batch_size, workers=args.workers))
             report = store.index(args.folder)
             e2e_rates.append(rate(report.added, report.seconds))

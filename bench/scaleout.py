@@ -49,7 +49,7 @@ def start_cluster(nodes: int, cpus: int) -> str:
 def run(folder: Path, model: str, ray: RayOptions | None, shard_size: int) -> tuple[float, dict[str, float]]:
     store_dir = Path(tempfile.mkdtemp(prefix="scaleout-"))
     try:
-        with Store(store_dir, model=model) as store:
+        with Store(store_dir, model=model, create=True) as store:
             report = store.index(folder, ray=ray)
         busy = report.seconds - report.timings.get("model_load", 0.0)
         return report.added / busy, report.timings

@@ -1,7 +1,7 @@
 """simsearch: find similar photos in your own collection.
 
     import simsearch
-    with simsearch.open("data/photos") as store:
+    with simsearch.open("data/photos", create=True) as store:
         store.index("~/Pictures")
         for hit in store.query("probe.jpg", k=10):
             print(hit.score, hit.path)

@@ -48,7 +48,8 @@ class Store:
     store: the folder (default: $SIMSEARCH_STORE, else the per-user data folder). model: a TF-Hub handle
     (URL or module folder) or an Embedder; by default $SIMSEARCH_MODEL, else the model the store was
     built with, else the Inception V2 module. db: a SQLAlchemy URL or Engine; by default SQLite in the
-    store folder. create: make the store if there is none (else NotFoundError).
+    store folder. create: make the store if there is none; without it a missing store (a typo) is a
+    NotFoundError rather than a new empty store.
     """
 
     def __init__(
@@ -58,7 +59,7 @@ class Store:
         model: str | os.PathLike[str] | Embedder | None = None,
         db: Any = None,
         settings: Settings | None = None,
-        create: bool = True,
+        create: bool = False,
     ) -> None:
         db = db if db is not None else user_default("db")
         folder = Path(store).expanduser() if store is not None else default_store_dir()
@@ -320,7 +321,8 @@ class Store:
 
 def _store_folder(root: Path, *, create: bool, has_db: bool) -> Path:
     if not create and not has_db and not (root / CATALOG_FILE).exists():
-        raise NotFoundError(f"no store at {root}: build one with `simsearch index FOLDER --store {root}`")
+        raise NotFoundError(f"no store at {root}: build one with `simsearch index FOLDER --store {root}` "
+                            f"(in Python: simsearch.open(..., create=True))")
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

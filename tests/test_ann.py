@@ -28,7 +28,7 @@ def _vectors(seed: int, n: int) -> np.ndarray:
 @pytest.fixture()
 def store(tmp_path: Path) -> simsearch.Store:
     model = CallableEmbedder(lambda x: np.ones((len(x), DIM)), name="synthetic", input_size=(8, 8))
-    s = simsearch.open(tmp_path / "store", model=model, settings=Settings(ann_threshold=10**9))
+    s = simsearch.open(tmp_path / "store", model=model, settings=Settings(ann_threshold=10**9), create=True)
     vecs = _vectors(0, N)
     for start in range(0, N, 2000):  # rows as the indexer writes them, with synthetic vectors
         s.write(Changes(upserts=[(ImageFields(f"/photos/{'a' if i % 3 else 'b'}/{i}.jpg", 1, 1, f"{i:064x}",
@@ -60,11 +60,11 @@ def test_removal_reopen_and_rebuild_keep_the_ivf_index(store: simsearch.Store, t
     q = _vectors(0, N + 1)[N]
     assert not set(h.id for h in store.query(q, k=50)) & set(gone)
     nprobe = store.collection.vector_index.nprobe
-    with simsearch.open(tmp_path / "store") as again:
+    with simsearch.open(tmp_path / "store", create=True) as again:
         assert again.collection.vector_index.kind == "ivf-sq8" and not again.rebuilt_index and again.collection.vector_index.nprobe == nprobe
         assert len(again.collection.vector_index) == N - len(gone)
     (tmp_path / "store" / INDEX_FILE).unlink()
-    with simsearch.open(tmp_path / "store") as rebuilt:  # from the catalog into the trained template
+    with simsearch.open(tmp_path / "store", create=True) as rebuilt:  # from the catalog into the trained template
         assert rebuilt.rebuilt_index and rebuilt.collection.vector_index.kind == "ivf-sq8" and rebuilt.collection.vector_index.nprobe == nprobe
         assert sorted(rebuilt.collection.vector_index.ids().tolist()) == sorted(rebuilt.catalog.vector_ids().tolist())
 
@@ -81,7 +81,7 @@ def test_selective_filters_stay_exact_on_the_ivf_index(store: simsearch.Store) -
 
 def test_too_small_for_ivf(tmp_path: Path) -> None:
     model = CallableEmbedder(lambda x: np.ones((len(x), 8)), name="synthetic", input_size=(8, 8))
-    with simsearch.open(tmp_path / "s", model=model) as s:
+    with simsearch.open(tmp_path / "s", model=model, create=True) as s:
         s.write(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, str(i)), np.eye(8)[i % 8]) for i in range(100)]))
         with pytest.raises(simsearch.StoreError, match="too few for an approximate index"):
             s.optimize()

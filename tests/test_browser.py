@@ -35,7 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, corel_images: Path, tiny_em
         pytest.skip("chromium not installed (apt-get install chromium)")
     import uvicorn
 
-    store = simsearch.open(tmp_path_factory.mktemp("browser") / "store", model=tiny_embedder, settings=Settings())
+    store = simsearch.open(tmp_path_factory.mktemp("browser") / "store", model=tiny_embedder, settings=Settings(), create=True)
     store.index(corel_images)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

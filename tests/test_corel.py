@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 def test_corel_index_query_and_follow_changes(tmp_path: Path, corel_images: Path, inception_module: Path) -> None:
     photos = tmp_path / "corel"
     shutil.copytree(corel_images, photos)  # a private copy we may move and delete in
-    with simsearch.open(tmp_path / "store", model=inception_module) as store:
+    with simsearch.open(tmp_path / "store", model=inception_module, create=True) as store:
         r = store.index(photos)
         assert (r.added, r.failed, r.scanned) == (1000, 0, 1000)
         assert store.embedder.spec.dim == 1024 and store.embedder.spec.input_size == (224, 224)

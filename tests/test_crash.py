@@ -31,7 +31,7 @@ def _ok_count(db: Path) -> int:
 
 
 def _snapshot(store_dir: Path) -> tuple[dict[str, int], int]:
-    with simsearch.open(store_dir) as store:
+    with simsearch.open(store_dir, create=True) as store:
         ids = np.sort(store.catalog.vector_ids())
         np.testing.assert_array_equal(np.sort(store.collection.vector_index.ids()), ids)  # index and catalog agree
         assert len(np.unique(ids)) == len(ids)

@@ -36,7 +36,7 @@ def store(tmp_path: Path) -> simsearch.Store:
     Image.open(root / "p02.jpg").save(root / "recompressed-p02.jpg", quality=25)
     Image.open(root / "p03.jpg").crop((6, 5, 314, 235)).save(root / "cropped-p03.png")
     embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
-    s = simsearch.open(tmp_path / "store", model=embedder)
+    s = simsearch.open(tmp_path / "store", model=embedder, create=True)
     s.index(root)
     yield s
     s.close()

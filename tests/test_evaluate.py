@@ -40,7 +40,7 @@ def test_class_folders_leave_one_out(tmp_path: Path, tiny_embedder: HubEmbedder)
         for i in range(5):
             photo(root / name / f"{i}.png", seed=100 * c + i)
     (root / "broken.png").write_text("not in a class folder and not an image")
-    with simsearch.open(tmp_path / "s", model=tiny_embedder, settings=Settings(batch_size=4)) as store:
+    with simsearch.open(tmp_path / "s", model=tiny_embedder, settings=Settings(batch_size=4), create=True) as store:
         store.index(root)
         labels = Labels.from_folder(root)
         assert len(labels.classes) == 15 and labels.queries is None
@@ -53,7 +53,7 @@ def test_class_folders_leave_one_out(tmp_path: Path, tiny_embedder: HubEmbedder)
 
 def test_corel_labels_csv_through_the_cli(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder) -> None:
     csv_path = corel_images.parent / "labels.csv"
-    with simsearch.open(tmp_path / "s", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "s", model=tiny_embedder, create=True) as store:
         store.index(corel_images)
         labels = Labels.from_csv(csv_path)
         with csv_path.open() as f:

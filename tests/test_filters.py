@@ -39,7 +39,7 @@ def _filled_store(root: Path, db_url: str, tiny_embedder: HubEmbedder) -> Iterat
             exif.get_ifd(0x8769)[0x9003] = f"20{10 + i % 12}:0{1 + i % 9}:1{i % 10} 12:00:00"
             save["exif"] = exif.tobytes()
         photo(root / "photos" / ("trips" if i % 4 else "home") / f"p{i:02d}.{ext}", seed=i, size=size, fmt=fmt, **save)
-    s = simsearch.open(root / "store", model=tiny_embedder, db=db_url, settings=Settings(batch_size=8))
+    s = simsearch.open(root / "store", model=tiny_embedder, db=db_url, settings=Settings(batch_size=8), create=True)
     s.index(root / "photos")
     yield s
     s.close()

@@ -109,7 +109,7 @@ def test_phone_and_camera_photos_index_query_themselves_and_get_thumbnails(tmp_p
     folder = tmp_path / "library"
     names = ["phone.heic", "phone.avif", "camera.dng", "plain.jpg"]
     paths = [_write(folder, n, seed=i) for i, n in enumerate(names)]
-    with simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=2)) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=2), create=True) as store:
         report = store.index(folder)
         assert (report.added, report.failed) == (4, 0), store.failures()
         client = TestClient(create_app(store, preload=False))
@@ -133,7 +133,7 @@ def test_a_format_without_its_decoder_is_a_failure_that_names_the_package(
     _write(folder, "plain.jpg", seed=2)
     monkeypatch.setitem(sys.modules, "rawpy", None)  # as if rawpy were not installed
     assert {f.extension: f.decoder for f in supported_formats()}[".dng"] is None
-    with simsearch.open(tmp_path / "store", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
         report = store.index(folder)
         failures = store.failures()
     assert (report.added, report.failed) == (1, 1)
@@ -172,7 +172,7 @@ def test_junk_is_left_out_by_default_and_listed_nowhere(tmp_path: Path, tiny_emb
     root = _junk_folder(tmp_path / "nas")
     found = [p.relative_to(root).as_posix() for p in find_images(root)]
     assert found == ["db_1.jpg", "Screenshots/s.png", "sub/db_2.png"]
-    with simsearch.open(tmp_path / "store", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
         report = store.index(root)
         assert (report.added, report.failed) == (3, 0) and store.failures() == []
 
@@ -187,7 +187,7 @@ def test_excludes_and_hidden_files_are_remembered_per_folder(tmp_path: Path, tin
     assert (json.loads(r.stdout)["added"], json.loads(r.stdout)["failed"]) == (5, 0)
     again = json.loads(CliRunner().invoke(main, ["index", str(root), *store, "--json"]).stdout)
     assert (again["unchanged"], again["removed"], again["added"]) == (5, 0, 0)  # the same choices, remembered
-    with simsearch.open(tmp_path / "store") as s:
+    with simsearch.open(tmp_path / "store", create=True) as s:
         assert s.scan_options(str(root.resolve())) == ScanOptions(("Screenshots",), True)
     back = json.loads(CliRunner().invoke(main, ["index", str(root), *store, "--skip-hidden", "--exclude", "sub",
                                                 "--json"]).stdout)

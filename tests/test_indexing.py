@@ -53,7 +53,7 @@ def model(tiny_embedder: HubEmbedder) -> Counting:
 
 
 def _open(tmp_path: Path, model: object, **kw: object) -> simsearch.Store:
-    return simsearch.open(tmp_path / "store", model=model, settings=Settings(batch_size=4, workers=2), **kw)
+    return simsearch.open(tmp_path / "store", model=model, settings=Settings(batch_size=4, workers=2), **kw, create=True)
 
 
 def _consistent(store: simsearch.Store) -> None:
@@ -167,10 +167,10 @@ def test_store_refuses_another_model(tmp_path: Path, folder: Path, model: Counti
     with _open(tmp_path, model) as store:
         store.index(folder)
     with pytest.raises(simsearch.ModelMismatchError, match="was built with model .*tiny.*cannot be mixed"):
-        simsearch.open(tmp_path / "store", model=tf2_module)
+        simsearch.open(tmp_path / "store", model=tf2_module, create=True)
     with pytest.raises(simsearch.ModelMismatchError, match="resize policy 'center-crop'"):
-        simsearch.open(tmp_path / "store", settings=Settings(resize="center-crop"))
-    with simsearch.open(tmp_path / "store") as store:  # no model given: the store's own, loaded lazily
+        simsearch.open(tmp_path / "store", settings=Settings(resize="center-crop"), create=True)
+    with simsearch.open(tmp_path / "store", create=True) as store:  # no model given: the store's own, loaded lazily
         assert store.stats().model == model.spec.handle
         assert store.query(folder / "p01.jpg", k=1)[0].path == str(folder / "p01.jpg")
 
@@ -237,10 +237,10 @@ def test_missing_folder(tmp_path: Path, model: Counting) -> None:
 
 def test_model_loading_is_timed_apart_and_skipped_when_nothing_changed(tmp_path: Path, folder: Path,
                                                                       tiny_module: Path) -> None:
-    with simsearch.open(tmp_path / "store", model=tiny_module) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_module, create=True) as store:
         r = store.index(folder)
         assert r.added == 12 and 0 < r.timings["model_load"] < r.seconds
-    with simsearch.open(tmp_path / "store") as store:
+    with simsearch.open(tmp_path / "store", create=True) as store:
         r = store.index(folder)
         assert r.unchanged == 12 and "model_load" not in r.timings and not store.model.loaded
 

@@ -56,7 +56,7 @@ def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> 
     r = CliRunner().invoke(main, ["index", str(tmp_path / "photos"), "--store", str(tmp_path / "s"),
                                   "--model", str(imported), "--json"])
     assert r.exit_code == 0, r.output
-    with simsearch.open(tmp_path / "s") as store:
+    with simsearch.open(tmp_path / "s", create=True) as store:
         assert store.stats().images == 6 and store.stats().dim == 1024
         hit = store.query(tmp_path / "photos" / "p3.jpg", k=2)[0]
         assert hit.path == str(tmp_path / "photos" / "p3.jpg") and hit.score > 0.999

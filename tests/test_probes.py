@@ -25,7 +25,7 @@ from .conftest import photo
 def indexed(tmp_path: Path, tiny_embedder: HubEmbedder) -> Iterator[tuple[simsearch.Store, Path]]:
     for i in range(4):
         photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
-    with simsearch.open(tmp_path / "store", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
         store.index(tmp_path / "photos")
         yield store, tmp_path / "photos"
 

@@ -97,7 +97,7 @@ def _snapshot(store: simsearch.Store) -> tuple[dict[int, str], np.ndarray]:
 def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Cluster, corel_images: Path,
                                                   tiny_module: Path) -> None:
     """The CLI with --ray and a PostgreSQL catalog gives the same store as a local run on SQLite."""
-    with simsearch.open(tmp_path / "local", model=tiny_module) as local:
+    with simsearch.open(tmp_path / "local", model=tiny_module, create=True) as local:
         local.index(corel_images)
         want_paths, want_vectors = _snapshot(local)
         want_hits = [(h.path, h.score) for h in local.query(corel_images / "q_3.jpg", k=10)]
@@ -168,7 +168,7 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Clu
 
 def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, cluster: Cluster, corel_images: Path,
                                                            tiny_module: Path) -> None:
-    with simsearch.open(tmp_path / "local", model=tiny_module) as local:
+    with simsearch.open(tmp_path / "local", model=tiny_module, create=True) as local:
         local.index(corel_images)
         want_paths, want_vectors = _snapshot(local)
 
@@ -180,7 +180,7 @@ def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, clus
             raise Stop
 
     options = simsearch.RayOptions(address=cluster.address, shard_size=50)
-    with simsearch.open(tmp_path / "ray", model=tiny_module) as store:
+    with simsearch.open(tmp_path / "ray", model=tiny_module, create=True) as store:
         with pytest.raises(Stop):
             store.index(corel_images, progress=stop_after_first_batch, ray=options)
         committed = store.stats().images
@@ -208,7 +208,7 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
     runs = {"local": None, "ray": simsearch.RayOptions(address=cluster.address, shard_size=4)}
     reasons = {}
     for name, ray in runs.items():
-        with simsearch.open(tmp_path / name, model=tiny_module) as store:
+        with simsearch.open(tmp_path / name, model=tiny_module, create=True) as store:
             report = store.index(folder, ray=ray)
             assert (report.added, report.failed) == (6, 3)
             reasons[name] = {Path(f.path).name: f.reason for f in store.failures()}
@@ -224,7 +224,7 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
     photo(folder / "empty.jpg", seed=50)
     results = {}
     for name, ray in runs.items():
-        with simsearch.open(tmp_path / name, model=tiny_module) as store:
+        with simsearch.open(tmp_path / name, model=tiny_module, create=True) as store:
             r = store.index(folder, ray=ray)
             results[name] = ((r.added, r.updated, r.moved, r.removed, r.unchanged, r.failed), _snapshot(store))
     assert results["ray"][0] == results["local"][0] == (2, 1, 1, 2, 4, 0)

@@ -235,7 +235,7 @@ def test_an_int8_store_is_calibrated_on_its_folder_and_never_mixes_with_fp32(tmp
     assert meta["precision"] == "int8" and meta["calibration_photos"] == 24  # one in five held out to check
     probes = [(folder / f"p{i:02d}.jpg").read_bytes() for i in (3, 17, 29)]
     with simsearch.open(tmp_path / "int8", create=False) as s, \
-            simsearch.open(tmp_path / "fp32", model=tiny_module) as ref:
+            simsearch.open(tmp_path / "fp32", model=tiny_module, create=True) as ref:
         assert (s.stats().precision, s.stats().runtime) == ("int8", "openvino")
         assert s.embedder.spec.precision == "int8"
         ref.index(folder)
@@ -281,7 +281,7 @@ def test_a_store_built_from_the_url_queries_after_the_tfhub_cache_is_cleared(
     folder = tmp_path / "photos"
     for i in range(4):
         photo(folder / f"p{i}.jpg", seed=i)
-    with simsearch.open(tmp_path / "store") as s:
+    with simsearch.open(tmp_path / "store", create=True) as s:
         s.index(folder)
         assert s.stats().model == DEFAULT_MODEL and s.stats().fingerprint.startswith("sha256:")
     shutil.rmtree(tmp_path / "hub")

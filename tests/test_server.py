@@ -36,7 +36,7 @@ def folder(tmp_path: Path) -> Path:
 
 @pytest.fixture()
 def store(tmp_path: Path, folder: Path, tiny_embedder: HubEmbedder) -> simsearch.Store:
-    s = simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=4))
+    s = simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=4), create=True)
     s.index(folder)
     yield s
     s.close()
@@ -66,7 +66,7 @@ def test_health_stats_and_openapi(client: TestClient) -> None:
 
 def test_the_server_loads_the_model_at_start_and_says_when_it_is_ready(
         tmp_path: Path, folder: Path, tiny_module: Path) -> None:
-    with simsearch.open(tmp_path / "s", model=tiny_module) as s:
+    with simsearch.open(tmp_path / "s", model=tiny_module, create=True) as s:
         s.index(folder)
     store = simsearch.open(tmp_path / "s", create=False)  # by handle, as `simsearch serve` opens it
     client = TestClient(create_app(store))
@@ -76,7 +76,7 @@ def test_the_server_loads_the_model_at_start_and_says_when_it_is_ready(
     hits = client.post("/api/query", files={"image": ("x.jpg", (folder / "p04.jpg").read_bytes())}).json()
     assert hits[0]["path"] == str(folder / "p04.jpg")
 
-    empty = TestClient(create_app(simsearch.open(tmp_path / "empty"), preload=True))
+    empty = TestClient(create_app(simsearch.open(tmp_path / "empty", create=True), preload=True))
     assert empty.get("/healthz").json()["model"] == "none"  # nothing to load before the first index
 
 
@@ -206,7 +206,7 @@ def test_serve_binds_to_localhost_by_default() -> None:
 
 
 def test_an_empty_new_store_is_served_and_the_page_says_how_to_index(tmp_path: Path) -> None:
-    app = create_app(simsearch.open(tmp_path / "new"), preload=True)
+    app = create_app(simsearch.open(tmp_path / "new", create=True), preload=True)
     client = TestClient(app)
     health = client.get("/healthz").json()
     assert health["ok"] and health["images"] == 0 and health["model"] == "none"

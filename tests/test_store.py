@@ -33,7 +33,7 @@ def test_an_unindexed_home_relative_probe_is_decoded_from_the_expanded_path(
     photo(tmp_path / "photos" / "a.jpg", seed=1)
     photo(tmp_path / "photos" / "b.jpg", seed=2)
     monkeypatch.setenv("HOME", str(home))
-    with simsearch.open(tmp_path / "store", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
         store.index(tmp_path / "photos")
         by_tilde = store.query("~/probe.jpg", k=2)
         by_bytes = store.query(probe.read_bytes(), k=2)
@@ -49,7 +49,7 @@ def test_eval_with_no_query_photos_is_an_error_not_nan(tmp_path: Path, tiny_embe
         w = csv.writer(f)
         w.writerow(["file", "split", "class"])
         w.writerows([[f"{i}.jpg", "db", "a" if i % 2 else "b"] for i in range(4)])  # nothing to query with
-    with simsearch.open(tmp_path / "store", model=tiny_embedder) as store:
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
         store.index(tmp_path / "photos")
     for extra in ([], ["--json"]):
         r = CliRunner().invoke(main, ["eval", str(labels), "--store", str(tmp_path / "store"), *extra])
@@ -91,7 +91,7 @@ class _SlowToLoad:
 def test_scan_time_leaves_out_loading_the_model_of_a_new_store(tmp_path: Path, tiny_embedder: HubEmbedder) -> None:
     for i in range(3):
         photo(tmp_path / "photos" / f"{i}.jpg", seed=i)
-    with simsearch.open(tmp_path / "store", model=_SlowToLoad(tiny_embedder, 0.5)) as store:
+    with simsearch.open(tmp_path / "store", model=_SlowToLoad(tiny_embedder, 0.5), create=True) as store:
         r = store.index(tmp_path / "photos")
     assert r.added == 3 and r.seconds >= 0.5  # the whole run includes the load
     assert r.timings["scan"] < 0.25  # three files stat'ed; the old scan timing held the 0.5 s load
@@ -100,10 +100,10 @@ def test_scan_time_leaves_out_loading_the_model_of_a_new_store(tmp_path: Path, t
 def test_write_is_the_public_seam_for_vectors_made_elsewhere(tmp_path: Path) -> None:
     model = CallableEmbedder(lambda x: np.ones((len(x), 4)), name="external", input_size=(8, 8))
     rows = [(ImageFields(f"/elsewhere/{i}.jpg", 10, 1, f"{i:064x}", 8, 8, "JPEG"), np.eye(4)[i]) for i in range(4)]
-    with simsearch.open(tmp_path / "store", model=model) as store:
+    with simsearch.open(tmp_path / "store", model=model, create=True) as store:
         store.write(Changes(upserts=rows))
         assert [h.path for h in store.query(np.eye(4)[2], k=1)] == ["/elsewhere/2.jpg"]
-    with simsearch.open(tmp_path / "store", model=model) as again:  # checkpointed: opens without a rebuild
+    with simsearch.open(tmp_path / "store", model=model, create=True) as again:  # checkpointed: opens without a rebuild
         assert not again.rebuilt_index and again.stats().vectors == 4
         stats = again.stats()
     assert isinstance(stats, StoreStats) and stats.dim == 4 and stats.index_kind == "flat"
@@ -141,3 +141,12 @@ def test_no_class_over_300_lines_and_no_function_over_60() -> None:
     assert len(classes) > 20 and len(functions) > 200  # the walk found the package
     assert [c for c in classes if c[1] > 300] == []
     assert [f for f in functions if f[1] > 60] == []
+
+
+def test_opening_a_store_that_does_not_exist_raises_unless_asked_to_create_it(tmp_path: Path) -> None:
+    with pytest.raises(simsearch.NotFoundError, match="create=True"):
+        simsearch.open(tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+    with simsearch.open(tmp_path / "new", create=True) as store:
+        assert store.stats().images == 0
+    simsearch.open(tmp_path / "new").close()  # it exists now

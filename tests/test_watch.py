@@ -43,7 +43,7 @@ def test_watch_follows_copies_moves_overwrites_and_deletions_and_catches_up_afte
     folder, store, log = tmp_path / "photos", tmp_path / "store", tmp_path / "watch.log"
     for i in range(3):
         photo(folder / f"p{i}.jpg", seed=i)
-    with simsearch.open(store, model=tiny_module) as s:
+    with simsearch.open(store, model=tiny_module, create=True) as s:
         s.index(folder)
     proc = _watch(store, log)
     try:
@@ -82,7 +82,7 @@ def test_a_vanished_folder_removes_nothing(tmp_path: Path, tiny_module: Path) ->
     folder, store = tmp_path / "disk" / "photos", tmp_path / "store"
     for i in range(3):
         photo(folder / f"p{i}.jpg", seed=i)
-    with simsearch.open(store, model=tiny_module) as s:
+    with simsearch.open(store, model=tiny_module, create=True) as s:
         s.index(folder)
         folder.rename(tmp_path / "unmounted")
         assert s.update() == [] and s.stats().images == 3  # skipped, said so, nothing removed
