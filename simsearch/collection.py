@@ -100,6 +100,13 @@ class Collection:
                 if free:  # else a writer is at work and will checkpoint it itself
                     self.checkpoint()
 
+    def refresh(self, dim: int) -> None:
+        """Follow what another process committed since this one last looked (one version read): reload the
+        checkpoint it left, or rebuild from the catalog."""
+        with self._lock:
+            if self._index is None or int(self.catalog.get_meta("vectors_version") or 0) != self.version:
+                self.open(dim)
+
     def _checkpoint(self, dim: int) -> tuple[VectorIndex | None, str]:
         """The index file if it mirrors the catalog, else None and why not."""
         path, state_path = self.root / INDEX_FILE, self.root / INDEX_STATE_FILE

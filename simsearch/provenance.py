@@ -62,6 +62,7 @@ class StoreModel:
                  settings: Settings) -> None:
         self.root, self.catalog = root, catalog
         self.recorded: dict[str, Any] | None = catalog.get_meta("model")
+        self._asked = settings
         self.settings = resolve_settings(settings, self.recorded)
         self._arg = model if model is not None else user_default("model") or None
         self._embedder: Embedder | None = None
@@ -176,6 +177,18 @@ class StoreModel:
             log.warning("could not record the model's fingerprint in %s: %s", self.root, exc)
             return
         self.recorded = rec
+
+    def refresh(self) -> None:
+        """Learn a model recorded by another process since this one opened the store (a server started on an
+        empty store while `simsearch index` made it): never record a second one over it."""
+        if self.recorded:
+            return  # a store's model never changes once recorded
+        rec = self.catalog.get_meta("model")
+        if not rec:
+            return
+        self.recorded = rec
+        self.settings = resolve_settings(self._asked, rec)
+        self._check(self._embedder.spec if self._embedder is not None else None)
 
     # loading -----------------------------------------------------------------------------------
     @property

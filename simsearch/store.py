@@ -108,6 +108,7 @@ class Store:
         root = root.resolve()
         try:
             with self.collection.writer():
+                self._sync()
                 self._begin(root)  # a new store loads its model here, before any scanning
         except SimsearchError:
             self._discard_if_unused()
@@ -156,6 +157,13 @@ class Store:
             self.catalog.set_meta(folders=sorted(folders | {key}), folder_options={**stored, key: options.to_meta()})
         return options
 
+    def _sync(self) -> None:
+        """See what other processes committed since this one opened the store: a separate `simsearch index`
+        beside a running server, or its watcher."""
+        self.model.refresh()
+        if self.model.recorded:
+            self.collection.refresh(self.model.dim)
+
     def _discard_if_unused(self) -> None:
         """A new store whose model could not even be recorded holds nothing: remove the files this open made."""
         made_folder, made_catalog = self._made
@@ -192,6 +200,7 @@ class Store:
         """Write rows as the indexer does (one transaction, FAISS in step, checkpointed): for vectors made
         elsewhere. A new store records its model first (loading it, for its dimension)."""
         with self.collection.writer():
+            self._sync()
             self._begin()
             self.collection.apply(changes)
 
@@ -203,16 +212,19 @@ class Store:
             raise NotFoundError(f"not in the store: {', '.join(unknown)}")
         ids = self.catalog.ids_for_paths(resolved)
         with self.collection.writer():
+            self._sync()
             self.collection.delete(ids)
         return len(ids)
 
     def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
         """Move to an approximate IVF-SQ8 index tuned to target_recall (see Collection.optimize)."""
+        self._sync()
         return self.collection.optimize(target_recall=target_recall, nlist=nlist, seed=seed)
 
     # reading ----------------------------------------------------------------------------------
     def query_vector(self, probe: Any) -> np.ndarray:
         """The unit query vector for any kind of probe."""
+        self._sync()
         dim = self.collection.vector_index.dim
         if isinstance(probe, (bool, np.bool_)):
             raise QueryError(f"cannot query by {probe!r}")
@@ -277,10 +289,12 @@ class Store:
 
     def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *, chunk: int = 1024) -> list[DuplicateGroup]:
         """Groups of exact copies and near-duplicates, largest first (see simsearch.duplicates)."""
+        self._sync()
         return find_duplicates(self.collection, threshold, chunk=chunk)
 
     def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
         """recall@k of the current index against exact search (see Collection.recall)."""
+        self._sync()
         return self.collection.recall(k, queries, seed)
 
     def get(self, image_id: int) -> dict[str, Any]:
@@ -290,6 +304,7 @@ class Store:
         return rec
 
     def stats(self) -> StoreStats:
+        self._sync()
         counts = self.catalog.counts()
         rec, s = self.model.recorded or {}, self.settings
         index_file = self.root / INDEX_FILE

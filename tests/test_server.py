@@ -214,3 +214,23 @@ def test_an_empty_new_store_is_served_and_the_page_says_how_to_index(tmp_path: P
     assert stats["folders"] == [] and stats["dim"] is None
     assert "This store is empty: index a folder with" in client.get("/").text
     assert client.get("/api/query", params={"id": 1}).status_code == 409  # empty: nothing to search yet
+
+
+def test_a_running_server_sees_what_a_separate_index_run_wrote(tmp_path: Path, tiny_module: Path) -> None:
+    """The server's store object is opened before (here: on an empty store); `simsearch index` in another
+    process then writes. Queries and stats must follow, and nothing may record a second model."""
+    client = TestClient(create_app(simsearch.open(tmp_path / "store", create=True), preload=False))
+    assert client.get("/api/stats").json()["vectors"] == 0
+    for i in range(3):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    with simsearch.open(tmp_path / "store", model=tiny_module) as other:  # as another process would
+        other.index(tmp_path / "photos")
+    stats = client.get("/api/stats").json()
+    assert (stats["vectors"], stats["dim"], stats["model"]) == (3, 32, str(tiny_module))
+    assert len(client.get("/api/query", params={"id": 1, "k": 3}).json()) == 3
+    for i in range(3, 5):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    with simsearch.open(tmp_path / "store") as other:
+        other.index(tmp_path / "photos")
+    hits = client.get("/api/query", params={"id": 5, "k": 5}).json()
+    assert hits[0]["id"] == 5 and len(hits) == 5 and client.get("/api/stats").json()["vectors"] == 5
