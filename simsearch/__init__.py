@@ -12,6 +12,7 @@ from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .distributed import RayOptions
 from .embedder import CallableEmbedder, Embedder, HubEmbedder
 from .errors import (
+    ChangedError,
     EmptyStoreError,
     ImageError,
     ModelError,
@@ -47,6 +48,7 @@ __all__ = [
     "CallableEmbedder",
     "DEFAULT_MODEL",
     "SimsearchError",
+    "ChangedError",
     "ImageError",
     "ModelError",
     "ModelMismatchError",

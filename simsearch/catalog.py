@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -210,6 +211,7 @@ def _row_dict(r: ImageRecord) -> dict[str, Any]:
         "path": r.path,
         "size": r.size,
         "mtime": None if r.mtime_ns is None else r.mtime_ns / 1e9,
+        "mtime_ns": r.mtime_ns,
         "sha256": r.sha256,
         "width": r.width,
         "height": r.height,
@@ -236,6 +238,19 @@ class Catalog:
 
     @_db_errors
     def _create(self) -> None:
+        """Tables and the first meta rows, once. Two processes making the same new store at the same moment
+        (SQLite has no lock for CREATE TABLE IF NOT EXISTS across connections): the loser retries and finds
+        what the winner made."""
+        for attempt in range(5):
+            try:
+                return self._create_once()
+            except (OperationalError, IntegrityError) as exc:
+                if attempt == 4 or ("already exists" not in str(exc) and "UNIQUE" not in str(exc)
+                                    and "duplicate key" not in str(exc)):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+    def _create_once(self) -> None:
         with self.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CREATE_LOCK})

@@ -477,8 +477,15 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
 @click.option("--max-upload-mb", default=20, show_default=True, type=click.IntRange(1, 1024), help="Largest upload accepted.")
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN", help="Allow this web origin (repeatable); off by default.")
 @click.option("--watch", "watch_folders", is_flag=True, help="Also follow the store's folders and index changes as they happen.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests for this host name (repeatable); localhost names and --host always.")
+@click.option("--max-upload-pixels", default=50_000_000, show_default=True, type=click.IntRange(1),
+              help="Uploaded photos larger than this many pixels are refused (indexing allows more).")
+@click.option("--insecure-no-token", is_flag=True,
+              help="Allow a --host other than loopback without a token: anyone who can reach it may re-index.")
 def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, host: str, port: int, token: str | None,
-          max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool) -> None:
+          max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool, allowed_hosts: tuple[str, ...],
+          max_upload_pixels: int, insecure_no_token: bool) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
 
     An empty (new) store is served too: the page says how to index a folder.
@@ -494,9 +501,16 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
 
     from .server import create_app
 
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        if not insecure_no_token:
+            raise click.UsageError(f"--host {host} lets other machines reach the server: set --token (or "
+                                   f"SIMSEARCH_TOKEN), or pass --insecure-no-token to run without one")
+        click.echo(f"warning: serving on {host} without a token: anyone who can reach it may start re-indexing",
+                   err=True)
     s = _open(store, model, db, create=True, runtime=runtime)
     app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
-                     cors_origins=list(cors_origins) or None)
+                     cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),
+                     max_upload_pixels=max_upload_pixels)
     if watch_folders:
         from .watch import FolderWatcher
 

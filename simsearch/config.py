@@ -23,6 +23,8 @@ RESIZE_POLICIES = ("whole", "center-crop")
 DEFAULT_RESIZE = "whole"
 # Pillow raises DecompressionBombError at twice its warning limit; we refuse at the same size, with our own message.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
+# Larger files are refused unread: generous for camera RAW (a 100-megapixel RAW is ~200 MB).
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 # Where the model runs. "tensorflow" runs the module itself; the others run it compiled once per module
 # (see simsearch.runtimes), proven equal to TensorFlow's vectors when compiled. Chosen by measurement: README.
 RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
@@ -67,6 +69,7 @@ class Settings:
     workers: int = field(default_factory=lambda: min(8, (os.cpu_count() or 2) + 1))
     resize: str | None = None  # None: the store's own policy, or DEFAULT_RESIZE for a new store
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # files larger than this are failures, never read
     save_every_s: float = 60.0  # how often the FAISS file is checkpointed during a long run
     # Past this many vectors `index` moves the store to an approximate IVF-SQ8 index (see Store.optimize).
     ann_threshold: int = 200_000

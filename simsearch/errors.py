@@ -26,6 +26,10 @@ class StoreError(SimsearchError):
     """The store (catalog, vector index or their files) is unusable or busy."""
 
 
+class ChangedError(StoreError):
+    """A file is no longer what was indexed (edited, replaced, swapped for a link); re-index it."""
+
+
 class ModelMismatchError(StoreError):
     """The store was built with another model or preprocessing; mixing vectors would be silent garbage."""
 

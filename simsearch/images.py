@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import warnings
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
+from .config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from .errors import ImageError
 from .formats import check_decoder, family_of, register_decoders
 
@@ -48,13 +49,37 @@ class ImageInfo:
     taken_at: datetime | None
 
 
-def read_file(path: str | Path) -> bytes:
-    """A file's bytes, or an ImageError with the reason every indexer records for an unreadable file."""
+_KINDS = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")]
+
+
+def read_file(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """A regular file's bytes, at most max_bytes, or an ImageError with the reason every indexer records.
+
+    Opened without blocking (a FIFO named like a photo cannot hang a job), links followed but only to a
+    regular file (a link to /dev/zero is refused, not read without end), and the read is bounded."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+            raise ImageError(path, f"not a regular file: {kind}, refused")
+        if st.st_size > max_bytes:
+            raise ImageError(path, f"file is {st.st_size} bytes, over the limit of {max_bytes} bytes")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > max_bytes:  # grew while being read
+                raise ImageError(path, f"file is over the limit of {max_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
 
 
 def _open(source: str | Path | bytes | Image.Image, name: str | None = None,
@@ -301,9 +326,11 @@ def to_model_input(batch: np.ndarray) -> np.ndarray:
     return np.multiply(batch, np.float32(1.0 / 255.0), dtype=np.float32)
 
 
-def thumbnail_jpeg(path: str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
-    """A JPEG thumbnail as the photo is meant to be seen: EXIF-oriented, alpha on white, reduced decode."""
-    rgb, _, name = _decode(path, (size, size), max_pixels)
+def thumbnail_jpeg(source: str | Path | bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   name: str | None = None) -> bytes:
+    """A JPEG thumbnail as the photo is meant to be seen: EXIF-oriented, alpha on white, reduced decode.
+    name: the file's name when source is its bytes (a RAW file is told by its extension)."""
+    rgb, _, name = _decode(source, (size, size), max_pixels, name)
     with _decode_errors(name):
         rgb.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         buf = io.BytesIO()

@@ -12,6 +12,7 @@ with the same `decode_file`, so a run gives the same store wherever it ran.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .catalog import OK, Entry, ImageFields
+from .config import DEFAULT_MAX_FILE_BYTES
 from .errors import ImageError
 from .images import ImageInfo, load_image, read_file
 
@@ -57,8 +59,14 @@ class Decoding:
     input_size: tuple[int, int]  # (height, width)
     resize: str
     max_pixels: int
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    def read(self, path: str | os.PathLike[str]) -> bytes:
+        return read_file(path, self.max_file_bytes)
 
     def load(self, source: str | bytes | object, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
+        if isinstance(source, (str, os.PathLike)):
+            source, name = self.read(source), str(source)
         return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
                           name=name)
 
@@ -77,7 +85,7 @@ class Decoded:
 def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = lambda sha: True) -> Decoded:
     """Read and hash a file, and decode it when `wanted(sha256)`; a bad file is an error, never an exception."""
     try:
-        data = read_file(path)
+        data = decoding.read(path)
     except ImageError as exc:
         return Decoded(None, error=exc.reason)
     sha = hashlib.sha256(data).hexdigest()

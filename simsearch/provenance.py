@@ -104,7 +104,8 @@ class StoreModel:
     @property
     def decoding(self) -> Decoding:
         """How photos become this model's input (the resize policy resolved, never None)."""
-        return Decoding(self.input_size, str(self.settings.resize), self.settings.max_pixels)
+        s = self.settings
+        return Decoding(self.input_size, str(s.resize), s.max_pixels, s.max_file_bytes)
 
     @property
     def fingerprint(self) -> str | None:

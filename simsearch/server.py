@@ -1,13 +1,17 @@
 """HTTP API and web page: parse, call the store, render. Errors become status codes in one place.
 
 Security by construction: files are served only by the id of an indexed image (no client path is ever
-opened), uploads are bounded, anything beyond read-only queries needs the bearer token when one is set,
-CORS is off unless origins are given, and `simsearch serve` binds to 127.0.0.1 by default.
+opened) and only while the file is still that photo (simsearch.store.Store.open_indexed); requests must
+name an allowed Host and bodies arrive bounded in size and time (simsearch.guard); anything beyond
+read-only queries needs the bearer token when one is set, and without one only the page's own origin
+may ask; uploads decode under a tighter pixel limit and at most a few run the model at once; CORS is
+off unless origins are given, and `simsearch serve` binds to 127.0.0.1 by default.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -15,13 +19,17 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from .catalog import ImageFilter
 from .errors import (
+    ChangedError,
     EmptyStoreError,
     ImageError,
     ModelError,
@@ -32,14 +40,20 @@ from .errors import (
     StoreError,
 )
 from .files import atomic_write
+from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
 from .results import Hit, Progress
 from .store import Store
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000  # uploads decode under this; a 13000x13000 PNG bomb is 169 MP
+DEFAULT_BODY_TIMEOUT_S = 30.0
+QUEUE_TIMEOUT_S = 10.0  # an upload waits this long for a free model slot, then 503
+MAX_ID = 2**63 - 1  # the largest id the catalog can hold
 THUMBNAIL_SIZE = 256
 _STATUS: list[tuple[type[SimsearchError], int]] = [  # most specific first
     (NotFoundError, 404),
+    (ChangedError, 409),
     (ImageError, 415),
     (QueryError, 422),
     (EmptyStoreError, 409),
@@ -53,15 +67,22 @@ _STATUS: list[tuple[type[SimsearchError], int]] = [  # most specific first
 class HTTPError(SimsearchError):
     """An error that already knows its status (bad token, oversize upload, busy)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
 def error_response(exc: SimsearchError) -> JSONResponse:
     """The one place where an error becomes an HTTP status (the handler and the upload bound both use it)."""
     status = exc.status if isinstance(exc, HTTPError) else next(c for t, c in _STATUS if isinstance(exc, t))
-    return JSONResponse({"error": str(exc), "kind": type(exc).__name__}, status_code=status)
+    headers = exc.headers if isinstance(exc, HTTPError) else None
+    return JSONResponse({"error": str(exc)[:2000], "kind": type(exc).__name__}, status_code=status, headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
+    """422 naming what was wrong, never echoing the input (a 10^6-element vector would come back whole)."""
+    problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
+    return error_response(QueryError("invalid request: " + "; ".join(problems)))
 
 
 class VectorQuery(BaseModel):
@@ -160,9 +181,16 @@ def create_app(
     max_upload: int = DEFAULT_MAX_UPLOAD,
     cors_origins: list[str] | None = None,
     preload: bool = True,
+    host: str | None = None,
+    extra_hosts: list[str] | None = None,
+    max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
+    model_slots: int | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn.
 
+    host, extra_hosts: the names requests may carry in Host (localhost names always). model_slots:
+    uploads embedded at once (default: the cores); the rest wait in line, then get 503.
     preload: load the model in a background thread now, rather than on the first upload."""
     store = store if isinstance(store, Store) else Store(store, create=False)
     app = FastAPI(title="simsearch", version=__import__("simsearch").__version__,
@@ -177,34 +205,41 @@ def create_app(
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(Guard, hosts=allowed_hosts(host, extra_hosts or ()), max_body=max_upload + 64 * 1024,
+                       body_timeout=body_timeout)  # outermost: before CORS and every endpoint
 
     @app.exception_handler(SimsearchError)
     async def _errors(_: Request, exc: SimsearchError) -> JSONResponse:
         return error_response(exc)
 
-    @app.middleware("http")
-    async def _bound_uploads(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload + 64 * 1024:
-            return error_response(HTTPError(413, f"upload larger than {max_upload} bytes"))
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation_error(exc)
 
+    slots = threading.BoundedSemaphore(model_slots or os.cpu_count() or 2)
     _page_routes(app, store)
-    _query_routes(app, store, max_upload)
+    _query_routes(app, store, max_upload, max_upload_pixels, slots)
     _image_routes(app, store)
-    _index_routes(app, store, token)
+    _index_routes(app, store, token, cors_origins or [])
     return app
+
+
+def _text(value: str | None, name: str) -> str | None:
+    if value is not None and ("\x00" in value or len(value) > 4096):
+        raise QueryError(f"{name} must be text without NUL characters, at most 4096 long")
+    return value
 
 
 def _filter(
     folder: str | None = None,
     taken_from: datetime | None = None,
     taken_until: datetime | None = None,
-    format: list[str] = Query(default=[]),
-    min_pixels: int | None = Query(default=None, ge=1),
+    format: list[str] = Query(default=[], max_length=64),
+    min_pixels: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> ImageFilter | None:
     """Filters as query parameters; the folder is only matched against catalog paths, never opened."""
-    f = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=tuple(format),
+    formats = tuple(str(_text(f, "format")) for f in format)
+    f = ImageFilter(folder=_text(folder, "folder"), taken_from=taken_from, taken_until=taken_until, formats=formats,
                     min_pixels=min_pixels)
     return f or None
 
@@ -212,6 +247,9 @@ def _filter(
 def _hits(found: list[Hit]) -> list[dict[str, Any]]:
     return [h.to_dict() | {"thumbnail": f"/api/images/{h.id}/thumbnail", "file": f"/api/images/{h.id}/file"}
             for h in found]
+
+
+ImageId = PathParam(ge=1, le=MAX_ID, description="An indexed image's id.")
 
 
 def _page_routes(app: FastAPI, store: Store) -> None:
@@ -231,7 +269,7 @@ def _page_routes(app: FastAPI, store: Store) -> None:
         return store.stats().to_dict()
 
 
-def _query_routes(app: FastAPI, store: Store, max_upload: int) -> None:
+def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, slots: threading.BoundedSemaphore) -> None:
     @app.post("/api/query")
     def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
                      f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
@@ -239,12 +277,17 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int) -> None:
         data = image.file.read(max_upload + 1)
         if len(data) > max_upload:
             raise HTTPError(413, f"upload larger than {max_upload} bytes")
-        return _hits(store.query(data, k=k, where=f))
+        if not slots.acquire(timeout=QUEUE_TIMEOUT_S):  # a bounded line for the model, not an unbounded pile
+            raise HTTPError(503, "busy: too many photos being searched at once, try again shortly",
+                            headers={"Retry-After": "5"})
+        try:
+            return _hits(store.query(data, k=k, where=f, max_pixels=max_pixels))
+        finally:
+            slots.release()
 
     @app.get("/api/query")
-    def query_id(id: int, k: int = 10, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
-        if not 1 <= k <= 1000:
-            raise QueryError(f"k must be between 1 and 1000, got {k}")
+    def query_id(id: int = Query(ge=1, le=MAX_ID), k: int = Query(10, ge=1, le=1000),
+                 f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         return _hits(store.query(id, k=k, where=f))
 
     @app.post("/api/query/vector")
@@ -257,43 +300,59 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int) -> None:
 def _image_routes(app: FastAPI, store: Store) -> None:
     thumbs = store.root / "thumbnails"
 
-    def indexed_file(image_id: int) -> tuple[dict[str, Any], Path]:
-        rec = store.get(image_id)
-        if rec["status"] != "ok":
-            raise NotFoundError(f"image {image_id} is not indexed ({rec['error']})")
-        path = Path(rec["path"])  # from the catalog, never from the client
-        if not path.is_file():
-            raise NotFoundError(f"image {image_id} is no longer on disk")
-        return rec, path
-
     @app.get("/api/images/{image_id}")
-    def image_record(image_id: int) -> dict[str, Any]:
+    def image_record(image_id: int = ImageId) -> dict[str, Any]:
         return store.get(image_id)
 
     @app.get("/api/images/{image_id}/file")
-    def image_file(image_id: int) -> FileResponse:
-        _, path = indexed_file(image_id)
-        return FileResponse(path, filename=path.name, content_disposition_type="inline")
+    def image_file(image_id: int = ImageId) -> StreamingResponse:
+        rec, f = store.open_indexed(image_id)  # still the indexed photo, or 404/409
+
+        def chunks() -> Any:
+            with f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        name = Path(rec["path"]).name.replace('"', "")
+        return StreamingResponse(chunks(), media_type=_media_type(rec), headers={
+            "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
+            "X-Content-Type-Options": "nosniff"})
 
     @app.get("/api/images/{image_id}/thumbnail")
-    def image_thumbnail(image_id: int) -> FileResponse:
-        rec, path = indexed_file(image_id)
+    def image_thumbnail(image_id: int = ImageId) -> Response:
+        rec, f = store.open_indexed(image_id)
         cached = thumbs / f"{image_id}-{(rec['sha256'] or 'x')[:16]}.jpg"
-        if not cached.exists():
-            thumbs.mkdir(exist_ok=True)
-            atomic_write(cached, thumbnail_jpeg(path, THUMBNAIL_SIZE))
-        return FileResponse(cached, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+        with f:
+            if not cached.exists():
+                thumbs.mkdir(exist_ok=True)
+                atomic_write(cached, thumbnail_jpeg(f.read(), THUMBNAIL_SIZE, name=rec["path"]))
+        return Response(cached.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
 
-def _index_routes(app: FastAPI, store: Store, token: str | None) -> None:
-    def require_token(authorization: str | None = Header(default=None)) -> None:
-        if token is None:
+_MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp",
+          "TIFF": "image/tiff", "AVIF": "image/avif", "HEIF": "image/heif"}
+
+
+def _media_type(rec: dict[str, Any]) -> str:
+    return _MEDIA.get(str(rec.get("format") or "").upper(), "application/octet-stream")
+
+
+def _index_routes(app: FastAPI, store: Store, token: str | None, cors_origins: list[str]) -> None:
+    def may_change(request: Request, authorization: str | None = Header(default=None)) -> None:
+        """State changes: with a token, only with `Authorization: Bearer TOKEN`; without one, only from the
+        page's own origin (or a client that is no browser), so another web site cannot start jobs (CSRF)."""
+        if token is not None:
+            scheme, _, given = (authorization or "").partition(" ")
+            if scheme != "Bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+                raise HTTPError(401, "a valid bearer token is required for this (Authorization: Bearer TOKEN)")
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPError(401, "a valid bearer token is required for this")
+        origin = request.headers.get("origin")
+        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+        if request.headers.get("sec-fetch-site") == "cross-site" or (
+                origin is not None and origin != own and origin not in cors_origins):
+            raise HTTPError(403, f"requests from {origin or 'another site'} may not change this store")
 
-    @app.post("/api/index", dependencies=[Depends(require_token)], status_code=202)
+    @app.post("/api/index", dependencies=[Depends(may_change)], status_code=202)
     def start_index() -> dict[str, Any]:
         app.state.job.start(store)
         return app.state.job.snapshot()

@@ -10,13 +10,15 @@ A facade: it opens the parts and delegates. Where each rule lives:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -28,7 +30,7 @@ from .distributed import RayOptions
 from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates
 from .embedder import Embedder, l2_normalize
 from .formats import ScanOptions
-from .errors import NotFoundError, QueryError, SimsearchError, StoreError
+from .errors import ChangedError, NotFoundError, QueryError, SimsearchError, StoreError
 from .images import array_to_image
 from .indexing import IndexRun
 from .prepare import LocalSource, Source
@@ -222,8 +224,9 @@ class Store:
         return self.collection.optimize(target_recall=target_recall, nlist=nlist, seed=seed)
 
     # reading ----------------------------------------------------------------------------------
-    def query_vector(self, probe: Any) -> np.ndarray:
-        """The unit query vector for any kind of probe."""
+    def query_vector(self, probe: Any, *, max_pixels: int | None = None) -> np.ndarray:
+        """The unit query vector for any kind of probe. max_pixels: a tighter decoding limit for this probe
+        (the server's uploads) than the store's own."""
         self._sync()
         dim = self.collection.vector_index.dim
         if isinstance(probe, (bool, np.bool_)):
@@ -250,7 +253,10 @@ class Store:
             raise QueryError(f"cannot query by a {type(probe).__name__}: give a path, bytes, a PIL image, "
                              f"an array, an indexed id or a vector")
         # decoded before the model loads (the store knows its input size): a bad probe fails at once
-        pixels, _ = self.model.decoding.load(probe)
+        decoding = self.model.decoding
+        if max_pixels is not None:
+            decoding = replace(decoding, max_pixels=min(max_pixels, decoding.max_pixels))
+        pixels, _ = decoding.load(probe)
         return self.embedder.embed(pixels[None])[0]
 
     def _stored_vector(self, path: Path) -> np.ndarray | None:
@@ -266,7 +272,8 @@ class Store:
             return None
         return self.collection.vector(entry.id)
 
-    def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None) -> list[Hit]:
+    def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None,
+              max_pixels: int | None = None) -> list[Hit]:
         """Nearest neighbours of a path, an http(s) URL, bytes, PIL image, array, indexed id or vector, best first.
 
         where: only photos passing this filter; the k returned are the true top k among them."""
@@ -274,7 +281,7 @@ class Store:
             raise QueryError(f"k must be at least 1, got {k}")
         if where and where.folder:
             where = replace(where, folder=str(Path(where.folder).expanduser().resolve()))
-        vec = self.query_vector(probe)  # decoding and the model run outside the collection's lock
+        vec = self.query_vector(probe, max_pixels=max_pixels)  # decoding and the model run outside the lock
         return self.collection.search(vec, k, where)
 
     def vectors_of(self, paths: Iterable[str]) -> dict[str, np.ndarray]:
@@ -296,6 +303,43 @@ class Store:
         """recall@k of the current index against exact search (see Collection.recall)."""
         self._sync()
         return self.collection.recall(k, queries, seed)
+
+    def open_indexed(self, image_id: int) -> tuple[dict[str, Any], BinaryIO]:
+        """The indexed photo's file, opened only if it is still that photo: inside the store's folders once
+        links are resolved (a photo swapped for a link to elsewhere is not followed), a regular file, and
+        of the recorded size and time, or else of the recorded content (SHA-256). The caller closes it."""
+        rec = self.get(image_id)
+        if rec["status"] != OK:
+            raise NotFoundError(f"image {image_id} is not indexed ({rec['error']})")
+        real = os.path.realpath(rec["path"])  # from the catalog, never from a client
+        roots = [os.path.realpath(f) for f in self.folders()]
+        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+            raise NotFoundError(f"image {image_id} is no longer inside the indexed folders")
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise NotFoundError(f"image {image_id} is no longer on disk ({exc.strerror})") from exc
+        f = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise NotFoundError(f"image {image_id} is no longer a regular file")
+            if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and not self._same_content(f, rec):
+                raise ChangedError(f"image {image_id} changed since it was indexed: run `simsearch index` again")
+            f.seek(0)
+        except BaseException:
+            f.close()
+            raise
+        return rec, f
+
+    def _same_content(self, f: BinaryIO, rec: dict[str, Any]) -> bool:
+        digest, size = hashlib.sha256(), 0
+        while chunk := f.read(1 << 20):
+            size += len(chunk)
+            if size > self.settings.max_file_bytes:
+                return False
+            digest.update(chunk)
+        return digest.hexdigest() == rec["sha256"]
 
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)

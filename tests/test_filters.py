@@ -127,7 +127,7 @@ def test_api_filter_parameters(store: simsearch.Store) -> None:
 
     from simsearch.server import create_app
 
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store), base_url="http://localhost")
     root = Path(store.stats().folders[0])
     params = {"id": 2, "k": 50, "format": ["PNG", "webp"], "min_pixels": 20000, "folder": str(root / "trips")}
     hits = client.get("/api/query", params=params).json()

@@ -112,7 +112,7 @@ def test_phone_and_camera_photos_index_query_themselves_and_get_thumbnails(tmp_p
     with simsearch.open(tmp_path / "store", model=tiny_embedder, settings=Settings(batch_size=2), create=True) as store:
         report = store.index(folder)
         assert (report.added, report.failed) == (4, 0), store.failures()
-        client = TestClient(create_app(store, preload=False))
+        client = TestClient(create_app(store, preload=False), base_url="http://localhost")
         for path in paths:
             copy = shutil.copy(path, tmp_path / f"probe{path.suffix}")  # not indexed: decoded and embedded
             hits = store.query(copy, k=4)

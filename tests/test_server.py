@@ -44,7 +44,7 @@ def store(tmp_path: Path, folder: Path, tiny_embedder: HubEmbedder) -> simsearch
 
 @pytest.fixture()
 def client(store: simsearch.Store) -> TestClient:
-    return TestClient(create_app(store, token=TOKEN, max_upload=200_000))
+    return TestClient(create_app(store, token=TOKEN, max_upload=200_000), base_url="http://localhost")
 
 
 def _healthz_when_loaded(client: TestClient) -> dict[str, object]:
@@ -69,14 +69,14 @@ def test_the_server_loads_the_model_at_start_and_says_when_it_is_ready(
     with simsearch.open(tmp_path / "s", model=tiny_module, create=True) as s:
         s.index(folder)
     store = simsearch.open(tmp_path / "s", create=False)  # by handle, as `simsearch serve` opens it
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store), base_url="http://localhost")
     assert client.get("/healthz").json()["model"] in ("loading", "ready")
     health = _healthz_when_loaded(client)
     assert health["model"] == "ready" and health["runtime"] == "onnxruntime" and health["model_error"] is None
     hits = client.post("/api/query", files={"image": ("x.jpg", (folder / "p04.jpg").read_bytes())}).json()
     assert hits[0]["path"] == str(folder / "p04.jpg")
 
-    empty = TestClient(create_app(simsearch.open(tmp_path / "empty", create=True), preload=True))
+    empty = TestClient(create_app(simsearch.open(tmp_path / "empty", create=True), preload=True), base_url="http://localhost")
     assert empty.get("/healthz").json()["model"] == "none"  # nothing to load before the first index
 
 
@@ -153,14 +153,14 @@ def test_reindex_needs_the_token_and_reports_progress(client: TestClient, folder
 
 def test_cors_is_off_by_default_and_on_when_asked(store: simsearch.Store) -> None:
     headers = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
-    assert "access-control-allow-origin" not in TestClient(create_app(store)).options("/api/query", headers=headers).headers
-    allowed = TestClient(create_app(store, cors_origins=["https://photos.example"]))
+    assert "access-control-allow-origin" not in TestClient(create_app(store), base_url="http://localhost").options("/api/query", headers=headers).headers
+    allowed = TestClient(create_app(store, cors_origins=["https://photos.example"]), base_url="http://localhost")
     r = allowed.get("/api/stats", headers={"Origin": "https://photos.example"})
     assert r.headers["access-control-allow-origin"] == "https://photos.example"
 
 
 def test_queries_keep_working_during_an_index_update(tmp_path: Path, store: simsearch.Store, folder: Path) -> None:
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store), base_url="http://localhost")
     for i in range(40):
         photo(folder / "more" / f"m{i:02d}.jpg", seed=1000 + i)
     errors: list[str] = []
@@ -207,7 +207,7 @@ def test_serve_binds_to_localhost_by_default() -> None:
 
 def test_an_empty_new_store_is_served_and_the_page_says_how_to_index(tmp_path: Path) -> None:
     app = create_app(simsearch.open(tmp_path / "new", create=True), preload=True)
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://localhost")
     health = client.get("/healthz").json()
     assert health["ok"] and health["images"] == 0 and health["model"] == "none"
     stats = client.get("/api/stats").json()
@@ -219,7 +219,7 @@ def test_an_empty_new_store_is_served_and_the_page_says_how_to_index(tmp_path: P
 def test_a_running_server_sees_what_a_separate_index_run_wrote(tmp_path: Path, tiny_module: Path) -> None:
     """The server's store object is opened before (here: on an empty store); `simsearch index` in another
     process then writes. Queries and stats must follow, and nothing may record a second model."""
-    client = TestClient(create_app(simsearch.open(tmp_path / "store", create=True), preload=False))
+    client = TestClient(create_app(simsearch.open(tmp_path / "store", create=True), preload=False), base_url="http://localhost")
     assert client.get("/api/stats").json()["vectors"] == 0
     for i in range(3):
         photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
