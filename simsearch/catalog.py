@@ -189,11 +189,11 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL below may have to wait too
             if url not in ("sqlite://", "sqlite:///:memory:"):
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
     return engine
@@ -241,12 +241,14 @@ class Catalog:
         """Tables and the first meta rows, once. Two processes making the same new store at the same moment
         (SQLite has no lock for CREATE TABLE IF NOT EXISTS across connections): the loser retries and finds
         what the winner made."""
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 return self._create_once()
             except (OperationalError, IntegrityError) as exc:
-                if attempt == 4 or ("already exists" not in str(exc) and "UNIQUE" not in str(exc)
-                                    and "duplicate key" not in str(exc)):
+                text = str(exc)
+                # SQLite's deferred transactions may be refused a write lock at once (no busy wait) after a
+                # concurrent writer committed: "database is locked"; retrying reads what that writer made
+                if attempt == 7 or not any(m in text for m in ("already exists", "UNIQUE", "duplicate key", "locked")):
                     raise
                 time.sleep(0.05 * (attempt + 1))
 

@@ -520,7 +520,8 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
     if not s.folders():
         click.echo(f"store {s.root} is empty: index a folder with `simsearch index FOLDER {_hint_args(s, db)}`", err=True)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # a bounded number of connections (slow clients included) and idle keep-alives closed after 5 s
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=128, timeout_keep_alive=5)
 
 
 @main.command()

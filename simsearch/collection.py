@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import Catalog, Changes, ImageFilter
+from .catalog import OK, Catalog, Changes, ImageFilter
 from .errors import EmptyStoreError, StoreError
 from .files import atomic_write
 from .index import VectorIndex, exact_top_k, recall_at_k, rescore, tune_nprobe, without_self
@@ -187,6 +187,19 @@ class Collection:
 
     def vector(self, image_id: int) -> np.ndarray | None:
         return self.catalog.vector(image_id, self.vector_index.dim)
+
+    def unchanged_vector(self, path: Path) -> np.ndarray | None:
+        """The stored vector of an indexed file unchanged since (same size and time): no model needed."""
+        entry = self.catalog.entry_for_path(str(path.resolve()))
+        if entry is None or entry.status != OK:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            return None
+        return self.vector(entry.id)
 
     def search(self, vec: np.ndarray, k: int, where: ImageFilter | None = None) -> list[Hit]:
         """The true top k (among photos passing `where`), with their records, from one committed state."""

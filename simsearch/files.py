@@ -1,11 +1,18 @@
-"""Atomic writes: a reader (or a process killed mid-write) sees the old content or the new, never half."""
+"""File I/O with guarantees: atomic writes (a reader, or a process killed mid-write, sees the old content
+or the new, never half), and opening a catalogued file only while it is still what was catalogued."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
+
+from .errors import ChangedError, NotFoundError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -51,3 +58,39 @@ def publish_dir(tmp: Path, final: Path) -> bool:
         return False
     _fsync_dir(final.parent)
     return True
+
+
+def open_verified(path: str, roots: Iterable[str], *, size: int | None, mtime_ns: int | None, sha256: str | None,
+                  max_bytes: int, what: str) -> BinaryIO:
+    """Open a catalogued file only if it is still what was catalogued: inside one of `roots` once links are
+    resolved (a file swapped for a link to elsewhere is not followed), a regular file, and of the recorded
+    size and time, or else of the recorded content. The caller closes it."""
+    real = os.path.realpath(path)
+    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots)):
+        raise NotFoundError(f"{what} is no longer inside the indexed folders")
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise NotFoundError(f"{what} is no longer on disk ({exc.strerror})") from exc
+    f = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"{what} is no longer a regular file")
+        if (st.st_size, st.st_mtime_ns) != (size, mtime_ns) and not _has_content(f, sha256, max_bytes):
+            raise ChangedError(f"{what} changed since it was indexed: run `simsearch index` again")
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _has_content(f: BinaryIO, sha256: str | None, max_bytes: int) -> bool:
+    digest, size = hashlib.sha256(), 0
+    while chunk := f.read(1 << 20):
+        size += len(chunk)
+        if size > max_bytes:
+            return False
+        digest.update(chunk)
+    return digest.hexdigest() == sha256

@@ -10,10 +10,8 @@ A facade: it opens the parts and delegates. Where each rule lives:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
@@ -29,8 +27,9 @@ from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions
 from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates
 from .embedder import Embedder, l2_normalize
+from .files import open_verified
 from .formats import ScanOptions
-from .errors import ChangedError, NotFoundError, QueryError, SimsearchError, StoreError
+from .errors import NotFoundError, QueryError, SimsearchError, StoreError
 from .images import array_to_image
 from .indexing import IndexRun
 from .prepare import LocalSource, Source
@@ -246,7 +245,7 @@ class Store:
             probe = fetch_url(probe)  # bounded in size and time; then decoded like any bytes
         elif isinstance(probe, (str, os.PathLike)):
             probe = Path(probe).expanduser()
-            stored = self._stored_vector(probe)
+            stored = self.collection.unchanged_vector(probe)
             if stored is not None:
                 return stored
         elif not isinstance(probe, (bytes, bytearray, memoryview, Image.Image)):
@@ -258,19 +257,6 @@ class Store:
             decoding = replace(decoding, max_pixels=min(max_pixels, decoding.max_pixels))
         pixels, _ = decoding.load(probe)
         return self.embedder.embed(pixels[None])[0]
-
-    def _stored_vector(self, path: Path) -> np.ndarray | None:
-        """An indexed file unchanged since (same size and time) needs no model: its stored vector."""
-        entry = self.catalog.entry_for_path(str(path.resolve()))
-        if entry is None or entry.status != OK:
-            return None
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-            return None
-        return self.collection.vector(entry.id)
 
     def query(self, probe: Any, k: int = 10, *, where: ImageFilter | None = None,
               max_pixels: int | None = None) -> list[Hit]:
@@ -311,35 +297,9 @@ class Store:
         rec = self.get(image_id)
         if rec["status"] != OK:
             raise NotFoundError(f"image {image_id} is not indexed ({rec['error']})")
-        real = os.path.realpath(rec["path"])  # from the catalog, never from a client
-        roots = [os.path.realpath(f) for f in self.folders()]
-        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
-            raise NotFoundError(f"image {image_id} is no longer inside the indexed folders")
-        try:
-            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-        except OSError as exc:
-            raise NotFoundError(f"image {image_id} is no longer on disk ({exc.strerror})") from exc
-        f = os.fdopen(fd, "rb")
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise NotFoundError(f"image {image_id} is no longer a regular file")
-            if (st.st_size, st.st_mtime_ns) != (rec["size"], rec["mtime_ns"]) and not self._same_content(f, rec):
-                raise ChangedError(f"image {image_id} changed since it was indexed: run `simsearch index` again")
-            f.seek(0)
-        except BaseException:
-            f.close()
-            raise
-        return rec, f
-
-    def _same_content(self, f: BinaryIO, rec: dict[str, Any]) -> bool:
-        digest, size = hashlib.sha256(), 0
-        while chunk := f.read(1 << 20):
-            size += len(chunk)
-            if size > self.settings.max_file_bytes:
-                return False
-            digest.update(chunk)
-        return digest.hexdigest() == rec["sha256"]
+        return rec, open_verified(rec["path"], self.folders(), size=rec["size"], mtime_ns=rec["mtime_ns"],
+                                  sha256=rec["sha256"], max_bytes=self.settings.max_file_bytes,
+                                  what=f"image {image_id}")
 
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)
