@@ -128,6 +128,8 @@ class IndexJob:
     def _run(self, store: Store, folders: list[str]) -> None:
         try:
             for folder in folders:
+                if not Path(folder).is_dir():  # an unmounted disk: skipped, nothing removed (as Store.update)
+                    continue
                 with self._lock:
                     self.folder = folder
                 report = store.index(folder, progress=self._progress)
