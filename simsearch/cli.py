@@ -372,14 +372,16 @@ def failures(store: str | None, model: str | None, db: str | None, output: str |
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_DUPLICATE_THRESHOLD,
               show_default=True, help="Cosine similarity at or above which two photos are near-duplicates.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV (-o csv).")
+@click.option("--all", "include_resolved", is_flag=True, help="Also list the groups already resolved.")
 @_store_options
 @_output_option
-def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | None, db: str | None,
-               output: str | None, as_json: bool) -> None:
+def duplicates(threshold: float, as_csv: bool, include_resolved: bool, store: str | None, model: str | None,
+               db: str | None, output: str | None, as_json: bool) -> None:
     """Group exact copies (same bytes) and near-duplicates (resized, recompressed, slightly cropped).
 
-    Each group names the photo to keep: the largest resolution, then the oldest. -o paths prints the
-    others, one a line; -o csv and jsonl give one row per photo.
+    Each group has an id (for `simsearch resolve`) and names the photo to keep: the largest resolution,
+    then the oldest. Resolved groups are left out (--all lists them) until a new photo joins one.
+    -o paths prints the others, one a line; -o csv and jsonl give one row per photo.
 
     \b
       simsearch duplicates --store data/photos
@@ -387,22 +389,56 @@ def duplicates(threshold: float, as_csv: bool, store: str | None, model: str | N
     """
     out = _output(output, as_json, as_csv)
     with _open(store, model, db) as s:
-        groups = s.duplicates(threshold)
+        groups = s.duplicates(threshold, include_resolved=include_resolved)
     if out == "json":
         _print_json([g.to_dict() for g in groups])
         return
-    rows = [{"group": n, "kind": g.kind, "keep": int(m["path"] == g.keep), "path": m["path"], "size": m["size"],
-             "width": m["width"], "height": m["height"], "taken_at": m["taken_at"]}
-            for n, g in enumerate(groups, 1) for m in g.members]
+    rows = [{"group": g.id, "kind": g.kind, "keep": int(m["path"] == g.keep), "id": m["id"], "path": m["path"],
+             "size": m["size"], "width": m["width"], "height": m["height"], "taken_at": m["taken_at"],
+             "new": int(m["new"]), "resolution": g.resolution}
+            for g in groups for m in g.members]
 
     def text() -> None:
         for g in groups:
-            click.echo(f"{g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}):")
+            state = f", resolved: {g.resolution}" if g.resolution else ""
+            click.echo(f"group {g.id}: {g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}{state}):")
             for m in g.members:
-                click.echo(f"  {'keep' if m['path'] == g.keep else '    '}  {m['width']}x{m['height']}  {m['path']}")
+                mark = "keep" if m["path"] == g.keep else " new" if m["new"] else "    "
+                click.echo(f"  {mark}  {m['id']:>7}  {m['width']}x{m['height']}  {m['path']}")
         click.echo(f"{len(groups)} groups", err=True)
 
     _emit([r for r in rows if not r["keep"]] if out == "paths" else rows, out, text)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--not-duplicates", is_flag=True, help="These photos are not copies of each other.")
+@click.option("--keep", "keep", type=int, metavar="IMAGE_ID", help="Keep this photo (its id in the group).")
+@click.option("--trash-others", is_flag=True,
+              help="With --keep: move the others to the trash (never deleted) and forget them.")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_DUPLICATE_THRESHOLD,
+              show_default=True, help="As given to `simsearch duplicates`.")
+@_store_options
+def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bool, threshold: float,
+            store: str | None, model: str | None, db: str | None) -> None:
+    """Record a decision on duplicate group GROUP, so it is not listed again until a new photo joins it.
+
+    \b
+      simsearch resolve 3f2a9c81d0e4 --not-duplicates
+      simsearch resolve 3f2a9c81d0e4 --keep 42
+      simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
+    """
+    if not_duplicates == (keep is not None):
+        raise click.UsageError("give either --not-duplicates or --keep IMAGE_ID")
+    if trash_others and keep is None:
+        raise click.UsageError("--trash-others goes with --keep")
+    with _open(store, model, db) as s:
+        found = s.resolve(group, keep=keep, trash_others=trash_others, threshold=threshold)
+    others = [m["path"] for m in found.members if m["id"] != keep]
+    if not_duplicates:
+        click.echo(f"group {group}: marked as not duplicates ({len(found.members)} photos)")
+    else:
+        click.echo(f"group {group}: keeping {keep}" + (f"; moved to the trash: {', '.join(others)}" if trash_others else ""))
 
 
 @main.command()

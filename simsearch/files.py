@@ -94,3 +94,10 @@ def _has_content(f: BinaryIO, sha256: str | None, max_bytes: int) -> bool:
             return False
         digest.update(chunk)
     return digest.hexdigest() == sha256
+
+
+def move_to_trash(path: str) -> None:
+    """Into the platform's trash (send2trash), never a deletion: a wrong decision can be undone."""
+    from send2trash import send2trash
+
+    send2trash(path)

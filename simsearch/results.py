@@ -96,7 +96,9 @@ class DuplicateGroup(Result):
     kind: str
     keep: str  # the suggested one to keep: largest resolution, then oldest
     min_score: float  # the lowest similarity that links the group (1.0 for exact copies)
-    members: list[dict[str, Any]]
+    members: list[dict[str, Any]]  # each also says whether it is "new" since the group was last resolved
+    id: str = ""  # stable: from the members' content hashes, so a decision can name the group
+    resolution: str | None = None  # "not-duplicates" or "keep" once resolved (listed with --all only)
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,53 @@ def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
     text = CliRunner().invoke(main, args).output
     assert "exact (2 photos" in text and "keep" in text
     assert CliRunner().invoke(main, args + ["--threshold", "1.5"]).exit_code == 2
+
+
+def _group(store: simsearch.Store, *names: str, resolved: bool = False) -> simsearch.DuplicateGroup:
+    return next(g for g in store.duplicates(include_resolved=resolved)
+                if {Path(m["path"]).name for m in g.members} == set(names))
+
+
+def test_a_resolved_group_stays_resolved_until_a_new_photo_joins_it(store: simsearch.Store, tmp_path: Path) -> None:
+    pair = _group(store, "p02.jpg", "recompressed-p02.jpg")
+    again = _group(store, "p02.jpg", "recompressed-p02.jpg")
+    assert pair.id == again.id and len(pair.id) == 12  # stable: from the members' content hashes
+    r = CliRunner().invoke(main, ["resolve", pair.id, "--not-duplicates", "--store", str(store.root)])
+    assert r.exit_code == 0, r.output
+    assert len(store.duplicates()) == 3  # gone from the list
+    assert _group(store, "p02.jpg", "recompressed-p02.jpg", resolved=True).resolution == "not-duplicates"
+    store.index(tmp_path / "photos")  # a re-index and another duplicates run keep the decision
+    with simsearch.open(store.root) as reopened:
+        assert len(reopened.duplicates()) == 3
+    Image.open(tmp_path / "photos" / "p02.jpg").save(tmp_path / "photos" / "third-p02.jpg", quality=60)
+    store.index(tmp_path / "photos")
+    back = _group(store, "p02.jpg", "recompressed-p02.jpg", "third-p02.jpg")  # a new member: the group returns
+    assert back.resolution is None and back.id != pair.id
+    assert {Path(m["path"]).name for m in back.members if m["new"]} == {"third-p02.jpg"}
+
+
+def test_keep_with_trash_others_moves_files_to_the_trash_never_deletes(
+        store: simsearch.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trash = tmp_path / "trash"
+    trash.mkdir()
+    moved: list[str] = []
+
+    def fake_send2trash(path: str) -> None:  # the platform's trash, faked: the file must move, not vanish
+        moved.append(path)
+        shutil.move(path, trash / Path(path).name)
+
+    monkeypatch.setattr("send2trash.send2trash", fake_send2trash)
+    removed: list[str] = []
+    monkeypatch.setattr("os.remove", lambda p, *a, **k: removed.append(p))
+    monkeypatch.setattr("os.unlink", lambda p, *a, **k: removed.append(p))
+    group = _group(store, "p01.jpg", "small-p01.jpg")
+    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p01.jpg")
+    assert CliRunner().invoke(main, ["resolve", group.id, "--trash-others", "--store", str(store.root)]).exit_code == 2
+    r = CliRunner().invoke(main, ["resolve", group.id, "--keep", str(keep), "--trash-others", "--store", str(store.root)])
+    assert r.exit_code == 0, r.output
+    assert [Path(p).name for p in moved] == ["small-p01.jpg"] and (trash / "small-p01.jpg").exists()
+    assert removed == [] and (tmp_path / "photos" / "p01.jpg").exists()
+    assert not store.catalog.ids_for_paths([str(tmp_path / "photos" / "small-p01.jpg")])  # left the store
+    assert all(Path(m["path"]).name != "small-p01.jpg" for g in store.duplicates(include_resolved=True) for m in g.members)
+    with pytest.raises(simsearch.NotFoundError, match="no duplicate group"):
+        store.resolve("000000000000")
