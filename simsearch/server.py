@@ -39,6 +39,7 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
+from .duplicates import DEFAULT_DUPLICATE_THRESHOLD
 from .files import atomic_write
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
@@ -83,6 +84,12 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     """422 naming what was wrong, never echoing the input (a 10^6-element vector would come back whole)."""
     problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()[:5]]
     return error_response(QueryError("invalid request: " + "; ".join(problems)))
+
+
+class Resolution(BaseModel):
+    keep: int | None = Field(None, ge=1, le=2**63 - 1)
+    trash_others: bool = False
+    threshold: float = Field(DEFAULT_DUPLICATE_THRESHOLD, gt=0, le=1)
 
 
 class VectorQuery(BaseModel):
@@ -353,6 +360,20 @@ def _index_routes(app: FastAPI, store: Store, token: str | None, cors_origins: l
         if request.headers.get("sec-fetch-site") == "cross-site" or (
                 origin is not None and origin != own and origin not in cors_origins):
             raise HTTPError(403, f"requests from {origin or 'another site'} may not change this store")
+
+    @app.get("/api/duplicates")
+    def duplicates(threshold: float = Query(DEFAULT_DUPLICATE_THRESHOLD, gt=0, le=1),
+                   all: bool = False) -> list[dict[str, Any]]:
+        """Duplicate groups not yet resolved (all: those too), each member with its thumbnail."""
+        return [g.to_dict() | {"members": [m | {"thumbnail": f"/api/images/{m['id']}/thumbnail"} for m in g.members]}
+                for g in store.duplicates(threshold, include_resolved=all)]
+
+    @app.post("/api/duplicates/{group}/resolve", dependencies=[Depends(may_change)])
+    def resolve(body: Resolution, group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:
+        """Record "not duplicates" (keep absent) or "keep this one"; trash_others moves the others to the
+        server machine's trash (never a deletion)."""
+        found = store.resolve(group, keep=body.keep, trash_others=body.trash_others, threshold=body.threshold)
+        return {"group": found.id, "decision": "keep" if body.keep is not None else "not-duplicates"}
 
     @app.post("/api/index", dependencies=[Depends(may_change)], status_code=202)
     def start_index() -> dict[str, Any]:

@@ -149,3 +149,22 @@ def test_keep_with_trash_others_moves_files_to_the_trash_never_deletes(
     assert all(Path(m["path"]).name != "small-p01.jpg" for g in store.duplicates(include_resolved=True) for m in g.members)
     with pytest.raises(simsearch.NotFoundError, match="no duplicate group"):
         store.resolve("000000000000")
+
+
+def test_duplicates_over_http_list_and_resolve_with_the_token(store: simsearch.Store) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    client = TestClient(create_app(store, token="t0k", preload=False), base_url="http://localhost")
+    groups = client.get("/api/duplicates").json()
+    assert len(groups) == 4 and all(m["thumbnail"].endswith("/thumbnail") for g in groups for m in g["members"])
+    gid = groups[0]["id"]
+    assert client.post(f"/api/duplicates/{gid}/resolve", json={}).status_code == 401
+    r = client.post(f"/api/duplicates/{gid}/resolve", json={}, headers={"Authorization": "Bearer t0k"})
+    assert r.status_code == 200 and r.json()["decision"] == "not-duplicates"
+    assert len(client.get("/api/duplicates").json()) == 3
+    assert [g["resolution"] for g in client.get("/api/duplicates", params={"all": "true"}).json() if g["id"] == gid] == \
+        ["not-duplicates"]
+    bad = client.post("/api/duplicates/nothex/resolve", json={}, headers={"Authorization": "Bearer t0k"})
+    assert bad.status_code == 422
