@@ -8,11 +8,12 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ChangedError, NotFoundError
+from .errors import ChangedError, ImageError, NotFoundError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -101,3 +102,18 @@ def move_to_trash(path: str) -> None:
     from send2trash import send2trash
 
     send2trash(path)
+
+
+def read_bounded(stream: BinaryIO, source: str | Path, max_bytes: int, *, what: str = "file",
+                 deadline: float | None = None) -> bytes:
+    """All of a stream, refused once it passes max_bytes (or the time.monotonic() deadline): a file that
+    grows while read, a download or a pipe without end cannot exhaust memory or hang a job."""
+    chunks, size = [], 0
+    while chunk := stream.read(1 << 20):
+        size += len(chunk)
+        if size > max_bytes:
+            raise ImageError(source, f"{what} is over the limit of {max_bytes} bytes")
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImageError(source, f"cannot read {what}: it did not arrive in time")
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -94,12 +94,14 @@ def supported_formats() -> list[Format]:
             for ext in sorted(PHOTO_EXTENSIONS) if (fam := family_of(ext)) is not None]
 
 
-def check_decoder(name: str | None) -> None:
-    """Raise the failure a photo gets when no installed decoder opens its format."""
-    family = family_of(os.path.splitext(name or "")[1])
+def check_decoder(name: str | None) -> str | None:
+    """The photo's format family by its extension (None: not told by its name), or the failure a photo
+    gets when no installed decoder opens its format."""
+    ext = os.path.splitext(name or "")[1]
+    family = family_of(ext)
     if family is not None and _decoder(family) is None:
-        raise ImageError(name, f"no decoder for {os.path.splitext(name or '')[1]} files is installed: "
-                               f"pip install {_INSTALL[family]!r}")
+        raise ImageError(name, f"no decoder for {ext} files is installed: pip install {_INSTALL[family]!r}")
+    return family
 
 
 def is_photo_name(name: str) -> bool:

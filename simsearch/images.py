@@ -22,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 
 from .config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from .errors import ImageError
-from .formats import check_decoder, family_of, register_decoders
+from .files import read_bounded
+from .formats import check_decoder, register_decoders
 
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
@@ -69,13 +70,8 @@ def read_file(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byte
             raise ImageError(path, f"not a regular file: {kind}, refused")
         if st.st_size > max_bytes:
             raise ImageError(path, f"file is {st.st_size} bytes, over the limit of {max_bytes} bytes")
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            size += len(chunk)
-            if size > max_bytes:  # grew while being read
-                raise ImageError(path, f"file is over the limit of {max_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            return read_bounded(f, path, max_bytes)  # bounded again: it may grow while being read
     except OSError as exc:
         raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
     finally:
@@ -95,9 +91,9 @@ def _open(source: str | Path | bytes | Image.Image, name: str | None = None,
         data = read_file(source)
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
-    check_decoder(name)
+    family = check_decoder(name)
     register_decoders()
-    if name is not None and family_of(os.path.splitext(name)[1]) == "raw":
+    if family == "raw":
         return _open_raw(data, name, draft_to), name
     try:
         with warnings.catch_warnings():

@@ -14,6 +14,7 @@ import urllib.request
 from typing import BinaryIO
 
 from .errors import ImageError, QueryError
+from .files import read_bounded
 
 MAX_PROBE_BYTES = 50 * 1024 * 1024
 URL_TIMEOUT_S = 20.0
@@ -34,7 +35,7 @@ def fetch_url(url: str, *, max_bytes: int = MAX_PROBE_BYTES, timeout: float = UR
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise ImageError(url, f"image at URL is {int(length)} bytes, over the limit of {max_bytes}")
-            return _read_bounded(response, url, max_bytes, deadline)
+            return read_bounded(response, url, max_bytes, what="image", deadline=deadline)
     except urllib.error.HTTPError as exc:
         raise ImageError(url, f"cannot fetch image: HTTP {exc.code} {exc.reason}") from exc
     except urllib.error.URLError as exc:
@@ -44,21 +45,9 @@ def fetch_url(url: str, *, max_bytes: int = MAX_PROBE_BYTES, timeout: float = UR
         raise ImageError(url, f"cannot fetch image: no answer within {timeout:g} s") from exc
 
 
-def _read_bounded(stream: BinaryIO, source: str, max_bytes: int, deadline: float | None = None) -> bytes:
-    chunks, size = [], 0
-    while chunk := stream.read(64 * 1024):
-        size += len(chunk)
-        if size > max_bytes:
-            raise ImageError(source, f"image is over the limit of {max_bytes} bytes")
-        if deadline is not None and time.monotonic() > deadline:
-            raise ImageError(source, "cannot fetch image: the download did not finish in time")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def read_stdin(stream: BinaryIO, *, max_bytes: int = MAX_PROBE_BYTES) -> bytes:
     """A probe piped in (`simsearch query - < photo.jpg`)."""
-    data = _read_bounded(stream, "standard input", max_bytes)
+    data = read_bounded(stream, "standard input", max_bytes, what="input")
     if not data:
         raise ImageError("standard input", "empty input: pipe an image in, e.g. `simsearch query - < photo.jpg`")
     return data
