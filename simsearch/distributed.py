@@ -218,7 +218,7 @@ class RaySource:
 
     def __init__(self, options: RayOptions, spec: ModelSpec, settings: Settings, *, staging: str) -> None:
         self.options, self.spec, self.batch_size = options, spec, settings.batch_size
-        self.decoding = Decoding(spec.input_size, str(settings.resize), settings.max_pixels, settings.max_file_bytes)
+        self.decoding = Decoding.of(spec.input_size, settings)
         self.staging = staging
         self.stats = RayStats()
         self._used: set[str] = set()

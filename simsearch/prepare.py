@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .catalog import OK, Entry, ImageFields
-from .config import DEFAULT_MAX_FILE_BYTES
+from .config import DEFAULT_MAX_FILE_BYTES, Settings
 from .errors import ImageError
 from .images import ImageInfo, load_image, read_file
 
@@ -60,6 +60,11 @@ class Decoding:
     resize: str
     max_pixels: int
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+
+    @classmethod
+    def of(cls, input_size: tuple[int, int], settings: Settings) -> Decoding:
+        """A store's decoding: its model's input size and the settings' (resolved) limits."""
+        return cls(input_size, str(settings.resize), settings.max_pixels, settings.max_file_bytes)
 
     def read(self, path: str | os.PathLike[str]) -> bytes:
         return read_file(path, self.max_file_bytes)

@@ -104,8 +104,7 @@ class StoreModel:
     @property
     def decoding(self) -> Decoding:
         """How photos become this model's input (the resize policy resolved, never None)."""
-        s = self.settings
-        return Decoding(self.input_size, str(s.resize), s.max_pixels, s.max_file_bytes)
+        return Decoding.of(self.input_size, self.settings)
 
     @property
     def fingerprint(self) -> str | None:
