@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,6 +53,7 @@ class Collection:
         self._lock = threading.RLock()
         self.version = 0  # the catalog's vectors_version that the in-memory index mirrors
         self.rebuilt = False  # whether opening had to rebuild the index from the catalog
+        self._saved: tuple[int, weakref.ref[VectorIndex]] | None = None  # what the files on disk hold
 
     # opening ----------------------------------------------------------------------------------
     @property
@@ -88,6 +90,7 @@ class Collection:
         index, reason = self._checkpoint(dim)
         if index is not None:
             self._index = index
+            self._saved = (self.version, weakref.ref(index))
             return
         index = self._empty(dim)
         for ids, vecs in self.catalog.iter_vectors(dim):
@@ -146,13 +149,17 @@ class Collection:
             self.apply(Changes(deletes=ids[i : i + DELETE_CHUNK]))
 
     def checkpoint(self) -> None:
-        """Write the FAISS file and the catalog version it mirrors (each atomically)."""
+        """Write the FAISS file and the catalog version it mirrors (each atomically), unless the files
+        already hold this very index at this version (an unchanged re-run writes nothing)."""
         if self._index is None:
             return
         with self._lock:
+            if self._saved is not None and self._saved[0] == self.version and self._saved[1]() is self._index:
+                return
             self._index.save(self.root / INDEX_FILE)
             atomic_write(self.root / INDEX_STATE_FILE,
                          json.dumps({"version": self.version, "count": len(self._index)}).encode())
+            self._saved = (self.version, weakref.ref(self._index))
 
     @contextmanager
     def try_writer(self) -> Iterator[bool]:

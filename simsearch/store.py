@@ -111,13 +111,13 @@ class Store:
             with self.collection.writer():
                 self._sync()
                 self._begin(root)  # a new store loads its model here, before any scanning
+                options = self._remember_folder(root, exclude, include_hidden)
+                run = IndexRun(self.collection, self.model, self.settings, root, options, progress=progress,
+                               started=t0)
+                report = run.run(self._source(ray))
         except SimsearchError:
-            self._discard_if_unused()
+            self._discard_if_unused()  # only a new store whose model could not be recorded
             raise
-        with self.collection.writer():
-            options = self._remember_folder(root, exclude, include_hidden)
-            run = IndexRun(self.collection, self.model, self.settings, root, options, progress=progress, started=t0)
-            report = run.run(self._source(ray))
         if not loaded_before and self.model.load_seconds:
             report = replace(report, timings=report.timings | {"model_load": round(self.model.load_seconds, 3)})
         index = self.collection.vector_index

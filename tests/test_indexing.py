@@ -260,3 +260,18 @@ def test_a_reader_rebuilds_in_memory_but_leaves_the_files_to_a_busy_writer(tmp_p
     with _open(tmp_path, model) as later:
         assert later.rebuilt_index
     assert json.loads(state_file.read_text())["version"] != -1
+
+
+def test_an_unchanged_rerun_rewrites_no_index_file(tmp_path: Path, folder: Path, model: Counting) -> None:
+    with _open(tmp_path, model) as store:
+        store.index(folder)
+    files = [tmp_path / "store" / INDEX_FILE, tmp_path / "store" / INDEX_STATE_FILE]
+    before = [f.stat().st_mtime_ns for f in files]
+    with _open(tmp_path, model) as store:
+        assert store.index(folder).unchanged == 12
+    assert [f.stat().st_mtime_ns for f in files] == before  # nothing changed: the checkpoint stands
+    photo(folder / "new.jpg", seed=99)
+    with _open(tmp_path, model) as store:
+        assert store.index(folder).added == 1
+        _consistent(store)
+    assert [f.stat().st_mtime_ns for f in files] != before
