@@ -43,6 +43,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError
+from .verify import phashes
 
 SCHEMA_VERSION = 1
 OK, FAILED = "ok", "failed"
@@ -81,6 +82,16 @@ class VectorRecord(Base):
     __tablename__ = "vectors"
 
     image_id: Mapped[int] = mapped_column(_Id, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FingerprintRecord(Base):
+    """A photo's duplicate fingerprint (simsearch.verify), by content: copies and moves share it."""
+
+    __tablename__ = "fingerprints"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    phash: Mapped[bytes] = mapped_column(LargeBinary)  # the four rotations' pHashes: read alone to find candidates
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
@@ -126,6 +137,7 @@ class Changes:
     moves: list[tuple[int, str, int, int]] = field(default_factory=list)  # id, new path, size, mtime_ns
     touches: list[tuple[int, int, int]] = field(default_factory=list)  # id, size, mtime_ns
     deletes: list[int] = field(default_factory=list)
+    fingerprints: dict[str, bytes] = field(default_factory=dict)  # sha256 -> fingerprint of new content
 
     def __len__(self) -> int:
         return len(self.upserts) + len(self.moves) + len(self.touches) + len(self.deletes)
@@ -419,6 +431,40 @@ class Catalog:
             rows = s.scalars(select(ImageRecord).where(ImageRecord.status == FAILED).order_by(ImageRecord.path))
             return [_row_dict(r) for r in rows]
 
+    @_db_errors
+    def fingerprints(self, hashes: Iterable[str]) -> dict[str, bytes]:
+        """Stored duplicate fingerprints of these contents (those missing are left out)."""
+        hashes = sorted(set(hashes))
+        out: dict[str, bytes] = {}
+        with self._session() as s:
+            for start in range(0, len(hashes), 500):
+                out.update(s.execute(select(FingerprintRecord.sha256, FingerprintRecord.data)
+                                     .where(FingerprintRecord.sha256.in_(hashes[start : start + 500]))).all())
+        return out
+
+    @_db_errors
+    def perceptual_hashes(self) -> tuple[list[str], np.ndarray]:
+        """Every indexed content's hash and its four rotations' pHashes, uint8 [n, 4, 8] (32 bytes each)."""
+        with self._session() as s:
+            rows = s.execute(select(FingerprintRecord.sha256, FingerprintRecord.phash)
+                             .where(FingerprintRecord.sha256.in_(select(ImageRecord.sha256)
+                                                                  .where(ImageRecord.status == OK)))).all()
+        return [r[0] for r in rows], np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(len(rows), 4, 8)
+
+    @_db_errors
+    def add_fingerprints(self, fingerprints: dict[str, bytes]) -> None:
+        with self._session() as s:
+            for sha, data in fingerprints.items():
+                s.merge(FingerprintRecord(sha256=sha, phash=phashes(data), data=data))
+
+    @_db_errors
+    def prune_fingerprints(self) -> int:
+        """Drop fingerprints of content no catalogued file has any more; returns how many."""
+        with self._session() as s:
+            used = select(ImageRecord.sha256).where(ImageRecord.sha256.is_not(None))
+            done = s.execute(delete(FingerprintRecord).where(FingerprintRecord.sha256.not_in(used)))
+            return int(getattr(done, "rowcount", 0) or 0)
+
     # writing ----------------------------------------------------------------------------------
     @_db_errors
     def write(self, changes: Changes) -> Written:
@@ -453,6 +499,8 @@ class Catalog:
                           .values(path=path, size=size, mtime_ns=mtime_ns, indexed_at=now))
             for image_id, size, mtime_ns in changes.touches:
                 s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(size=size, mtime_ns=mtime_ns))
+            for sha, data in changes.fingerprints.items():
+                s.merge(FingerprintRecord(sha256=sha, phash=phashes(data), data=data))
             if changes.deletes:
                 had = s.scalars(select(VectorRecord.image_id).where(VectorRecord.image_id.in_(changes.deletes)))
                 removed.extend(had)

@@ -147,7 +147,7 @@ def _decode_shard(row: dict[str, Any], *, decoding: Decoding) -> dict[str, Any]:
     t0 = time.perf_counter()
     meta, pixels = [], []
     for path, size, mtime in json.loads(row["files"]):
-        d = decode_file(path, decoding)
+        d = decode_file(path, decoding, fingerprint=False)  # taken when duplicates first needs it
         entry: dict[str, Any] = {"path": path, "size": size, "mtime_ns": mtime, "sha256": d.sha256, "error": d.error}
         if d.pixels is not None and d.info is not None:
             pixels.append(d.pixels)

@@ -132,6 +132,7 @@ class IndexRun:
         self.timings.extra |= stats.timings
         gone = [e.id for e in self.missing.values()]
         self.collection.delete(gone)
+        self.collection.catalog.prune_fingerprints()
         return self._report(found.seen, len(gone), stats)
 
     def _consume(self, items: Iterable[Prepared]) -> None:
@@ -198,6 +199,8 @@ class IndexRun:
             self.timings.embed += time.perf_counter() - t
         for b in self.batch:
             self.pending.upserts.append((b.fields(), b.vector if b.vector is not None else next(embedded)))
+            if b.fingerprint is not None and b.sha256:
+                self.pending.fingerprints[b.sha256] = b.fingerprint
         t = time.perf_counter()
         self.collection.apply(self.pending)
         self.timings.write += time.perf_counter() - t

@@ -26,7 +26,9 @@ import numpy as np
 from .catalog import OK, Entry, ImageFields
 from .config import DEFAULT_MAX_FILE_BYTES, Settings
 from .errors import ImageError
-from .images import ImageInfo, load_image, read_file
+from .images import ImageInfo, load_image, load_photo, read_file
+from .verify import DECODE_SIDE
+from .verify import fingerprint as take_fingerprint
 
 
 class Kind(Enum):
@@ -75,6 +77,18 @@ class Decoding:
         return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
                           name=name)
 
+    def load_with_fingerprint(self, source: str | bytes, name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes]:
+        """Model input and the duplicate fingerprint (simsearch.verify), from one decode."""
+        if isinstance(source, (str, os.PathLike)):
+            source, name = self.read(source), str(source)
+        pixels, info, rgb = load_photo(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,
+                                       name=name, min_side=DECODE_SIDE)
+        return pixels, info, take_fingerprint(rgb).to_bytes()
+
+    def fingerprint(self, path: str) -> bytes:
+        """A file's duplicate fingerprint alone (raises ImageError)."""
+        return self.load_with_fingerprint(path)[2]
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -85,10 +99,13 @@ class Decoded:
     info: ImageInfo | None = None
     error: str | None = None
     vector: np.ndarray | None = None  # already embedded (by a Ray worker)
+    fingerprint: bytes | None = None  # for duplicate verification
 
 
-def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = lambda sha: True) -> Decoded:
-    """Read and hash a file, and decode it when `wanted(sha256)`; a bad file is an error, never an exception."""
+def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = lambda sha: True, *,
+                fingerprint: bool = True) -> Decoded:
+    """Read and hash a file, and decode it when `wanted(sha256)` (with its duplicate fingerprint unless
+    told not to); a bad file is an error, never an exception."""
     try:
         data = decoding.read(path)
     except ImageError as exc:
@@ -97,10 +114,12 @@ def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = l
     if not wanted(sha):
         return Decoded(sha)
     try:
-        pixels, info = decoding.load(data, name=path)
+        if not fingerprint:
+            return Decoded(sha, *decoding.load(data, name=path))
+        pixels, info, fp = decoding.load_with_fingerprint(data, name=path)
     except ImageError as exc:
         return Decoded(sha, error=exc.reason)
-    return Decoded(sha, pixels, info)
+    return Decoded(sha, pixels, info, fingerprint=fp)
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,7 @@ class Prepared:
     error: str | None = None
     seconds: float = 0.0  # spent reading and decoding it
     vector: np.ndarray | None = None
+    fingerprint: bytes | None = None
 
     def fields(self) -> ImageFields:
         """The catalog row this item becomes (a failure when it has no image info)."""
@@ -147,13 +167,13 @@ class Classifier:
         if kind is Kind.EMBED and decoded.error is not None:
             return Prepared(task, Kind.FAILED, decoded.sha256, error=decoded.error, seconds=seconds)
         return Prepared(task, kind, decoded.sha256, decoded.pixels, decoded.info, seconds=seconds,
-                        vector=decoded.vector)
+                        vector=decoded.vector, fingerprint=decoded.fingerprint)
 
 
 def decode_now(item: Prepared, decoding: Decoding) -> Prepared:
     """A copy whose source row changed during the run needs its own pixels after all (raises ImageError)."""
-    pixels, info = decoding.load(item.task.path)
-    return replace(item, kind=Kind.EMBED, pixels=pixels, info=info)
+    pixels, info, fp = decoding.load_with_fingerprint(item.task.path)
+    return replace(item, kind=Kind.EMBED, pixels=pixels, info=info, fingerprint=fp)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,247 @@
+"""Checking a candidate pair on the pixels: is one photo a copy of the other, and how was it changed?
+
+The embedding only proposes candidates; whether two photos are copies is decided here, on evidence that
+does not depend on the model's calibration:
+
+- perceptual hashes (pHash and dHash, 64 bits each, for the four rotations by 90 degrees) catch resizes,
+  recompression, format changes and colour or brightness edits: the picture as a whole is unchanged;
+- local features (OpenCV's ORB, matched with Lowe's ratio test, a similarity transform fitted with RANSAC)
+  catch crops, borders, rotations and overlays: one picture lies inside the other. A fitted transform must
+  be a rotation by a multiple of 90 degrees, one image must lie wholly inside the other, and the contained
+  image must correlate with the region it maps to (so a burst of the same scene, with the subject moved,
+  or a second photo of the same monument, is not a copy).
+
+A photo's `Fingerprint` (hashes, up to 160 ORB keypoints and a 48 x 48 grey thumbnail, about 8 KB) is
+computed once, when the photo is decoded for indexing, and stored in the catalog by content hash.
+The thresholds were set on real photos (Corel-1k, bench/duplicates.py), not on the embedding.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+VERSION = 1  # bumped when a fingerprint's computation changes: older ones are recomputed
+SIDE = 256  # fingerprints are taken on the photo fitted within SIDE x SIDE, in grey
+DECODE_SIDE = 224  # decoded with each side at least this (a JPEG at reduced size), whatever the model's input
+THUMB = 48
+FEATURES = 160
+_HEADER = struct.Struct("<BHHH")  # version, width, height, keypoints
+
+# the whole picture is the same: pHash and dHash distances (of 64 bits) at or under these, or a pHash
+# distance under PHASH_LOOSE and grey thumbnails that correlate (watermarks, strong colour edits)
+PHASH_MAX, DHASH_MAX = 6, 12
+PHASH_LOOSE, THUMB_CORRELATION = 12, 0.95
+PHASH_RECOMPRESSED = 4
+# geometric verification
+MIN_MATCHES, MIN_INLIERS, MIN_INLIER_RATIO = 10, 12, 0.3
+ANGLE_TOLERANCE = 2.0  # degrees from a multiple of 90
+SCALES = (0.2, 5.0)  # fingerprint images are fitted to one size: a copy is at most this much larger or smaller
+CONTAIN_TOLERANCE = 0.04  # of the larger image's side: a corner may lie this far outside
+MIN_CORRELATION = 0.93  # of the contained image and the region it maps to, grey thumbnails
+CROPPED_BELOW = 0.9  # the contained image covers less than this of the other's area: a crop
+_RATIO = 0.8
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What verification needs of one photo, small enough to keep for every photo."""
+
+    width: int  # of the fingerprint image (the photo fitted within SIDE x SIDE)
+    height: int
+    phash: np.ndarray  # uint8 [4, 8]: the photo rotated by 0, 90, 180 and 270 degrees (counter-clockwise)
+    dhash: np.ndarray  # uint8 [4, 8]
+    thumb: np.ndarray  # uint8 [THUMB, THUMB], the whole photo squashed
+    points: np.ndarray  # float32 [n, 2], keypoints in the fingerprint image's pixels
+    descriptors: np.ndarray  # uint8 [n, 32], ORB
+
+    def to_bytes(self) -> bytes:
+        pts = np.round(self.points * 64).astype("<u2")
+        return b"".join([_HEADER.pack(VERSION, self.width, self.height, len(self.points)), self.phash.tobytes(),
+                         self.dhash.tobytes(), self.thumb.tobytes(), pts.tobytes(), self.descriptors.tobytes()])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Fingerprint:
+        version, w, h, n = _HEADER.unpack_from(data)
+        if version != VERSION:
+            raise ValueError(f"fingerprint version {version}, expected {VERSION}")
+        buf = np.frombuffer(data, np.uint8, offset=_HEADER.size)
+        cut = np.cumsum([32, 32, THUMB * THUMB, 4 * n, 32 * n])
+        ph, dh, th, pts, desc, _ = np.split(buf, cut)
+        return cls(w, h, ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB),
+                   pts.view("<u2").reshape(n, 2).astype(np.float32) / 64, desc.reshape(n, 32))
+
+
+def phashes(data: bytes) -> bytes:
+    """The four rotations' pHashes (32 bytes) of a stored fingerprint, without parsing the rest."""
+    return data[_HEADER.size : _HEADER.size + 32]
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    m = np.cos(np.pi * (2 * np.arange(n)[None, :] + 1) * k / (2 * n)) * math.sqrt(2 / n)
+    m[0] /= math.sqrt(2)
+    return m
+
+
+_DCT32 = _dct_matrix(32)
+
+
+def _phash(grey32: np.ndarray) -> np.ndarray:
+    """pHash as imagehash computes it: the 8 x 8 lowest frequencies of a 32 x 32 DCT, above their median."""
+    low = (_DCT32 @ grey32 @ _DCT32.T)[:8, :8]
+    return np.packbits(low > np.median(low))
+
+
+def _dhash(grey: Image.Image) -> np.ndarray:
+    px = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), np.int16)
+    return np.packbits(px[:, 1:] > px[:, :-1])
+
+
+def fingerprint(image: Image.Image) -> Fingerprint:
+    """The fingerprint of a decoded, upright photo (reduced decodes are fine, down to DECODE_SIDE a side)."""
+    import cv2
+
+    grey = image.convert("L")
+    grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    g = np.asarray(grey)
+    small = np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS), np.float64)
+    phash = np.stack([_phash(np.rot90(small, k)) for k in range(4)])
+    dhash = np.stack([_dhash(Image.fromarray(np.ascontiguousarray(np.rot90(g, k)))) for k in range(4)])
+    thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), np.uint8)
+    orb = cv2.ORB_create(nfeatures=FEATURES, edgeThreshold=15, patchSize=31, fastThreshold=10)
+    keypoints, desc = orb.detectAndCompute(g, None)
+    if desc is None:
+        points, desc = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    else:
+        points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
+    return Fingerprint(g.shape[1], g.shape[0], phash, dhash, thumb, points, np.asarray(desc, np.uint8))
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why two photos are copies: the reason and what was measured."""
+
+    reason: str  # same bytes / resized / recompressed / rotated / cropped / edited
+    hash_distance: int | None = None  # pHash bits that differ, at the best rotation
+    inliers: int | None = None  # ORB matches that agree with the fitted transform
+    correlation: float | None = None  # of the contained image and its region in the other
+    rotation: int = 0  # degrees (counter-clockwise) that turn the first photo into the second
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _bits(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.unpackbits(np.bitwise_xor(a, b)).sum())
+
+
+def hash_distance(a: Fingerprint, b: Fingerprint) -> tuple[int, int, int]:
+    """(pHash distance, dHash distance, rotation index) at the rotation of a that best matches b upright."""
+    return min((_bits(a.phash[k], b.phash[0]), _bits(a.dhash[k], b.dhash[0]), k) for k in range(4))
+
+
+def _same_shape(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
+    wa, ha, wb, hb = fa.get("width"), fa.get("height"), fb.get("width"), fb.get("height")
+    return bool(wa and ha and wb and hb) and (wa, ha) in ((wb, hb), (hb, wb))
+
+
+def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
+            facts_b: dict[str, Any] | None = None) -> Evidence | None:
+    """Evidence that a and b are the same picture, or None. facts: the photos' catalog rows (width,
+    height, format) to name the change; the verdict itself comes from the pixels."""
+    fa, fb = facts_a or {}, facts_b or {}
+    ph, dh, k = hash_distance(a, b)
+    if ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k), b.thumb) >= THUMB_CORRELATION:
+        if k:
+            reason = "rotated"
+        elif not _same_shape(fa, fb) and fa.get("width") and fb.get("width"):
+            reason = "resized"
+        else:
+            reason = "recompressed" if ph <= PHASH_RECOMPRESSED else "edited"
+        return Evidence(reason, hash_distance=ph, rotation=90 * k)
+    return _geometric(a, b, ph)
+
+
+def _geometric(a: Fingerprint, b: Fingerprint, ph: int) -> Evidence | None:
+    import cv2
+
+    if len(a.descriptors) < MIN_MATCHES or len(b.descriptors) < MIN_MATCHES:
+        return None
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < _RATIO * p[1].distance]
+    if len(good) < MIN_MATCHES:
+        return None
+    src = a.points[[m.queryIdx for m in good]]
+    dst = b.points[[m.trainIdx for m in good]]
+    m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0,
+                                          maxIters=2000, confidence=0.995)
+    if m is None:
+        return None
+    inliers = int(mask.sum())
+    if inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(good):
+        return None
+    angle, scale = math.degrees(math.atan2(m[1, 0], m[0, 0])), math.hypot(m[0, 0], m[1, 0])
+    if not SCALES[0] <= scale <= SCALES[1]:
+        return None
+    quarter = round(angle / 90)
+    if abs(angle - 90 * quarter) > ANGLE_TOLERANCE:
+        return None
+    a_to_b = np.vstack([m, [0, 0, 1]])
+    if _inside(a_to_b, a, b):
+        inner, outer, t = a, b, a_to_b
+    elif _inside(np.linalg.inv(a_to_b), b, a):
+        inner, outer, t = b, a, np.linalg.inv(a_to_b)
+    else:
+        return None  # overlapping but neither inside the other: another shot of the scene
+    corr = _correlation(inner, outer, t)
+    if corr < MIN_CORRELATION:
+        return None
+    scale2 = abs(np.linalg.det(t[:2, :2]))  # area of inner, in outer's pixels, per inner pixel
+    covered = inner.width * inner.height * scale2 / (outer.width * outer.height)
+    # image y points down, so atan2 above turned clockwise on screen; report counter-clockwise degrees
+    rotation = (-90 * quarter) % 360
+    reason = "rotated" if rotation and covered >= CROPPED_BELOW else "cropped" if covered < CROPPED_BELOW else "edited"
+    return Evidence(reason, hash_distance=ph, inliers=inliers, correlation=round(corr, 4), rotation=rotation)
+
+
+def _corners(f: Fingerprint) -> np.ndarray:
+    return np.array([[0, 0, 1], [f.width, 0, 1], [0, f.height, 1], [f.width, f.height, 1]], np.float64).T
+
+
+def _inside(t: np.ndarray, inner: Fingerprint, outer: Fingerprint) -> bool:
+    xy = (t @ _corners(inner))[:2]
+    tol = CONTAIN_TOLERANCE * max(outer.width, outer.height)
+    return bool((xy[0] >= -tol).all() and (xy[0] <= outer.width + tol).all()
+                and (xy[1] >= -tol).all() and (xy[1] <= outer.height + tol).all())
+
+
+def _correlation(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> float:
+    """Correlation of outer's thumbnail with inner's, drawn where t maps it (in outer's frame, so the
+    contained image is the one scaled down, blurred first so that it is not aliased)."""
+    import cv2
+
+    to_px = np.diag([inner.width / THUMB, inner.height / THUMB, 1.0])
+    to_thumb = np.diag([THUMB / outer.width, THUMB / outer.height, 1.0])
+    m = (to_thumb @ t @ to_px)[:2]  # inner thumb pixel -> outer thumb pixel
+    shrink = math.sqrt(abs(float(np.linalg.det(m[:, :2]))))
+    src = cv2.GaussianBlur(inner.thumb.astype(np.float32), (0, 0), max(0.5 / shrink, 0.3))
+    drawn = cv2.warpAffine(src, m, (THUMB, THUMB), flags=cv2.INTER_LINEAR)
+    valid = cv2.warpAffine(np.ones((THUMB, THUMB), np.float32), m, (THUMB, THUMB), flags=cv2.INTER_LINEAR,
+                           borderValue=0) > 0.99
+    if valid.sum() < THUMB * THUMB // 8:
+        return 0.0
+    return _zncc(outer.thumb[valid], drawn[valid])
+
+
+def _zncc(x: np.ndarray, y: np.ndarray) -> float:
+    """Zero-mean normalised correlation: 1 for the same picture under any brightness and contrast."""
+    x, y = x.astype(np.float32).ravel(), y.astype(np.float32).ravel()
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
