@@ -229,6 +229,27 @@ class Collection:
             with self._lock:
                 yield index.pairs_within(ids, vecs, threshold)
 
+    def neighbours(self, k: int, min_score: float, chunk: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(a, b, score) for each stored vector a and its k nearest others b with score >= min_score, a chunk
+        of queries at a time (an approximate index re-scores exactly), so memory follows k x chunk."""
+        index = self.vector_index
+        for ids, vecs in self.catalog.iter_vectors(index.dim, chunk=chunk):
+            with self._lock:
+                scores, found = index.search(vecs, k + 1, exact=self.exact_vectors)
+            a = np.repeat(ids, found.shape[1])
+            b, sc = found.ravel(), scores.ravel()
+            keep = (b >= 0) & (b != a) & (sc >= min_score)
+            yield a[keep], b[keep], sc[keep]
+
+    def cosines(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Cosine of each pair (a[i], b[i]) of stored ids, from the catalog's exact vectors."""
+        both = np.unique(np.concatenate([a, b]))
+        vecs = self.exact_vectors(both)
+        pos = {int(i): n for n, i in enumerate(both)}
+        va = vecs[[pos[int(i)] for i in a]]
+        vb = vecs[[pos[int(i)] for i in b]]
+        return np.einsum("ij,ij->i", va, vb)
+
     # approximate index ------------------------------------------------------------------------
     def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
         """Move to an IVF-SQ8 index trained on a sample of the stored vectors, with nprobe tuned so that

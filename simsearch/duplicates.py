@@ -1,29 +1,46 @@
-"""Duplicate groups: exact copies by content hash, near copies by cosine similarity, linked transitively,
-and the decisions people made about them.
+"""Duplicate groups people can trust: candidates from the embedding, verdicts from the pixels.
 
-Close pairs come from range searches a chunk of photos at a time (simsearch.collection), so memory
-follows the number of close pairs, never N x N; union-find joins them into groups. A group's id comes
-from its members' content hashes. A decision ("not duplicates", or "keep this one") is recorded in the
-catalog with the hashes it covered: a group whose members are all covered stays resolved across index
-and duplicates runs; one that gained a photo comes back, with the new photo marked.
+Candidates are exact copies (same SHA-256) and each photo's nearest neighbours above a loose cosine,
+found a chunk of photos at a time, so memory follows the number of candidate pairs, never N x N. Each
+candidate pair is then checked on the photos' stored fingerprints (simsearch.verify: perceptual hashes,
+ORB features with RANSAC), on a thread pool; only verified pairs are linked (union-find) into groups,
+and each pair says why it matched. So the cosine threshold only bounds the work: precision does not
+hang on a number that cannot be calibrated for every model.
+
+A group's id comes from its members' content hashes. A decision ("not duplicates", or "keep this one")
+is recorded in the catalog with the hashes it covered: a group whose members are all covered stays
+resolved across index and duplicates runs; one that gained a photo comes back with only its new pairs.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
+import faiss
+import numpy as np
+
 from .collection import Collection
-from .errors import NotFoundError, QueryError
+from .errors import ImageError, NotFoundError, QueryError
 from .files import move_to_trash
 from .results import DuplicateGroup
+from .verify import PHASH_LOOSE, Evidence, Fingerprint, compare
 
-DEFAULT_DUPLICATE_THRESHOLD = 0.95
-MEMBER_FIELDS = ("id", "path", "size", "width", "height", "taken_at", "mtime", "sha256")
+DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
+DEFAULT_NEIGHBOURS = 10
+MEMBER_FIELDS = ("id", "path", "size", "width", "height", "format", "taken_at", "mtime", "sha256")
 DECISIONS = "duplicate_decisions"  # catalog meta: group id -> {decision, keep, members (hashes), at, trashed}
+LISTED = "duplicate_groups"  # catalog meta: group id -> member ids, as last listed (what resolve refers to)
 NOT_DUPLICATES, KEEP = "not-duplicates", "keep"
+# formats photos are made in (cameras, phones); the others are usually conversions (screenshots, web copies)
+DERIVED_FORMATS = frozenset({"PNG", "WEBP", "AVIF", "GIF", "BMP", "PPM", "ICO"})
+_CACHE = 50_000  # fingerprints kept while verifying (about 8 KB each)
+
+FingerprintOf = Callable[[str], bytes]  # a photo's path -> its fingerprint, decoding it (raises ImageError)
 
 
 def group_id(hashes: Iterable[str | None]) -> str:
@@ -74,58 +91,172 @@ class UnionFind:
 
 
 def keeper(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The one to keep: the largest resolution, then the oldest (date taken, then file time), then the path."""
-    return min(rows, key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), r["taken_at"] or "9999",
-                                    r["mtime"] or float("inf"), r["path"]))
+    """The one to keep: the largest resolution, then an original format (a camera's, not a conversion),
+    then the oldest (date taken, then file time), then the path."""
+    return min(rows, key=lambda r: (-(r["width"] or 0) * (r["height"] or 0), (r.get("format") or "").upper() in DERIVED_FORMATS,
+                                    r["taken_at"] or "9999", r["mtime"] or float("inf"), r["path"]))
 
 
-def find_duplicates(collection: Collection, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *,
-                    chunk: int = 1024, include_resolved: bool = False) -> list[DuplicateGroup]:
-    """Groups of exact copies (same content hash) and near-duplicates (cosine >= threshold), largest first;
-    groups already resolved are left out unless include_resolved."""
-    if not 0 < threshold <= 1:
-        raise QueryError(f"threshold must be in (0, 1], got {threshold}")
-    links = UnionFind()
+class Verifier:
+    """Checks candidate pairs on their fingerprints: read from the catalog, or taken now (and stored) for
+    photos indexed before fingerprints existed or on a Ray cluster."""
+
+    def __init__(self, collection: Collection, fingerprint_of: FingerprintOf | None, workers: int) -> None:
+        self.catalog, self.fingerprint_of, self.workers = collection.catalog, fingerprint_of, workers
+        self.cache: dict[str, Fingerprint | None] = {}
+
+    def _load(self, rows: Iterable[dict[str, Any]]) -> None:
+        todo = {r["sha256"]: r for r in rows if r["sha256"] not in self.cache}
+        if len(self.cache) + len(todo) > _CACHE:
+            self.cache.clear()
+        found = self.catalog.fingerprints(todo)
+        missing = [r for sha, r in todo.items() if sha not in found]
+        if missing and self.fingerprint_of is not None:
+            with ThreadPoolExecutor(self.workers) as pool:
+                taken = dict(zip([r["sha256"] for r in missing], pool.map(self._take, missing)))
+            fresh = {sha: data for sha, data in taken.items() if data is not None}
+            if fresh:
+                self.catalog.add_fingerprints(fresh)
+            found |= fresh
+        for sha in todo:
+            self.cache[sha] = _parse(found.get(sha))
+
+    def _take(self, row: dict[str, Any]) -> bytes | None:
+        assert self.fingerprint_of is not None
+        try:
+            return self.fingerprint_of(row["path"])
+        except ImageError:  # gone or changed since it was indexed: the pair cannot be verified now
+            return None
+
+    def check(self, pairs: list[tuple[int, int, float]], records: dict[int, dict[str, Any]]) -> list[Evidence | None]:
+        self._load(records.values())
+
+        def one(pair: tuple[int, int, float]) -> Evidence | None:
+            ra, rb = records[pair[0]], records[pair[1]]
+            fa, fb = self.cache.get(ra["sha256"]), self.cache.get(rb["sha256"])
+            return None if fa is None or fb is None else compare(fa, fb, ra, rb)
+
+        with ThreadPoolExecutor(self.workers) as pool:  # OpenCV's matching and RANSAC release the GIL
+            return list(pool.map(one, pairs))
+
+
+def _parse(data: bytes | None) -> Fingerprint | None:
+    try:
+        return None if data is None else Fingerprint.from_bytes(data)
+    except ValueError:  # another fingerprint version: taken again on the next index of that file
+        return None
+
+
+def verified_pairs(collection: Collection, min_cosine: float, neighbours: int, chunk: int,
+                   verifier: Verifier) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(a, b, evidence) for every candidate pair that verification confirms, each pair once."""
     for same in collection.catalog.same_content():
         for other in same[1:]:
-            links.join(same[0], other)
-    pairs: list[tuple[int, float]] = []  # (one end, score) of every close pair, for each group's weakest link
-    for a, b, scores in collection.close_pairs(threshold, chunk):
+            yield same[0], other, {"reason": "same bytes", "cosine": 1.0}
+    seen: set[tuple[int, int]] = set()
+    for a, b, scores in _candidates(collection, min_cosine, neighbours, chunk):
+        todo = []
         for i, j, sc in zip(a.tolist(), b.tolist(), scores.tolist()):
-            links.join(i, j)
-            pairs.append((i, sc))
-    weakest: dict[int, float] = {}
-    for i, sc in pairs:
-        r = links.root(i)
-        weakest[r] = min(weakest.get(r, 1.0), sc)
+            key = (min(i, j), max(i, j))
+            if key not in seen:
+                seen.add(key)
+                todo.append((key[0], key[1], sc))
+        records = collection.catalog.records({x for p in todo for x in p[:2]})
+        todo = [p for p in todo if p[0] in records and p[1] in records
+                and records[p[0]]["sha256"] != records[p[1]]["sha256"]]  # same bytes: linked above
+        for (i, j, sc), ev in zip(todo, verifier.check(todo, records)):
+            if ev is not None:
+                yield i, j, ev.to_dict() | {"cosine": round(sc, 6)}
+
+
+def _candidates(collection: Collection, min_cosine: float, neighbours: int,
+                chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(a, b, cosine) chunks: each photo's nearest neighbours, then the photos whose pHash, at any rotation
+    by 90 degrees, is close to its own (so a turned or recoloured copy is a candidate whatever the
+    embedding makes of it; cosine is then the pair's own)."""
+    yield from collection.neighbours(neighbours, min_cosine, chunk)
+    shas, hashes = collection.catalog.perceptual_hashes()
+    if len(shas) < 2:
+        return
+    id_of = collection.catalog.ok_hashes()
+    ids = np.array([id_of.get(sha, -1) for sha in shas], np.int64)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(np.ascontiguousarray(hashes[:, 0]))
+    for start in range(0, len(shas), chunk):
+        part = hashes[start : start + chunk]
+        lims, _, found = index.range_search(np.ascontiguousarray(part.reshape(-1, 8)), PHASH_LOOSE + 1)
+        a = np.repeat(np.repeat(ids[start : start + len(part)], 4), np.diff(lims).astype(np.int64))
+        b = ids[found]
+        keep = (a != b) & (a >= 0) & (b >= 0)
+        a, b = a[keep], b[keep]
+        if len(a):
+            yield a, b, collection.cosines(a, b)
+
+
+def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSINE, *,
+                    neighbours: int = DEFAULT_NEIGHBOURS, chunk: int = 1024, include_resolved: bool = False,
+                    fingerprint_of: FingerprintOf | None = None, workers: int | None = None) -> list[DuplicateGroup]:
+    """Groups of verified copies, largest first; groups already resolved are left out unless
+    include_resolved. fingerprint_of takes a fingerprint that the catalog lacks."""
+    if not 0 < min_cosine <= 1:
+        raise QueryError(f"the candidates' cosine must be in (0, 1], got {min_cosine}")
+    if neighbours < 1:
+        raise QueryError(f"neighbours must be at least 1, got {neighbours}")
+    verifier = Verifier(collection, fingerprint_of, workers or min(8, os.cpu_count() or 1))
+    links = UnionFind()
+    pairs: list[tuple[int, int, dict[str, Any]]] = []
+    for a, b, evidence in verified_pairs(collection, min_cosine, neighbours, chunk, verifier):
+        links.join(a, b)
+        pairs.append((a, b, evidence))
+    by_root: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+    for a, b, evidence in pairs:
+        by_root.setdefault(links.root(a), []).append((a, b, evidence))
     decisions = collection.catalog.get_meta(DECISIONS) or {}
-    groups = []
+    groups, listed = [], {}
     for r, ids in links.groups().items():
-        recs = collection.catalog.records(ids)
-        rows = [recs[i] for i in ids if i in recs]
-        if len(rows) < 2:  # removed meanwhile
+        group = _group(collection, ids, by_root.get(r, []), decisions)
+        if group is None:
             continue
-        hashes = {row["sha256"] for row in rows}
-        decided, seen = _covering(decisions, hashes)
-        if decided is not None and not include_resolved:
-            continue
-        exact = len(hashes) == 1
-        groups.append(DuplicateGroup(
-            kind="exact" if exact else "near", keep=keeper(rows)["path"],
-            min_score=1.0 if exact else round(weakest.get(r, 1.0), 6),
-            members=[{k: row[k] for k in MEMBER_FIELDS} | {"new": bool(seen) and row["sha256"] not in seen}
-                     for row in rows],
-            id=group_id(hashes), resolution=decided["decision"] if decided else None))
+        listed[group.id] = [m["id"] for m in group.members]
+        if group.resolution is None or include_resolved:
+            groups.append(group)
+    collection.catalog.set_meta(**{LISTED: listed})
     return sorted(groups, key=lambda g: (-len(g.members), g.keep))
 
 
-def resolve_group(collection: Collection, groups: list[DuplicateGroup], group: str, *, keep: int | None,
-                  trash_others: bool, forget: Callable[[list[str]], object]) -> DuplicateGroup:
-    """Record "not duplicates" (keep None) or "keep this one"; trash_others moves the others to the
-    platform's trash (never a deletion) and `forget`s them from the store."""
-    found = next((g for g in groups if g.id == group), None)
-    if found is None:
+def _group(collection: Collection, ids: list[int], pairs: list[tuple[int, int, dict[str, Any]]],
+           decisions: dict[str, Any]) -> DuplicateGroup | None:
+    recs = collection.catalog.records(ids)
+    rows = [recs[i] for i in ids if i in recs]
+    if len(rows) < 2:  # removed meanwhile
+        return None
+    hashes = {row["sha256"] for row in rows}
+    decided, seen = _covering(decisions, hashes)
+    members = [{k: row[k] for k in MEMBER_FIELDS} | {"new": bool(seen) and row["sha256"] not in seen} for row in rows]
+    new = {m["id"] for m in members if m["new"]}
+    shown = [{"a": a, "b": b} | ev for a, b, ev in sorted(pairs, key=lambda p: p[:2])
+             if not new or a in new or b in new]  # a group that came back: only what is new
+    return DuplicateGroup(kind="exact" if len(hashes) == 1 else "near", keep=keeper(rows)["path"],
+                          min_score=min((p["cosine"] for p in shown), default=1.0), members=members,
+                          id=group_id(hashes), resolution=decided["decision"] if decided else None, pairs=shown)
+
+
+def listed_group(collection: Collection, group: str) -> DuplicateGroup:
+    """A group as `duplicates` last listed it, if its photos are still the same."""
+    ids = (collection.catalog.get_meta(LISTED) or {}).get(group)
+    if ids is None:
         raise NotFoundError(f"no duplicate group {group} (`simsearch duplicates` shows the ids)")
+    group_now = _group(collection, ids, [], collection.catalog.get_meta(DECISIONS) or {})
+    if group_now is None or group_now.id != group:
+        raise NotFoundError(f"duplicate group {group} changed since it was listed; run `simsearch duplicates` again")
+    return group_now
+
+
+def resolve_group(collection: Collection, group: str, *, keep: int | None, trash_others: bool,
+                  forget: Callable[[list[str]], object]) -> DuplicateGroup:
+    """Record "not duplicates" (keep None) or "keep this one" on a listed group; trash_others moves the
+    others to the platform's trash (never a deletion) and `forget`s them from the store."""
+    found = listed_group(collection, group)
     if keep is None:
         if trash_others:
             raise QueryError("trashing the others needs the photo to keep")

@@ -99,6 +99,7 @@ class DuplicateGroup(Result):
     members: list[dict[str, Any]]  # each also says whether it is "new" since the group was last resolved
     id: str = ""  # stable: from the members' content hashes, so a decision can name the group
     resolution: str | None = None  # "not-duplicates" or "keep" once resolved (listed with --all only)
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # verified pairs: a, b (ids), reason, evidence
 
 
 @dataclass(frozen=True)

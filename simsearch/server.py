@@ -39,7 +39,7 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .duplicates import DEFAULT_DUPLICATE_THRESHOLD
+from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
 from .files import atomic_write
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
@@ -89,7 +89,6 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
 class Resolution(BaseModel):
     keep: int | None = Field(None, ge=1, le=2**63 - 1)
     trash_others: bool = False
-    threshold: float = Field(DEFAULT_DUPLICATE_THRESHOLD, gt=0, le=1)
 
 
 class VectorQuery(BaseModel):
@@ -362,17 +361,18 @@ def _index_routes(app: FastAPI, store: Store, token: str | None, cors_origins: l
             raise HTTPError(403, f"requests from {origin or 'another site'} may not change this store")
 
     @app.get("/api/duplicates")
-    def duplicates(threshold: float = Query(DEFAULT_DUPLICATE_THRESHOLD, gt=0, le=1),
+    def duplicates(min_cosine: float = Query(DEFAULT_MIN_COSINE, gt=0, le=1),
+                   neighbours: int = Query(DEFAULT_NEIGHBOURS, ge=1, le=100),
                    all: bool = False) -> list[dict[str, Any]]:
         """Duplicate groups not yet resolved (all: those too), each member with its thumbnail."""
         return [g.to_dict() | {"members": [m | {"thumbnail": f"/api/images/{m['id']}/thumbnail"} for m in g.members]}
-                for g in store.duplicates(threshold, include_resolved=all)]
+                for g in store.duplicates(min_cosine, neighbours=neighbours, include_resolved=all)]
 
     @app.post("/api/duplicates/{group}/resolve", dependencies=[Depends(may_change)])
     def resolve(body: Resolution, group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:
         """Record "not duplicates" (keep absent) or "keep this one"; trash_others moves the others to the
         server machine's trash (never a deletion)."""
-        found = store.resolve(group, keep=body.keep, trash_others=body.trash_others, threshold=body.threshold)
+        found = store.resolve(group, keep=body.keep, trash_others=body.trash_others)
         return {"group": found.id, "decision": "keep" if body.keep is not None else "not-duplicates"}
 
     @app.post("/api/index", dependencies=[Depends(may_change)], status_code=202)

@@ -25,7 +25,7 @@ from .catalog import OK, Catalog, Changes, ImageFilter
 from .collection import INDEX_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions
-from .duplicates import DEFAULT_DUPLICATE_THRESHOLD, find_duplicates, resolve_group
+from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group
 from .embedder import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
@@ -280,17 +280,16 @@ class Store:
                 out[path] = vec
         return out
 
-    def duplicates(self, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, *, chunk: int = 1024,
-                   include_resolved: bool = False) -> list[DuplicateGroup]:
-        """Groups of exact copies and near-duplicates not yet resolved, largest first (simsearch.duplicates)."""
+    def duplicates(self, min_cosine: float = DEFAULT_MIN_COSINE, *, neighbours: int = DEFAULT_NEIGHBOURS,
+                   chunk: int = 1024, include_resolved: bool = False) -> list[DuplicateGroup]:
+        """Verified copies not yet resolved, largest first (simsearch.duplicates)."""
         self._sync()
-        return find_duplicates(self.collection, threshold, chunk=chunk, include_resolved=include_resolved)
+        return find_duplicates(self.collection, min_cosine, neighbours=neighbours, chunk=chunk,
+                               include_resolved=include_resolved, fingerprint_of=self.model.decoding.fingerprint)
 
-    def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False,
-                threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> DuplicateGroup:
-        """Record a decision on a group (keep None: not duplicates); see simsearch.duplicates.resolve_group."""
-        groups = self.duplicates(threshold, include_resolved=True)
-        return resolve_group(self.collection, groups, group, keep=keep, trash_others=trash_others, forget=self.remove)
+    def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False) -> DuplicateGroup:
+        """Record a decision on a group as `duplicates` last listed it (keep None: not duplicates)."""
+        return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove)
 
     def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
         """recall@k of the current index against exact search (see Collection.recall)."""

@@ -1,4 +1,4 @@
-"""Duplicates: exact copies by content, near copies by range search, never an N x N matrix."""
+"""Duplicates: candidates from the embedding, verified on the pixels; decisions that stay made."""
 
 from __future__ import annotations
 
@@ -42,28 +42,6 @@ def store(tmp_path: Path) -> simsearch.Store:
     s.close()
 
 
-def _components(store: simsearch.Store, threshold: float) -> set[frozenset[str]]:
-    """Brute force: connected components of the full similarity graph (fine for a test's 16 photos)."""
-    ids = store.catalog.vector_ids()
-    recs = store.catalog.records(ids)
-    vecs = np.stack([store.catalog.vector(int(i), store.collection.vector_index.dim) for i in ids])
-    adj = vecs @ vecs.T >= threshold
-    seen, comps = set(), set()
-    for s in range(len(ids)):
-        if s in seen:
-            continue
-        stack, comp = [s], set()
-        while stack:
-            n = stack.pop()
-            if n not in comp:
-                comp.add(n)
-                stack.extend(np.flatnonzero(adj[n]).tolist())
-        seen |= comp
-        if len(comp) > 1:
-            comps.add(frozenset(Path(recs[int(ids[n])]["path"]).name for n in comp))
-    return comps
-
-
 def test_each_copy_is_grouped_with_its_original_and_nothing_else(store: simsearch.Store) -> None:
     groups = store.duplicates()
     found = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
@@ -78,27 +56,70 @@ def test_each_copy_is_grouped_with_its_original_and_nothing_else(store: simsearc
     small = found[frozenset({"p01.jpg", "small-p01.jpg"})]
     assert small.kind == "near" and Path(small.keep).name == "p01.jpg"  # the larger one
     assert 0.95 <= small.min_score <= 1.0
+    (pair,) = small.pairs
+    assert pair["reason"] == "resized" and pair["hash_distance"] <= 6 and pair["cosine"] == small.min_score
+    assert found[frozenset({"p02.jpg", "recompressed-p02.jpg"})].pairs[0]["reason"] in ("recompressed", "edited")
+    assert found[frozenset({"p00.jpg", "copy-of-p00.jpg"})].pairs[0]["reason"] == "same bytes"
 
 
-@pytest.mark.parametrize("threshold", [0.5, 0.8, 0.95, 0.999])
-def test_groups_are_the_connected_components_of_the_similarity_graph(store: simsearch.Store, threshold: float) -> None:
-    got = {frozenset(Path(m["path"]).name for m in g.members) for g in store.duplicates(threshold, chunk=3)}
-    expected = _components(store, threshold)
-    exact = frozenset({"p00.jpg", "copy-of-p00.jpg"})
-    if not any(exact <= c for c in expected):  # exact copies always group, whatever the threshold
-        expected.add(exact)
-    assert got == expected
+def test_pixels_decide_not_the_embedding(tmp_path: Path) -> None:
+    """An embedding that calls every photo identical (cosine 1) proposes every pair; only the copies verify."""
+    root = tmp_path / "photos"
+    for i in range(6):
+        photo(root / f"p{i}.jpg", seed=100 + i, size=(320, 240), quality=95)
+    Image.open(root / "p0.jpg").resize((200, 150)).save(root / "small-p0.jpg", quality=80)
+    Image.open(root / "p1.jpg").transpose(Image.Transpose.ROTATE_90).save(root / "turned-p1.jpg", quality=90)
+    texture = np.random.default_rng(5).integers(0, 256, (15, 20, 3), dtype=np.uint8)  # tiles: corners for ORB
+    Image.fromarray(texture).resize((320, 240), Image.Resampling.NEAREST).save(root / "p2.jpg", quality=95)
+    Image.open(root / "p2.jpg").crop((40, 30, 290, 220)).save(root / "crop-p2.png")
+    same = CallableEmbedder(lambda x: np.ones((len(x), 8), np.float32), name="all-the-same", input_size=(32, 32))
+    with simsearch.open(tmp_path / "store", model=same, create=True) as s:
+        s.index(root)
+        groups = s.duplicates(neighbours=20)
+    got = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
+    assert set(got) == {frozenset({"p0.jpg", "small-p0.jpg"}), frozenset({"p1.jpg", "turned-p1.jpg"}),
+                        frozenset({"p2.jpg", "crop-p2.png"})}  # fingerprints do not shrink with the model's input
+    assert [p["reason"] for p in got[frozenset({"p2.jpg", "crop-p2.png"})].pairs] == ["cropped"]
+    assert [p["reason"] for p in got[frozenset({"p0.jpg", "small-p0.jpg"})].pairs] == ["resized"]
+    turned = got[frozenset({"p1.jpg", "turned-p1.jpg"})].pairs[0]
+    assert turned["reason"] == "rotated" and turned["rotation"] in (90, 270) and turned["cosine"] == 1.0
+
+
+def test_fingerprints_are_taken_at_index_time_and_when_missing(store: simsearch.Store) -> None:
+    from sqlalchemy import text
+
+    shas = {r["sha256"] for r in store.catalog.records(store.catalog.vector_ids()).values()}
+    assert set(store.catalog.fingerprints(shas)) == shas  # one per content, copies share it
+    with store.catalog.engine.begin() as conn:  # as in a store indexed before fingerprints, or on Ray
+        conn.execute(text("DELETE FROM fingerprints"))
+    groups = store.duplicates()
+    assert len(groups) == 4  # taken again from the files (those of candidate pairs), and kept
+    near = {m["sha256"] for g in groups if g.kind == "near" for m in g.members}
+    assert len(near) == 6 and near <= set(store.catalog.fingerprints(shas))
+
+
+def test_keep_prefers_the_original_format_at_the_same_resolution(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    photo(root / "a.jpg", seed=7, size=(320, 240), quality=95)
+    Image.open(root / "a.jpg").save(root / "a-converted.png")
+    Image.open(root / "a.jpg").resize((160, 120)).save(root / "a-small.jpg", quality=95)
+    embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
+    with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
+        s.index(root)
+        (group,) = s.duplicates()
+    assert len(group.members) == 3 and Path(group.keep).name == "a.jpg"
 
 
 def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
     args = ["duplicates", "--store", str(store.root)]
     groups = json.loads(CliRunner().invoke(main, args + ["--json"]).output)
-    assert len(groups) == 4 and all({"kind", "keep", "members", "min_score"} <= set(g) for g in groups)
+    assert len(groups) == 4 and all({"kind", "keep", "members", "min_score", "pairs"} <= set(g) for g in groups)
     rows = list(csv.DictReader(io.StringIO(CliRunner().invoke(main, args + ["--csv"]).output)))
     assert len(rows) == 8 and sum(r["keep"] == "1" for r in rows) == 4
+    assert {r["reason"] for r in rows if r["path"].endswith("copy-of-p00.jpg")} == {"same bytes"}
     text = CliRunner().invoke(main, args).output
-    assert "exact (2 photos" in text and "keep" in text
-    assert CliRunner().invoke(main, args + ["--threshold", "1.5"]).exit_code == 2
+    assert "exact (2 photos" in text and "keep" in text and "(resized)" in text
+    assert CliRunner().invoke(main, args + ["--min-cosine", "1.5"]).exit_code == 2
 
 
 def _group(store: simsearch.Store, *names: str, resolved: bool = False) -> simsearch.DuplicateGroup:
