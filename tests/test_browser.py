@@ -1,4 +1,5 @@
-"""A real browser against the real server on loopback: upload a Corel photo, see neighbours, click one.
+"""A real browser against the real server on loopback: upload a Corel photo, see neighbours, click one;
+review duplicate groups and resolve them.
 
 Needs Debian's chromium (.ci/run installs it). Elsewhere the test skips, saying so; under CI it fails
 instead, so CI can never pass it by skipping. A screenshot is saved to test-artifacts/ on failure.
@@ -12,7 +13,9 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,16 +30,18 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, corel_images: Path, tiny_embedder: HubEmbedder) -> Iterator[str]:
+def need_chromium() -> None:
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed, and CI must run the browser test")
         pytest.skip("chromium not installed (apt-get install chromium)")
+
+
+@contextmanager
+def serving(store: simsearch.Store) -> Iterator[str]:
+    need_chromium()
     import uvicorn
 
-    store = simsearch.open(tmp_path_factory.mktemp("browser") / "store", model=tiny_embedder, settings=Settings(), create=True)
-    store.index(corel_images)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -47,39 +52,94 @@ def server(tmp_path_factory: pytest.TempPathFactory, corel_images: Path, tiny_em
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "server did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, corel_images: Path, tiny_embedder: HubEmbedder) -> Iterator[str]:
+    need_chromium()  # before indexing 1000 photos
+    store = simsearch.open(tmp_path_factory.mktemp("browser") / "store", model=tiny_embedder, settings=Settings(), create=True)
+    store.index(corel_images)
+    with serving(store) as url:
+        yield url
     store.close()
 
 
-def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_images: Path,
-                                                          request: pytest.FixtureRequest) -> None:
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def browser_page(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A phone-sized page in headless Chromium; a screenshot goes to test-artifacts/ if the test fails."""
+    from playwright.sync_api import sync_playwright
 
-    probe = corel_images / "q_0.jpg"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone screen
+        page = browser.new_page(viewport={"width": 390, "height": 844})
         try:
-            page.goto(server)
-            expect(page.locator("#stats")).to_contain_text("1000 photos indexed")
-            page.set_input_files("#file", str(probe))
-            hits = page.locator("#results .hit")
-            expect(hits).to_have_count(20, timeout=30_000)
-            expect(hits.nth(0).locator(".path")).to_have_text(str(probe))
-            first_thumb = hits.nth(0).locator("img")
-            first_thumb.scroll_into_view_if_needed()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_thumb.element_handle())
-
-            clicked = hits.nth(3).locator(".path").inner_text()
-            hits.nth(3).click()
-            expect(hits.nth(0).locator(".path")).to_have_text(clicked, timeout=30_000)
-            expect(hits).to_have_count(20)
-            expect(page.locator("#status")).to_contain_text("photos like")
+            yield page
         except Exception:
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
             raise
         finally:
             browser.close()
+
+
+def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_images: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    from playwright.sync_api import expect
+
+    probe = corel_images / "q_0.jpg"
+    with browser_page(request) as page:
+        page.goto(server)
+        expect(page.locator("#stats")).to_contain_text("1000 photos indexed")
+        page.set_input_files("#file", str(probe))
+        hits = page.locator("#results .hit")
+        expect(hits).to_have_count(20, timeout=30_000)
+        expect(hits.nth(0).locator(".path")).to_have_text(str(probe))
+        first_thumb = hits.nth(0).locator("img")
+        first_thumb.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_thumb.element_handle())
+
+        clicked = hits.nth(3).locator(".path").inner_text()
+        hits.nth(3).click()
+        expect(hits.nth(0).locator(".path")).to_have_text(clicked, timeout=30_000)
+        expect(hits).to_have_count(20)
+        expect(page.locator("#status")).to_contain_text("photos like")
+
+
+def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
+                                              request: pytest.FixtureRequest) -> None:
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("db_1.jpg", "db_120.jpg", "db_250.jpg", "db_400.jpg"):
+        shutil.copy(corel_images / name, folder / name)
+    Image.open(folder / "db_1.jpg").resize((192, 128)).save(folder / "db_1-small.jpg", quality=80)
+    Image.open(folder / "db_120.jpg").transpose(Image.Transpose.ROTATE_90).save(folder / "db_120-turned.jpg")
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store, serving(store) as url, \
+            browser_page(request) as page:
+        store.index(folder)
+        page.goto(f"{url}/#duplicates")
+        groups = page.locator("#groups .group")
+        expect(groups).to_have_count(2, timeout=30_000)
+        small = page.locator(".group", has=page.locator(".path", has_text="db_1-small.jpg"))
+        expect(small.locator(".member.keep .path")).to_have_text(str(folder / "db_1.jpg"))  # the larger one
+        expect(small.locator(".member", has_text="db_1-small.jpg").locator(".why")).to_contain_text("resized")
+        small.locator(".not-duplicates").click()
+        expect(page.locator("#dup-status")).to_contain_text("marked as not duplicates")
+        turned = page.locator(".group", has=page.locator(".path", has_text="db_120-turned.jpg"))
+        expect(turned.locator(".why").first).to_contain_text("rotated")
+        turned.locator(".member", has_text="db_120-turned.jpg").locator(".keep-this").click()
+        expect(page.locator("#dup-status")).to_contain_text("keeping")
+        expect(groups).to_have_count(0)
+        page.reload()
+        expect(page.locator("#dup-status")).to_contain_text("no duplicates left to review", timeout=30_000)
+    with simsearch.open(tmp_path / "store") as reopened:  # the decisions are in the catalog
+        assert reopened.duplicates() == []
+        assert {g.resolution for g in reopened.duplicates(include_resolved=True)} == {"not-duplicates", "keep"}
+        assert (folder / "db_1-small.jpg").exists() and (folder / "db_120.jpg").exists()  # nothing deleted
