@@ -109,17 +109,17 @@ class Verifier:
         todo = {r["sha256"]: r for r in rows if r["sha256"] not in self.cache}
         if len(self.cache) + len(todo) > _CACHE:
             self.cache.clear()
-        found = self.catalog.fingerprints(todo)
-        missing = [r for sha, r in todo.items() if sha not in found]
+        parsed = {sha: _parse(fp) for sha, fp in self.catalog.fingerprints(todo).items()}
+        missing = [r for sha, r in todo.items() if parsed.get(sha) is None]  # or of another fingerprint version
         if missing and self.fingerprint_of is not None:
             with ThreadPoolExecutor(self.workers) as pool:
                 taken = dict(zip([r["sha256"] for r in missing], pool.map(self._take, missing)))
             fresh = {sha: data for sha, data in taken.items() if data is not None}
             if fresh:
                 self.catalog.add_fingerprints(fresh)
-            found |= fresh
+            parsed |= {sha: _parse(data) for sha, data in fresh.items()}
         for sha in todo:
-            self.cache[sha] = _parse(found.get(sha))
+            self.cache[sha] = parsed.get(sha)
 
     def _take(self, row: dict[str, Any]) -> bytes | None:
         assert self.fingerprint_of is not None
@@ -143,7 +143,7 @@ class Verifier:
 def _parse(data: bytes | None) -> Fingerprint | None:
     try:
         return None if data is None else Fingerprint.from_bytes(data)
-    except ValueError:  # another fingerprint version: taken again on the next index of that file
+    except ValueError:  # another fingerprint version
         return None
 
 
