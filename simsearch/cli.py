@@ -159,14 +159,15 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     _configure_logging(verbose, quiet)
 
 
-def _progress_bar(quiet: bool) -> tuple[Callable[[Progress], None], Callable[[], None]]:
+def _progress_bar(quiet: bool, desc: str = "indexing",
+                  unit: str = "img") -> tuple[Callable[[Progress], None], Callable[[], None]]:
     from tqdm import tqdm
 
     bar: list[tqdm] = []
 
     def progress(p: Progress) -> None:
         if not bar:
-            bar.append(tqdm(total=p.total, unit="img", desc="indexing", file=sys.stderr, disable=True if quiet else None,
+            bar.append(tqdm(total=p.total, unit=unit, desc=desc, file=sys.stderr, disable=True if quiet else None,
                             dynamic_ncols=True))
         bar[0].total = p.total
         bar[0].update(p.done - bar[0].n)
@@ -383,8 +384,9 @@ def _reason(group: DuplicateGroup, image_id: int) -> str:
 @click.option("--all", "include_resolved", is_flag=True, help="Also list the groups already resolved.")
 @_store_options
 @_output_option
-def duplicates(min_cosine: float, neighbours: int, as_csv: bool, include_resolved: bool, store: str | None,
-               model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
+@click.pass_obj
+def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: bool, include_resolved: bool,
+               store: str | None, model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
     """Group copies: same bytes, resized, recompressed, re-encoded, rotated, cropped or edited.
 
     Candidates come from the embedding; each pair is verified on the photos themselves (perceptual
@@ -398,8 +400,13 @@ def duplicates(min_cosine: float, neighbours: int, as_csv: bool, include_resolve
       simsearch duplicates -o csv > duplicates.csv
     """
     out = _output(output, as_json, as_csv)
+    progress, close = _progress_bar(obj["quiet"], "duplicates", "photo")  # photos' candidates, twice over
     with _open(store, model, db) as s:
-        groups = s.duplicates(min_cosine, neighbours=neighbours, include_resolved=include_resolved)
+        try:
+            groups = s.duplicates(min_cosine, neighbours=neighbours, include_resolved=include_resolved,
+                                  progress=progress)
+        finally:
+            close()
     if out == "json":
         _print_json([g.to_dict() for g in groups])
         return

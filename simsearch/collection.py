@@ -229,9 +229,10 @@ class Collection:
             with self._lock:
                 yield index.pairs_within(ids, vecs, threshold)
 
-    def neighbours(self, k: int, min_score: float, chunk: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(a, b, score) for each stored vector a and its k nearest others b with score >= min_score, a chunk
-        of queries at a time (an approximate index re-scores exactly), so memory follows k x chunk."""
+    def neighbours(self, k: int, min_score: float,
+                   chunk: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+        """(a, b, score, queries) for each stored vector a and its k nearest others b with score >= min_score,
+        a chunk of queries at a time (an approximate index re-scores exactly), so memory follows k x chunk."""
         index = self.vector_index
         for ids, vecs in self.catalog.iter_vectors(index.dim, chunk=chunk):
             with self._lock:
@@ -239,7 +240,7 @@ class Collection:
             a = np.repeat(ids, found.shape[1])
             b, sc = found.ravel(), scores.ravel()
             keep = (b >= 0) & (b != a) & (sc >= min_score)
-            yield a[keep], b[keep], sc[keep]
+            yield a[keep], b[keep], sc[keep], len(ids)
 
     def cosines(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Cosine of each pair (a[i], b[i]) of stored ids, from the catalog's exact vectors."""

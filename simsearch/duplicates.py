@@ -1,7 +1,8 @@
 """Duplicate groups people can trust: candidates from the embedding, verdicts from the pixels.
 
-Candidates are exact copies (same SHA-256) and each photo's nearest neighbours above a loose cosine,
-found a chunk of photos at a time, so memory follows the number of candidate pairs, never N x N. Each
+Candidates are exact copies (same SHA-256), each photo's nearest neighbours above a loose cosine, and
+photos with close perceptual hashes (at any rotation by 90 degrees), found a chunk of photos at a time,
+so memory follows the number of candidate pairs, never N x N. Each
 candidate pair is then checked on the photos' stored fingerprints (simsearch.verify: perceptual hashes,
 ORB features with RANSAC), on a thread pool; only verified pairs are linked (union-find) into groups,
 and each pair says why it matched. So the cosine threshold only bounds the work: precision does not
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -27,7 +29,7 @@ import numpy as np
 from .collection import Collection
 from .errors import ImageError, NotFoundError, QueryError
 from .files import move_to_trash
-from .results import DuplicateGroup
+from .results import DuplicateGroup, Progress
 from .verify import PHASH_LOOSE, Evidence, Fingerprint, compare
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
@@ -147,14 +149,16 @@ def _parse(data: bytes | None) -> Fingerprint | None:
         return None
 
 
-def verified_pairs(collection: Collection, min_cosine: float, neighbours: int, chunk: int,
-                   verifier: Verifier) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """(a, b, evidence) for every candidate pair that verification confirms, each pair once."""
+def verified_pairs(collection: Collection, min_cosine: float, neighbours: int, chunk: int, verifier: Verifier,
+                   progress: Callable[[Progress], None] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(a, b, evidence) for every candidate pair that verification confirms, each pair once; progress
+    counts the photos whose candidates are done, once for the neighbours and once for the hashes."""
+    total, done, started = 2 * len(collection.catalog.vector_ids()), 0, time.perf_counter()
     for same in collection.catalog.same_content():
         for other in same[1:]:
             yield same[0], other, {"reason": "same bytes", "cosine": 1.0}
     seen: set[tuple[int, int]] = set()
-    for a, b, scores in _candidates(collection, min_cosine, neighbours, chunk):
+    for a, b, scores, photos in _candidates(collection, min_cosine, neighbours, chunk):
         todo = []
         for i, j, sc in zip(a.tolist(), b.tolist(), scores.tolist()):
             key = (min(i, j), max(i, j))
@@ -167,13 +171,18 @@ def verified_pairs(collection: Collection, min_cosine: float, neighbours: int, c
         for (i, j, sc), ev in zip(todo, verifier.check(todo, records)):
             if ev is not None:
                 yield i, j, ev.to_dict() | {"cosine": round(sc, 6)}
+        done = min(done + photos, total)
+        if progress:
+            progress(Progress(done, total, 0, time.perf_counter() - started))
+    if progress and done < total:  # contents without a fingerprint (or copies sharing one) have no hash step
+        progress(Progress(total, total, 0, time.perf_counter() - started))
 
 
 def _candidates(collection: Collection, min_cosine: float, neighbours: int,
-                chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(a, b, cosine) chunks: each photo's nearest neighbours, then the photos whose pHash, at any rotation
-    by 90 degrees, is close to its own (so a turned or recoloured copy is a candidate whatever the
-    embedding makes of it; cosine is then the pair's own)."""
+                chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """(a, b, cosine, photos covered) chunks: each photo's nearest neighbours, then the photos whose pHash,
+    at any rotation by 90 degrees, is close to its own (so a turned or recoloured copy is a candidate
+    whatever the embedding makes of it; cosine is then the pair's own)."""
     yield from collection.neighbours(neighbours, min_cosine, chunk)
     shas, hashes = collection.catalog.perceptual_hashes()
     if len(shas) < 2:
@@ -189,13 +198,13 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
         b = ids[found]
         keep = (a != b) & (a >= 0) & (b >= 0)
         a, b = a[keep], b[keep]
-        if len(a):
-            yield a, b, collection.cosines(a, b)
+        yield a, b, collection.cosines(a, b) if len(a) else np.zeros(0, np.float32), len(part)
 
 
 def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSINE, *,
                     neighbours: int = DEFAULT_NEIGHBOURS, chunk: int = 1024, include_resolved: bool = False,
-                    fingerprint_of: FingerprintOf | None = None, workers: int | None = None) -> list[DuplicateGroup]:
+                    fingerprint_of: FingerprintOf | None = None, workers: int | None = None,
+                    progress: Callable[[Progress], None] | None = None) -> list[DuplicateGroup]:
     """Groups of verified copies, largest first; groups already resolved are left out unless
     include_resolved. fingerprint_of takes a fingerprint that the catalog lacks."""
     if not 0 < min_cosine <= 1:
@@ -205,7 +214,7 @@ def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSI
     verifier = Verifier(collection, fingerprint_of, workers or min(8, os.cpu_count() or 1))
     links = UnionFind()
     pairs: list[tuple[int, int, dict[str, Any]]] = []
-    for a, b, evidence in verified_pairs(collection, min_cosine, neighbours, chunk, verifier):
+    for a, b, evidence in verified_pairs(collection, min_cosine, neighbours, chunk, verifier, progress):
         links.join(a, b)
         pairs.append((a, b, evidence))
     by_root: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}

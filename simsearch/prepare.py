@@ -27,7 +27,7 @@ from .catalog import OK, Entry, ImageFields
 from .config import DEFAULT_MAX_FILE_BYTES, Settings
 from .errors import ImageError
 from .images import ImageInfo, load_image, load_photo, read_file
-from .verify import DECODE_SIDE
+from .verify import DECODE_SIDE, FingerprintError
 from .verify import fingerprint as take_fingerprint
 
 
@@ -77,17 +77,25 @@ class Decoding:
         return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
                           name=name)
 
-    def load_with_fingerprint(self, source: str | bytes, name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes]:
-        """Model input and the duplicate fingerprint (simsearch.verify), from one decode."""
+    def load_with_fingerprint(self, source: str | bytes,
+                              name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes | None]:
+        """Model input and the duplicate fingerprint (simsearch.verify), from one decode. A photo the model
+        can take but the fingerprint cannot (OpenCV refused it) is indexed without one."""
         if isinstance(source, (str, os.PathLike)):
             source, name = self.read(source), str(source)
         pixels, info, rgb = load_photo(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,
                                        name=name, min_side=DECODE_SIDE)
-        return pixels, info, take_fingerprint(rgb).to_bytes()
+        try:
+            return pixels, info, take_fingerprint(rgb).to_bytes()
+        except FingerprintError:
+            return pixels, info, None
 
     def fingerprint(self, path: str) -> bytes:
         """A file's duplicate fingerprint alone (raises ImageError)."""
-        return self.load_with_fingerprint(path)[2]
+        found = self.load_with_fingerprint(path)[2]
+        if found is None:
+            raise ImageError(path, "cannot take its duplicate fingerprint")
+        return found
 
 
 @dataclass(frozen=True)

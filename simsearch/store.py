@@ -281,10 +281,11 @@ class Store:
         return out
 
     def duplicates(self, min_cosine: float = DEFAULT_MIN_COSINE, *, neighbours: int = DEFAULT_NEIGHBOURS,
-                   chunk: int = 1024, include_resolved: bool = False) -> list[DuplicateGroup]:
+                   chunk: int = 1024, include_resolved: bool = False,
+                   progress: Callable[[Progress], None] | None = None) -> list[DuplicateGroup]:
         """Verified copies not yet resolved, largest first (simsearch.duplicates)."""
         self._sync()
-        return find_duplicates(self.collection, min_cosine, neighbours=neighbours, chunk=chunk,
+        return find_duplicates(self.collection, min_cosine, neighbours=neighbours, chunk=chunk, progress=progress,
                                include_resolved=include_resolved, fingerprint_of=self.model.decoding.fingerprint)
 
     def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False) -> DuplicateGroup:

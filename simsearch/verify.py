@@ -48,6 +48,10 @@ CROPPED_BELOW = 0.9  # the contained image covers less than this of the other's 
 _RATIO = 0.8
 
 
+class FingerprintError(ValueError):
+    """OpenCV could not take a photo's features (the photo itself may be fine)."""
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """What verification needs of one photo, small enough to keep for every photo."""
@@ -115,7 +119,10 @@ def fingerprint(image: Image.Image) -> Fingerprint:
     dhash = np.stack([_dhash(Image.fromarray(np.ascontiguousarray(np.rot90(g, k)))) for k in range(4)])
     thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), np.uint8)
     orb = cv2.ORB_create(nfeatures=FEATURES, edgeThreshold=15, patchSize=31, fastThreshold=10)
-    keypoints, desc = orb.detectAndCompute(g, None)
+    try:
+        keypoints, desc = orb.detectAndCompute(g, None)
+    except cv2.error as exc:
+        raise FingerprintError(f"ORB failed: {exc}") from exc
     if desc is None:
         points, desc = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     else:

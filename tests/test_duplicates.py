@@ -98,6 +98,13 @@ def test_fingerprints_are_taken_at_index_time_and_when_missing(store: simsearch.
     assert len(near) == 6 and near <= set(store.catalog.fingerprints(shas))
 
 
+def test_progress_counts_every_photo_twice_and_ends_complete(store: simsearch.Store) -> None:
+    seen: list[simsearch.Progress] = []
+    store.duplicates(chunk=5, progress=seen.append)  # 16 photos (15 contents): neighbours, then hashes
+    done = [p.done for p in seen]
+    assert done[:4] == [5, 10, 15, 16] and done == sorted(done) and done[-1] == 32 and {p.total for p in seen} == {32}
+
+
 def test_keep_prefers_the_original_format_at_the_same_resolution(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     photo(root / "a.jpg", seed=7, size=(320, 240), quality=95)
