@@ -26,6 +26,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    bindparam,
     cast,
     create_engine,
     delete,
@@ -233,6 +234,54 @@ def _row_dict(r: ImageRecord) -> dict[str, Any]:
         "status": r.status,
         "error": r.error,
     }
+
+
+_IMAGES, _VECTORS, _FINGERPRINTS = ImageRecord.__table__, VectorRecord.__table__, FingerprintRecord.__table__
+
+
+def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
+                   now: datetime) -> tuple[list[int], list[np.ndarray], list[int]]:
+    """Rows by path, inserted or updated in bulk, with their vectors: (added ids, their vectors, ids whose
+    old vector must leave the index). A path given twice in one batch keeps its last facts."""
+    last = {facts.path: (facts, vec) for facts, vec in upserts}
+    if not last:
+        return [], [], []
+    paths = list(last)
+    existing: dict[str, int] = {}
+    had: set[int] = set()
+    for part in _chunks(paths):
+        existing.update(conn.execute(select(_IMAGES.c.path, _IMAGES.c.id).where(_IMAGES.c.path.in_(part))).all())
+    for part in _chunks(list(existing.values())):
+        had.update(conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(part))))
+
+    def values(facts: ImageFields, vec: np.ndarray | None) -> dict[str, Any]:
+        return {"size": facts.size, "mtime_ns": facts.mtime_ns, "sha256": facts.sha256, "width": facts.width,
+                "height": facts.height, "format": facts.format, "taken_at": facts.taken_at, "indexed_at": now,
+                "status": OK if vec is not None else FAILED, "error": None if vec is not None else facts.error}
+
+    old = [p for p in paths if p in existing]
+    if old:
+        conn.execute(update(_IMAGES).where(_IMAGES.c.id == bindparam("b_id")),
+                     [values(*last[p]) | {"b_id": existing[p]} for p in old])
+        removed = [existing[p] for p in old if existing[p] in had]
+        for part in _chunks(removed):
+            conn.execute(delete(_VECTORS).where(_VECTORS.c.image_id.in_(part)))
+    else:
+        removed = []
+    new = [p for p in paths if p not in existing]
+    if new:
+        made = conn.execute(insert(_IMAGES).returning(_IMAGES.c.id, _IMAGES.c.path, sort_by_parameter_order=True),
+                            [values(*last[p]) | {"path": p} for p in new])
+        existing.update({path: i for i, path in made})
+    added = [(existing[p], np.asarray(last[p][1], np.float32)) for p in paths if last[p][1] is not None]
+    if added:
+        conn.execute(insert(_VECTORS), [{"image_id": i, "data": v.tobytes()} for i, v in added])
+    return [i for i, _ in added], [v for _, v in added], removed
 
 
 _ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.sha256,
@@ -468,44 +517,32 @@ class Catalog:
     # writing ----------------------------------------------------------------------------------
     @_db_errors
     def write(self, changes: Changes) -> Written:
-        """Apply one batch atomically; returns what FAISS must do to mirror it."""
-        added_ids: list[int] = []
-        added_vecs: list[np.ndarray] = []
-        removed: list[int] = []
+        """Apply one batch atomically, in set-based statements (executemany), not row by row; returns what
+        FAISS must do to mirror it."""
         now = _now()
         with self._session() as s:
             meta = self._take_turn(s)  # concurrent writers never lose a version bump or race on a new path
             version = json.loads(meta.value)
-            for facts, vec in changes.upserts:
-                row = s.scalar(select(ImageRecord).where(ImageRecord.path == facts.path))
-                if row is None:
-                    row = ImageRecord(path=facts.path)
-                    s.add(row)
-                elif s.get(VectorRecord, row.id) is not None:
-                    removed.append(row.id)
-                row.size, row.mtime_ns, row.sha256 = facts.size, facts.mtime_ns, facts.sha256
-                row.width, row.height, row.format = facts.width, facts.height, facts.format
-                row.taken_at, row.indexed_at = facts.taken_at, now
-                row.status, row.error = (OK, None) if vec is not None else (FAILED, facts.error)
-                s.flush()
-                if vec is not None:
-                    s.merge(VectorRecord(image_id=row.id, data=np.asarray(vec, np.float32).tobytes()))
-                    added_ids.append(row.id)
-                    added_vecs.append(vec)
-                else:
-                    s.execute(delete(VectorRecord).where(VectorRecord.image_id == row.id))
-            for image_id, path, size, mtime_ns in changes.moves:
-                s.execute(update(ImageRecord).where(ImageRecord.id == image_id)
-                          .values(path=path, size=size, mtime_ns=mtime_ns, indexed_at=now))
-            for image_id, size, mtime_ns in changes.touches:
-                s.execute(update(ImageRecord).where(ImageRecord.id == image_id).values(size=size, mtime_ns=mtime_ns))
-            for sha, data in changes.fingerprints.items():
-                s.merge(FingerprintRecord(sha256=sha, phash=phashes(data), data=data))
+            conn = s.connection()
+            added_ids, added_vecs, removed = _write_upserts(conn, changes.upserts, now)
+            if changes.fingerprints:
+                shas = list(changes.fingerprints)
+                for part in _chunks(shas):
+                    conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part)))
+                conn.execute(insert(_FINGERPRINTS), [{"sha256": sha, "phash": phashes(data), "data": data}
+                                                     for sha, data in changes.fingerprints.items()])
+            if changes.moves:
+                conn.execute(update(_IMAGES).where(_IMAGES.c.id == bindparam("b_id")),
+                             [{"b_id": i, "path": path, "size": size, "mtime_ns": mtime, "indexed_at": now}
+                              for i, path, size, mtime in changes.moves])
+            if changes.touches:
+                conn.execute(update(_IMAGES).where(_IMAGES.c.id == bindparam("b_id")),
+                             [{"b_id": i, "size": size, "mtime_ns": mtime} for i, size, mtime in changes.touches])
             if changes.deletes:
-                had = s.scalars(select(VectorRecord.image_id).where(VectorRecord.image_id.in_(changes.deletes)))
+                had = conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(changes.deletes)))
                 removed.extend(had)
-                s.execute(delete(VectorRecord).where(VectorRecord.image_id.in_(changes.deletes)))
-                s.execute(delete(ImageRecord).where(ImageRecord.id.in_(changes.deletes)))
+                conn.execute(delete(_VECTORS).where(_VECTORS.c.image_id.in_(changes.deletes)))
+                conn.execute(delete(_IMAGES).where(_IMAGES.c.id.in_(changes.deletes)))
             if added_ids or removed:
                 version += 1
                 meta.value = json.dumps(version)
