@@ -309,12 +309,10 @@ def load_photo(
     policy: str = "whole",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
-    min_side: int = 0,
 ) -> tuple[np.ndarray, ImageInfo, Image.Image]:
     """As load_image, and the upright RGB photo it was resized from (decoded at reduced size, each side
-    no less than the model's and min_side), for what else is taken from the same decode (a duplicate
-    fingerprint, which must not depend on the model's input size)."""
-    rgb, info, name = _decode(source, (max(size[1], min_side), max(size[0], min_side)), max_pixels, name)
+    no less than the model's), for what else is taken from the same decode (a duplicate fingerprint)."""
+    rgb, info, name = _decode(source, (size[1], size[0]), max_pixels, name)
     with _decode_errors(name):
         return np.asarray(_fit(rgb, size, policy), dtype=np.uint8), info, rgb
 

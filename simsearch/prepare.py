@@ -79,12 +79,16 @@ class Decoding:
 
     def load_with_fingerprint(self, source: str | bytes,
                               name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes | None]:
-        """Model input and the duplicate fingerprint (simsearch.verify), from one decode. A photo the model
-        can take but the fingerprint cannot (OpenCV refused it) is indexed without one."""
+        """Model input and the duplicate fingerprint (simsearch.verify), from one decode when the model
+        takes DECODE_SIDE or more (a second, larger decode for a smaller model: the fingerprint must not
+        shrink with it, nor the model's pixels change for it). A photo the model can take but the
+        fingerprint cannot (OpenCV refused it) is indexed without one."""
         if isinstance(source, (str, os.PathLike)):
             source, name = self.read(source), str(source)
         pixels, info, rgb = load_photo(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,
-                                       name=name, min_side=DECODE_SIDE)
+                                       name=name)
+        if min(self.input_size) < DECODE_SIDE:
+            rgb = load_photo(source, (DECODE_SIDE, DECODE_SIDE), max_pixels=self.max_pixels, name=name)[2]
         try:
             return pixels, info, take_fingerprint(rgb).to_bytes()
         except FingerprintError:

@@ -196,3 +196,18 @@ def test_duplicates_over_http_list_and_resolve_with_the_token(store: simsearch.S
         ["not-duplicates"]
     bad = client.post("/api/duplicates/nothex/resolve", json={}, headers={"Authorization": "Bearer t0k"})
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("size", [(32, 32), (224, 224)])
+def test_taking_a_fingerprint_leaves_the_model_input_as_it_was(tmp_path: Path, size: tuple[int, int]) -> None:
+    """A large JPEG is decoded at reduced size for the model; the fingerprint must not change that decode
+    (a Ray worker, which takes none, must give the same vectors as a local run)."""
+    from simsearch.prepare import Decoding
+    from simsearch.verify import Fingerprint
+
+    path = photo(tmp_path / "big.jpg", seed=3, size=(1600, 1200), quality=90)
+    decoding = Decoding(size, "whole", 10**9)
+    pixels, info, fp = decoding.load_with_fingerprint(str(path))
+    np.testing.assert_array_equal(pixels, decoding.load(str(path))[0])
+    assert (info.width, info.height) == (1600, 1200) and fp is not None
+    assert Fingerprint.from_bytes(fp).width == 256  # not shrunk with a small model
