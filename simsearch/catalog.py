@@ -244,18 +244,39 @@ def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
         yield items[start : start + size]
 
 
+def _put_fingerprints(conn: Any, fingerprints: dict[str, bytes]) -> None:
+    """Store fingerprints by content, replacing any of another version."""
+    for part in _chunks(list(fingerprints)):
+        conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part)))
+    conn.execute(insert(_FINGERPRINTS), [{"sha256": sha, "phash": phashes(data), "data": data}
+                                         for sha, data in fingerprints.items()])
+
+
+def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
+    """Fingerprints of these contents that no row has any more (a file deleted or changed) leave too."""
+    for part in _chunks(sorted(hashes)):
+        used = select(_IMAGES.c.sha256).where(_IMAGES.c.sha256.in_(part))
+        conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part), _FINGERPRINTS.c.sha256.not_in(used)))
+
+
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
-                   now: datetime) -> tuple[list[int], list[np.ndarray], list[int]]:
+                   now: datetime) -> tuple[list[int], list[np.ndarray], list[int], set[str]]:
     """Rows by path, inserted or updated in bulk, with their vectors: (added ids, their vectors, ids whose
-    old vector must leave the index). A path given twice in one batch keeps its last facts."""
+    old vector must leave the index, the contents updated rows had). A path given twice in one batch keeps
+    its last facts."""
     last = {facts.path: (facts, vec) for facts, vec in upserts}
     if not last:
-        return [], [], []
+        return [], [], [], set()
     paths = list(last)
     existing: dict[str, int] = {}
+    was: set[str] = set()
     had: set[int] = set()
     for part in _chunks(paths):
-        existing.update(conn.execute(select(_IMAGES.c.path, _IMAGES.c.id).where(_IMAGES.c.path.in_(part))).all())
+        for path, i, sha in conn.execute(select(_IMAGES.c.path, _IMAGES.c.id, _IMAGES.c.sha256)
+                                         .where(_IMAGES.c.path.in_(part))):
+            existing[path] = i
+            if sha:
+                was.add(sha)
     for part in _chunks(list(existing.values())):
         had.update(conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(part))))
 
@@ -281,7 +302,7 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
     added = [(existing[p], np.asarray(last[p][1], np.float32)) for p in paths if last[p][1] is not None]
     if added:
         conn.execute(insert(_VECTORS), [{"image_id": i, "data": v.tobytes()} for i, v in added])
-    return [i for i, _ in added], [v for _, v in added], removed
+    return [i for i, _ in added], [v for _, v in added], removed, was
 
 
 _ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.sha256,
@@ -502,17 +523,9 @@ class Catalog:
 
     @_db_errors
     def add_fingerprints(self, fingerprints: dict[str, bytes]) -> None:
-        with self._session() as s:
-            for sha, data in fingerprints.items():
-                s.merge(FingerprintRecord(sha256=sha, phash=phashes(data), data=data))
-
-    @_db_errors
-    def prune_fingerprints(self) -> int:
-        """Drop fingerprints of content no catalogued file has any more; returns how many."""
-        with self._session() as s:
-            used = select(ImageRecord.sha256).where(ImageRecord.sha256.is_not(None))
-            done = s.execute(delete(FingerprintRecord).where(FingerprintRecord.sha256.not_in(used)))
-            return int(getattr(done, "rowcount", 0) or 0)
+        if fingerprints:
+            with self._session() as s:
+                _put_fingerprints(s.connection(), fingerprints)
 
     # writing ----------------------------------------------------------------------------------
     @_db_errors
@@ -524,13 +537,9 @@ class Catalog:
             meta = self._take_turn(s)  # concurrent writers never lose a version bump or race on a new path
             version = json.loads(meta.value)
             conn = s.connection()
-            added_ids, added_vecs, removed = _write_upserts(conn, changes.upserts, now)
+            added_ids, added_vecs, removed, left = _write_upserts(conn, changes.upserts, now)
             if changes.fingerprints:
-                shas = list(changes.fingerprints)
-                for part in _chunks(shas):
-                    conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part)))
-                conn.execute(insert(_FINGERPRINTS), [{"sha256": sha, "phash": phashes(data), "data": data}
-                                                     for sha, data in changes.fingerprints.items()])
+                _put_fingerprints(conn, changes.fingerprints)
             if changes.moves:
                 conn.execute(update(_IMAGES).where(_IMAGES.c.id == bindparam("b_id")),
                              [{"b_id": i, "path": path, "size": size, "mtime_ns": mtime, "indexed_at": now}
@@ -541,8 +550,11 @@ class Catalog:
             if changes.deletes:
                 had = conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(changes.deletes)))
                 removed.extend(had)
+                left.update(h for h in conn.scalars(select(_IMAGES.c.sha256).where(_IMAGES.c.id.in_(changes.deletes))) if h)
                 conn.execute(delete(_VECTORS).where(_VECTORS.c.image_id.in_(changes.deletes)))
                 conn.execute(delete(_IMAGES).where(_IMAGES.c.id.in_(changes.deletes)))
+            if left:
+                _drop_unused_fingerprints(conn, left)
             if added_ids or removed:
                 version += 1
                 meta.value = json.dumps(version)

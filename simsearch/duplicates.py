@@ -153,7 +153,7 @@ def verified_pairs(collection: Collection, min_cosine: float, neighbours: int, c
                    progress: Callable[[Progress], None] | None = None) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(a, b, evidence) for every candidate pair that verification confirms, each pair once; progress
     counts the photos whose candidates are done, once for the neighbours and once for the hashes."""
-    total, done, started = 2 * len(collection.catalog.vector_ids()), 0, time.perf_counter()
+    total, done, started = 2 * len(collection.vector_index), 0, time.perf_counter()
     for same in collection.catalog.same_content():
         for other in same[1:]:
             yield same[0], other, {"reason": "same bytes", "cosine": 1.0}

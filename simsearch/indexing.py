@@ -132,7 +132,6 @@ class IndexRun:
         self.timings.extra |= stats.timings
         gone = [e.id for e in self.missing.values()]
         self.collection.delete(gone)
-        self.collection.catalog.prune_fingerprints()
         return self._report(found.seen, len(gone), stats)
 
     def _consume(self, items: Iterable[Prepared]) -> None:
