@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,20 @@ def test_fingerprints_are_taken_at_index_time_and_when_missing(store: simsearch.
     assert len(near) == 6 and near <= set(store.catalog.fingerprints(shas))
 
 
+def test_a_fingerprint_leaves_with_the_last_file_of_its_content(store: simsearch.Store, tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    sha = {r["path"]: r["sha256"] for r in store.catalog.records(store.catalog.vector_ids()).values()}
+    p00, p04, p05 = sha[str(root / "p00.jpg")], sha[str(root / "p04.jpg")], sha[str(root / "p05.jpg")]
+    (root / "p00.jpg").unlink()  # copy-of-p00.jpg still has these bytes
+    (root / "p04.jpg").unlink()
+    photo(root / "p05.jpg", seed=99, size=(320, 240), quality=95)  # new content at the same path
+    store.index(root)
+    new05 = store.catalog.entry_for_path(str(root / "p05.jpg")).sha256  # type: ignore[union-attr]
+    assert set(store.catalog.fingerprints([p00, p04, p05, new05])) == {p00, new05}
+    store.remove([str(root / "copy-of-p00.jpg")])
+    assert store.catalog.fingerprints([p00]) == {}
+
+
 def test_progress_counts_every_photo_twice_and_ends_complete(store: simsearch.Store) -> None:
     seen: list[simsearch.Progress] = []
     store.duplicates(chunk=5, progress=seen.append)  # 16 photos (15 contents): neighbours, then hashes
@@ -109,6 +124,7 @@ def test_keep_prefers_the_original_format_at_the_same_resolution(tmp_path: Path)
     root = tmp_path / "photos"
     photo(root / "a.jpg", seed=7, size=(320, 240), quality=95)
     Image.open(root / "a.jpg").save(root / "a-converted.png")
+    os.utime(root / "a-converted.png", (1_000_000_000, 1_000_000_000))  # older: only the format rule prefers a.jpg
     Image.open(root / "a.jpg").resize((160, 120)).save(root / "a-small.jpg", quality=95)
     embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
     with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
