@@ -375,10 +375,23 @@ class Catalog:
         return s.scalars(select(MetaRecord).where(MetaRecord.key == "vectors_version").with_for_update()).one()
 
     # reading ----------------------------------------------------------------------------------
+    def entries_under(self, folder: str, chunk: int = 1000) -> Iterator[Entry]:
+        """The rows under a folder in path order (the order of formats.walk_images), read a chunk at a time
+        by keyset on the path index, one transaction per chunk: a scan merges them with the listing, so
+        neither is held whole, whatever the folder's size."""
+        after: str | None = None
+        while True:
+            rows = self._entries_after(folder, after, chunk)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            after = rows[-1].path
+
     @_db_errors
-    def entries_under(self, folder: str) -> dict[str, Entry]:
+    def _entries_after(self, folder: str, after: str | None, limit: int) -> list[Entry]:
+        conds = [_prefix_filter(folder)] + ([ImageRecord.path > after] if after is not None else [])
         with self._session() as s:
-            return {r.path: Entry(*r) for r in s.execute(select(*_ENTRY).where(_prefix_filter(folder)))}
+            return [Entry(*r) for r in s.execute(select(*_ENTRY).where(*conds).order_by(ImageRecord.path).limit(limit))]
 
     @_db_errors
     def ok_hashes(self) -> dict[str, int]:

@@ -50,9 +50,10 @@ class Collection:
     def __init__(self, root: Path, catalog: Catalog) -> None:
         self.root, self.catalog = root, catalog
         self._index: VectorIndex | None = None
+        self._dim: int | None = None  # known once the store's model is: the index loads on first use
         self._lock = threading.RLock()
         self.version = 0  # the catalog's vectors_version that the in-memory index mirrors
-        self.rebuilt = False  # whether opening had to rebuild the index from the catalog
+        self._rebuilt = False
         self._saved: tuple[int, weakref.ref[VectorIndex]] | None = None  # what the files on disk hold
 
     # opening ----------------------------------------------------------------------------------
@@ -63,16 +64,31 @@ class Collection:
 
     @property
     def is_open(self) -> bool:
-        return self._index is not None
+        return self._index is not None or self._dim is not None
+
+    @property
+    def rebuilt(self) -> bool:
+        """Whether loading the index had to rebuild it from the catalog (it loads on first use)."""
+        return self.vector_index is not None and self._rebuilt
+
+    @property
+    def loaded(self) -> VectorIndex | None:
+        """The index if it is in memory (None if not yet needed): what a run that changed nothing leaves."""
+        return self._index
 
     @property
     def vector_index(self) -> VectorIndex:
+        if self._index is None and self._dim is not None:
+            with self._lock:
+                if self._index is None:
+                    self._load(self._dim)
         if self._index is None:
             raise EmptyStoreError(f"store {self.root} is empty: run `simsearch index FOLDER` first")
         return self._index
 
     def create(self, dim: int) -> None:
         """A new store's (empty) index, once its model is known."""
+        self._dim = dim
         self._index = self._empty(dim)
 
     def _empty(self, dim: int) -> VectorIndex:
@@ -84,8 +100,18 @@ class Collection:
         index.nprobe = int(settings.nprobe or 1)
         return index
 
-    def open(self, dim: int) -> None:
-        """Load the FAISS checkpoint if it matches the catalog exactly, else rebuild it from the catalog."""
+    def open(self, dim: int, *, lazy: bool = False) -> None:
+        """Load the FAISS checkpoint if it matches the catalog exactly, else rebuild it from the catalog;
+        lazy: on first use instead, so that a re-run that changes nothing, stats of the catalog or a
+        query by path never load (or check) the vectors."""
+        self._dim = dim
+        if lazy:
+            self._index = None
+            return
+        with self._lock:
+            self._load(dim)
+
+    def _load(self, dim: int) -> None:
         self.version = int(self.catalog.get_meta("vectors_version") or 0)
         index, reason = self._checkpoint(dim)
         if index is not None:
@@ -98,7 +124,7 @@ class Collection:
         self._index = index
         if len(index) or (self.root / INDEX_FILE).exists():
             log.info("rebuilt vector index of %s from the catalog: %s", self.root, reason)
-            self.rebuilt = True
+            self._rebuilt = True
             with self.try_writer() as free:
                 if free:  # else a writer is at work and will checkpoint it itself
                     self.checkpoint()
@@ -107,7 +133,9 @@ class Collection:
         """Follow what another process committed since this one last looked (one version read): reload the
         checkpoint it left, or rebuild from the catalog."""
         with self._lock:
-            if self._index is None or int(self.catalog.get_meta("vectors_version") or 0) != self.version:
+            if self._index is None:
+                self._dim = dim  # not loaded yet: its first use reads what is committed then
+            elif int(self.catalog.get_meta("vectors_version") or 0) != self.version:
                 self.open(dim)
 
     def _checkpoint(self, dim: int) -> tuple[VectorIndex | None, str]:
@@ -137,10 +165,11 @@ class Collection:
         if not len(changes):
             return
         with self._lock:
+            index = self.vector_index  # loaded before the write, so that it mirrors the version before it
             written = self.catalog.write(changes)
-            self.vector_index.remove(written.removed_ids)
+            index.remove(written.removed_ids)
             if len(written.added_ids):
-                self.vector_index.add(written.added_ids, written.added_vectors)
+                index.add(written.added_ids, written.added_vectors)
             self.version = written.version
 
     def delete(self, ids: list[int]) -> None:
@@ -193,7 +222,7 @@ class Collection:
         return self.catalog.vectors_for(ids, self.vector_index.dim)
 
     def vector(self, image_id: int) -> np.ndarray | None:
-        return self.catalog.vector(image_id, self.vector_index.dim)
+        return self.catalog.vector(image_id, self._dim if self._dim is not None else self.vector_index.dim)
 
     def unchanged_vector(self, path: Path) -> np.ndarray | None:
         """The stored vector of an indexed file unchanged since (same size and time): no model needed."""

@@ -141,31 +141,54 @@ class ScanOptions:
 
 
 def find_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Iterator[Path]:
-    """Photo files under root, recursively, in a stable order, junk and excluded files left out.
+    """Photo files under root, recursively, in path order, junk and excluded files left out (see walk_images)."""
+    for path, _entry in walk_images(root, options):
+        yield Path(path)
+
+
+def walk_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """(path, directory entry) of every photo file under root, in ascending order of the whole path string.
+
+    That order is the catalog's (paths compare by code point, as UTF-8 bytes do in SQLite and in
+    PostgreSQL's "C" collation), so a scan can merge the listing with the catalog's sorted rows and
+    hold neither in memory. Within a folder a subfolder sorts as its name plus "/", and its files come
+    out together, which keeps the whole sequence sorted (no file name contains "/").
 
     Symlinked folders are followed once each (by device and inode), so a link loop ends the descent
     instead of recursing forever. Anything with a photo extension is yielded, even if it turns out
     unreadable: the indexer records why rather than silently skipping it.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise ImageError(root, "not a folder")
+    top = os.fspath(root)
+    if not os.path.isdir(top):
+        raise ImageError(str(root), "not a folder")
     seen: set[tuple[int, int]] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def walk(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
         try:
-            st = os.stat(dirpath)
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen:
+                return
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(folder) as it:
+                entries = list(it)
         except OSError:
-            dirnames[:] = []
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
-            dirnames[:] = []
-            continue
-        seen.add(key)
-        here = Path(dirpath)
-        rel_dir = here.relative_to(root).as_posix()
-        prefix = "" if rel_dir == "." else rel_dir + "/"
-        dirnames[:] = sorted(d for d in dirnames if options.keeps_dir(prefix + d, d))
-        for name in sorted(filenames):
-            if options.keeps_file(prefix + name, name):
-                yield here / name
+            return  # a folder that vanished or may not be listed holds nothing we can index
+        keyed = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows links: a linked folder is walked like any other
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if options.keeps_dir(prefix + e.name, e.name):
+                    keyed.append((e.name + "/", e))
+            elif options.keeps_file(prefix + e.name, e.name):
+                keyed.append((e.name, e))
+        keyed.sort(key=lambda k: k[0])
+        for key, e in keyed:
+            if key[-1] == "/":
+                yield from walk(e.path, prefix + key)
+            else:
+                yield e.path, e
+
+    yield from walk(top, "")

@@ -14,7 +14,6 @@ Every file gets a row, a failure included, so one bad photo never stops a run an
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -26,8 +25,8 @@ import numpy as np
 from .catalog import OK, Changes, Entry, ImageFields
 from .collection import Collection
 from .config import Settings
-from .errors import ImageError
-from .formats import ScanOptions, find_images
+from .errors import ImageError, StoreError
+from .formats import ScanOptions, walk_images
 from .prepare import Classifier, Kind, Prepared, Source, SourceStats, Task, decode_now
 from .provenance import StoreModel
 from .results import IndexReport, Progress
@@ -71,26 +70,39 @@ class Scan:
     unreadable: Changes = field(default_factory=Changes)  # files that cannot even be stat'ed
 
 
-def scan(folder: Path, entries: dict[str, Entry], counts: Counts, options: ScanOptions) -> Scan:
-    """Compare the folder with its catalog entries by size and mtime; nothing is read here. Catalogued
-    files that are now left out (junk, excluded) count as missing, so they leave the store."""
+def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOptions) -> Scan:
+    """Compare the folder with its catalog entries by size and mtime; nothing is read here.
+
+    Both come in path order (formats.walk_images, Catalog.entries_under), so this is a merge join: memory
+    follows the files that changed, not the folder's size. Catalogued files that are now left out (junk,
+    excluded) count as missing, so they leave the store."""
     out = Scan()
-    seen: set[str] = set()
-    for path in find_images(folder, options):
-        p = str(path)
-        seen.add(p)
-        old = entries.get(p)
+    rows = iter(entries)
+    row = next(rows, None)
+    last = ""
+    for path, entry in walk_images(folder, options):
+        if path <= last:  # the merge's premise; never expected, and never worth a wrong deletion
+            raise StoreError(f"folder listing out of order at {path!r} after {last!r}")
+        last = path
+        out.seen += 1
+        while row is not None and row.path < path:
+            out.missing[row.path] = row
+            row = next(rows, None)
+        old = None
+        if row is not None and row.path == path:
+            old, row = row, next(rows, None)
         try:
-            st = os.stat(path)
+            st = entry.stat()
         except OSError as exc:
-            out.unreadable.upserts.append((ImageFields(p, None, None, None, error=f"cannot read file: {exc.strerror or exc}"), None))
+            out.unreadable.upserts.append((ImageFields(path, None, None, None, error=f"cannot read file: {exc.strerror or exc}"), None))
             continue
         if old is not None and old.size == st.st_size and old.mtime_ns == st.st_mtime_ns:
             counts.unchanged += 1
         else:
-            out.tasks.append(Task(p, st.st_size, st.st_mtime_ns, old))
-    out.seen = len(seen)
-    out.missing = {p: e for p, e in entries.items() if p not in seen}
+            out.tasks.append(Task(path, st.st_size, st.st_mtime_ns, old))
+    while row is not None:
+        out.missing[row.path] = row
+        row = next(rows, None)
     return out
 
 
@@ -118,7 +130,8 @@ class IndexRun:
         found = scan(self.folder, self.collection.catalog.entries_under(str(self.folder)), self.counts, self.options)
         self.missing = found.missing
         self.movable = {e.sha256: e for e in found.missing.values() if e.status == OK and e.sha256}
-        self.known = self.collection.catalog.ok_hashes()
+        if found.tasks:  # an unchanged re-run never loads the store's hashes
+            self.known = self.collection.catalog.ok_hashes()
         self.timings.scan = time.perf_counter() - t
         self.counts.failed = len(found.unreadable.upserts)
         self.collection.apply(found.unreadable)

@@ -75,7 +75,7 @@ class Store:
             raise
         self.collection = Collection(self.root, self.catalog)
         if self.model.recorded:
-            self.collection.open(self.model.dim)
+            self.collection.open(self.model.dim, lazy=True)
 
     @property
     def settings(self) -> Settings:
@@ -120,8 +120,8 @@ class Store:
             raise
         if not loaded_before and self.model.load_seconds:
             report = replace(report, timings=report.timings | {"model_load": round(self.model.load_seconds, 3)})
-        index = self.collection.vector_index
-        if index.kind == "flat" and len(index) >= self.settings.ann_threshold:
+        index = self.collection.loaded  # None: the run changed nothing, so there is nothing to move
+        if index is not None and index.kind == "flat" and len(index) >= self.settings.ann_threshold:
             log.info("%d vectors: moving %s to an approximate index", len(index), self.root)
             self.collection.optimize()
         return report

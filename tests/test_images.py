@@ -188,8 +188,13 @@ def test_find_images_recurses_filters_and_survives_symlink_loops(tmp_path: Path)
     photo(root / "ünïcode name with space.TIFF", 4, fmt="TIFF")
     (root / "notes.txt").write_text("x")
     (root / "sub" / "deeper" / "loop").symlink_to(root, target_is_directory=True)
+    for name in ("s/x.jpg", "s-b.jpg", "s.jpg", "s0.jpg"):  # "-" < "." < "/" < "0": a folder amid its files
+        photo(root / name, 5)
     found = [p.relative_to(root).as_posix() for p in find_images(root)]
-    assert found == ["a.JPG", "ünïcode name with space.TIFF", "sub/b.png", "sub/deeper/c.webp"]
+    # the catalog's order (whole paths by code point), so a scan can merge the two without holding either
+    assert found == ["a.JPG", "s-b.jpg", "s.jpg", "s/x.jpg", "s0.jpg", "sub/b.png", "sub/deeper/c.webp",
+                     "ünïcode name with space.TIFF"]
+    assert [str(p) for p in find_images(root)] == sorted(str(p) for p in find_images(root))
     with pytest.raises(ImageError, match="not a folder"):
         list(find_images(root / "a.JPG"))
 
