@@ -1,18 +1,35 @@
-"""The pipeline without the model: catalog writes next to a raw baseline, in one run. Prints; asserts nothing.
+"""The pipeline without the model, each figure next to a plain baseline in the same run. Prints; asserts nothing.
+
+Listing (--listing N): N empty-but-named photo files whose catalog rows already match them (written by a raw
+sqlite3 executemany, as a finished earlier run would have left them); a fresh process runs `Store.index` on
+the folder, which changes nothing, and reports files/s and its peak RSS, beside a plain `os.walk` + `os.stat`
+loop over the same files.
+
+Pipeline ceiling (--photos N): N tiny PNGs indexed by `Store.index` with a trivial embedder (a fixed random
+projection of 32x32 pixels, through CallableEmbedder), so only listing, reading, hashing, decoding and
+writing are timed, per stage; beside a plain one-thread loop doing the same per-file work (walk, stat,
+read, SHA-256, Pillow decode and resize, project, sqlite3 executemany in transactions of 256). The store
+also takes each photo's duplicate fingerprint (simsearch.verify), which the loop does not.
 
 Catalog rows/s: `Catalog.write` of new rows (path, facts, a 1024-d float32 vector) in batches of 256, against
 a raw sqlite3 `executemany` of the same rows into the same two tables, in transactions of 256, with the
 catalog's own pragmas (WAL, synchronous=FULL). With --postgres URL, the same against PostgreSQL (raw
 baseline: psycopg `executemany`).
 
-    python bench/pipeline.py --rows 20000
+    python bench/pipeline.py --rows 20000 --listing 1000000 --photos 5000
     python bench/pipeline.py --rows 20000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
+import os
+import resource
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -122,13 +139,156 @@ def raw_postgres_rate(url: str, n: int) -> float:
     return n / took
 
 
+def projection() -> object:
+    """The trivial embedder: a fixed random projection of 32x32 RGB pixels to 1024 dimensions."""
+    from simsearch.embedder import CallableEmbedder
+
+    w = np.random.default_rng(0).standard_normal((32 * 32 * 3, 1024)).astype(np.float32)
+    return CallableEmbedder(lambda x: x.reshape(len(x), -1) @ w, name="projection", input_size=(32, 32))
+
+
+def make_listing(root: Path, db: Path, n: int) -> None:
+    """n empty .jpg files, 1000 a folder, and the catalog rows a finished run would hold for them."""
+    from simsearch.catalog import Catalog
+
+    Catalog(f"sqlite:///{db}").close()
+    con = sqlite3.connect(db, isolation_level=None)
+    empty = hashlib.sha256(b"").hexdigest()
+    for d in range(0, n, 1000):
+        folder = root / f"{d // 1000:05d}"
+        folder.mkdir(parents=True)
+        rows = []
+        for i in range(min(1000, n - d)):
+            p = folder / f"IMG_{i:04d}.jpg"
+            p.touch()
+            rows.append((str(p), 0, p.stat().st_mtime_ns, empty, datetime.now(), "failed", "empty file"))
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO images (path, size, mtime_ns, sha256, indexed_at, status, error) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.execute("COMMIT")
+    con.close()
+
+
+def listing_child(store: str, root: str) -> None:
+    """In a fresh process: open the store and re-index the unchanged folder; print the figures as JSON."""
+    import simsearch
+
+    s = simsearch.open(store, model=projection())  # type: ignore[arg-type]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    report = s.index(root)
+    took = time.perf_counter() - t
+    print(json.dumps({"seconds": took, "scanned": report.scanned, "unchanged": report.unchanged,
+                      "rss_before_mb": before / 1024, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def listing(n: int, tmp: Path) -> None:
+    import simsearch
+
+    root, store = tmp / "listing", tmp / "listing-store"
+    t = time.perf_counter()
+    store.mkdir()
+    make_listing(root, store / "catalog.sqlite", n)
+    with simsearch.open(store, model=projection()) as s:  # type: ignore[arg-type]
+        s.index(root)  # records the folder (and warms the page cache for both sides)
+    print(f"listing: {n:,} files made in {time.perf_counter() - t:.0f} s")
+    t = time.perf_counter()
+    walked = sum(len([os.stat(os.path.join(d, f)) for f in files]) for d, _, files in os.walk(root))
+    plain = walked / (time.perf_counter() - t)
+    out = subprocess.run([sys.executable, __file__, "--listing-child", str(store), str(root)], check=True,
+                         capture_output=True, text=True).stdout
+    child = json.loads(out.strip().splitlines()[-1])
+    assert child["unchanged"] == n, child
+    ours = n / child["seconds"]
+    print(f"listing: no-change re-run {ours:,.0f} files/s, plain os.walk + os.stat {plain:,.0f} files/s, ratio "
+          f"{ours / plain:.2f}; peak RSS {child['peak_rss_mb']:.0f} MB ({child['rss_before_mb']:.0f} MB before the run)")
+
+
+def tiny_pngs(root: Path, n: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        folder = root / f"{i // 1000:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(folder / f"p{i:05d}.png")
+
+
+def plain_loop(root: Path, db: Path) -> float:
+    """One thread, the same per-file work as the store's pipeline, the way one would write it by hand."""
+    from PIL import Image
+
+    w = np.random.default_rng(0).standard_normal((32 * 32 * 3, 1024)).astype(np.float32)
+    con = sqlite3.connect(db, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=FULL")
+    con.execute("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT UNIQUE, size INT, mtime_ns INT, sha256 TEXT, "
+                "width INT, height INT, vector BLOB)")
+    t, rows, n = time.perf_counter(), [], 0
+
+    def commit() -> None:
+        vecs = np.stack([r[-1] for r in rows]) / 255.0 @ w
+        con.execute("BEGIN")
+        con.executemany("INSERT INTO photos (path, size, mtime_ns, sha256, width, height, vector) VALUES (?,?,?,?,?,?,?)",
+                        [(*r[:-1], v.astype(np.float32).tobytes()) for r, v in zip(rows, vecs)])
+        con.execute("COMMIT")
+        rows.clear()
+
+    for d, dirs, files in os.walk(root):
+        dirs.sort()
+        for f in sorted(files):
+            p = os.path.join(d, f)
+            st = os.stat(p)
+            with open(p, "rb") as fh:
+                data = fh.read()
+            sha = hashlib.sha256(data).hexdigest()
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+                pixels = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel()
+            rows.append((p, st.st_size, st.st_mtime_ns, sha, size[0], size[1], pixels))
+            n += 1
+            if len(rows) == BATCH:
+                commit()
+    if rows:
+        commit()
+    con.close()
+    return n / (time.perf_counter() - t)
+
+
+def ceiling(n: int, tmp: Path) -> None:
+    import simsearch
+    from simsearch.config import Settings
+
+    root = tmp / "tiny"
+    tiny_pngs(root, n)
+    plain = plain_loop(root, tmp / "plain.sqlite")
+    with simsearch.open(tmp / "ceiling-store", model=projection(), create=True,  # type: ignore[arg-type]
+                        settings=Settings(batch_size=BATCH)) as s:
+        t = time.perf_counter()
+        report = s.index(root)
+        ours = report.added / (time.perf_counter() - t)
+    print(f"pipeline ceiling: Store.index {ours:,.0f} photos/s, plain one-thread loop {plain:,.0f} photos/s, ratio "
+          f"{ours / plain:.2f}; stages (s): {report.timings}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--rows", type=int, default=20_000, help="rows for the catalog write rates (0: skip)")
     ap.add_argument("--postgres", help="a PostgreSQL URL whose database may be written (tables are made)")
+    ap.add_argument("--listing", type=int, default=0, metavar="N", help="files for the no-change re-run (0: skip)")
+    ap.add_argument("--photos", type=int, default=0, metavar="N", help="tiny PNGs for the pipeline ceiling (0: skip)")
+    ap.add_argument("--listing-child", nargs=2, metavar=("STORE", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.listing_child:
+        return listing_child(*args.listing_child)
     print(f"CPU: {cpu()}")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.listing:
+            listing(args.listing, Path(tmp))
+        if args.photos:
+            ceiling(args.photos, Path(tmp))
+        if not args.rows:
+            return
         raw = raw_sqlite_rate(Path(tmp) / "raw.sqlite", args.rows)
         ours = catalog_rate(f"sqlite:///{Path(tmp) / 'catalog.sqlite'}", args.rows)
     print(f"SQLite: Catalog.write {ours:,.0f} rows/s, raw sqlite3 executemany {raw:,.0f} rows/s, ratio {ours / raw:.2f}")

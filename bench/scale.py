@@ -2,12 +2,13 @@
 
 Seeded synthetic 1024-d unit vectors, clustered (not uniform) like a photo collection's themes. For
 each size: build time, index memory, p50/p99 latency of single queries (top 10), and recall@10
-against exact search on held-out queries, for the exact index and the IVF-SQ8 index simsearch moves
-to (trained and tuned as `Store.optimize` does: nprobe for recall >= --recall on stored vectors, and
-candidates re-scored with exact vectors). The store re-scores from its catalog; the last line times
+against exact search on held-out queries, for the exact index and the IVF-SQ8 and IVF-PQ indexes
+simsearch can move to (trained and tuned as `Store.optimize` does: nprobe, and for PQ the re-scoring
+depth, for recall >= --recall on stored vectors; candidates re-scored with exact vectors). The store re-scores from its catalog; the last line times
 that fetch on a SQLite catalog.
 
     python bench/scale.py --sizes 100000 1000000
+    python bench/scale.py --sizes 1000000 --kinds ivf-pq --no-fetch
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.duplicates import cpu  # noqa: E402
 from simsearch.catalog import Catalog, Changes, ImageFields  # noqa: E402
-from simsearch.index import VectorIndex, recall_at_k, tune_nprobe, without_self  # noqa: E402
+from simsearch.index import IVF_KINDS, VectorIndex, recall_at_k, tune, without_self  # noqa: E402
 
 
 def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, spread: float) -> np.ndarray:
@@ -51,8 +53,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=1024)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--recall", type=float, default=0.95)
+    parser.add_argument("--kinds", nargs="+", default=list(IVF_KINDS), choices=IVF_KINDS)
+    parser.add_argument("--no-fetch", action="store_true", help="skip the catalog fetch timing")
     args = parser.parse_args()
-    print(f"threads {faiss.omp_get_max_threads()}, dim {args.dim}, {args.queries} held-out queries")
+    print(f"CPU: {cpu()}; faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, dim {args.dim}, "
+          f"{args.queries} held-out queries")
     print(f"{'size':>9} {'index':<8} {'build s':>8} {'memory MB':>10} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}  notes")
     for n in args.sizes:
         rng = np.random.default_rng(n)
@@ -69,26 +74,31 @@ def main() -> None:
         p50, p99 = latencies(lambda q: flat.search(q, 10), queries[:50])
         print(f"{n:>9} {'flat':<8} {flat_build:8.1f} {n * args.dim * 4 / 2**20:10.0f} {p50:7.2f} {p99:7.2f} {1.0:9.3f}")
 
-        t = time.perf_counter()
         nlist = int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))
         sample = data[np.sort(rng.choice(n, min(n, max(64 * nlist, 50_000)), replace=False))]
-        ivf = VectorIndex.trained_ivf(args.dim, sample, nlist)
-        del sample
-        for s in range(0, n, 100_000):
-            ivf.add(ids[s : s + 100_000], data[s : s + 100_000])
         exact = lambda found: data[found]  # noqa: E731 - the catalog's role, in memory here
         tune_ids = rng.choice(n, 500, replace=False)
         tune_truth = without_self(flat.search(data[tune_ids], 11)[1], tune_ids, 10)
-        nprobe, tuned = tune_nprobe(ivf, data[tune_ids], tune_ids, tune_truth, args.recall, exact=exact)
-        ivf_build = time.perf_counter() - t
         del flat
-        found = ivf.search(queries, 10, exact=exact)[1]
-        p50, p99 = latencies(lambda q: ivf.search(q, 10, exact=exact), queries)
-        memory = len(faiss.serialize_index(ivf._index)) / 2**20
-        print(f"{n:>9} {'ivf-sq8':<8} {ivf_build:8.1f} {memory:10.0f} {p50:7.2f} {p99:7.2f} "
-              f"{recall_at_k(found, truth):9.3f}  nlist {nlist}, nprobe {nprobe} (tuned recall {tuned:.3f})")
-        del ivf, data
+        for kind in args.kinds:
+            t = time.perf_counter()
+            ivf = VectorIndex.trained_ivf(args.dim, sample, nlist, kind)
+            for s in range(0, n, 100_000):
+                ivf.add(ids[s : s + 100_000], data[s : s + 100_000])
+            nprobe, refine, tuned = tune(ivf, data[tune_ids], tune_ids, tune_truth, args.recall, exact=exact)
+            ivf_build = time.perf_counter() - t
+            found = ivf.search(queries, 10, exact=exact)[1]
+            p50, p99 = latencies(lambda q: ivf.search(q, 10, exact=exact), queries)
+            memory = len(faiss.serialize_index(ivf._index)) / 2**20
+            print(f"{n:>9} {kind:<8} {ivf_build:8.1f} {memory:10.0f} {p50:7.2f} {p99:7.2f} "
+                  f"{recall_at_k(found, truth):9.3f}  nlist {nlist}, nprobe {nprobe}, {refine} x k re-scored "
+                  f"(tuned recall {tuned:.3f})", flush=True)
+            del ivf
+        del sample
+        del data
 
+    if args.no_fetch:
+        return
     with tempfile.TemporaryDirectory() as tmp:  # the re-scoring fetch as the store does it
         catalog = Catalog(f"sqlite:///{tmp}/c.sqlite")
         rng = np.random.default_rng(0)

@@ -462,22 +462,32 @@ def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bo
 @click.option("--recall", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
               help="Recall@10 against exact search that the tuned index must reach.")
 @click.option("--nlist", type=click.IntRange(16), help="Inverted lists [default: about 2 x sqrt(photos)].")
+@click.option("--kind", type=click.Choice(["auto", "ivf-sq8", "ivf-pq"]), default="auto", show_default=True,
+              help="ivf-sq8: 8-bit vectors (a quarter of exact search's memory); ivf-pq: dim/8-byte codes (a "
+                   "32nd), for stores too large for ivf-sq8 in memory; auto: ivf-sq8 while it takes under a "
+                   "quarter of this machine's memory.")
 @_store_options
 @_json_option
-def optimize(recall: float, nlist: int | None, store: str | None, model: str | None, db: str | None,
+def optimize(recall: float, nlist: int | None, kind: str, store: str | None, model: str | None, db: str | None,
              as_json: bool) -> None:
-    """Move the store to an approximate index (IVF, 8-bit vectors) for fast search at large sizes.
+    """Move the store to an approximate index (IVF over compressed vectors) for fast search at large sizes.
 
-    `index` does this by itself past 200,000 photos. Removal and filters keep working; filters that
-    match few photos are still searched exactly.
+    `index` does this by itself past 200,000 photos. Candidates are re-scored with the exact vectors from
+    the catalog; ivf-pq is refused if it cannot reach --recall on the store's own vectors. Removal and
+    filters keep working; filters that match few photos are still searched exactly.
+
+    \b
+      simsearch optimize --store data/photos
+      simsearch optimize --kind ivf-pq --recall 0.9 --store data/photos
     """
     with _open(store, model, db) as s:
-        result = s.optimize(target_recall=recall, nlist=nlist)
+        result = s.optimize(target_recall=recall, nlist=nlist, kind=kind)
     if as_json:
         _print_json(result.to_dict())
     else:
         click.echo(f"{result.kind}: {result.vectors} vectors in {result.nlist} lists, nprobe "
-                   f"{result.nprobe}, recall@10 {result.recall_at_10:.3f}, {result.seconds} s")
+                   f"{result.nprobe}, {result.refine} x k re-scored, recall@10 {result.recall_at_10:.3f}, "
+                   f"{result.seconds} s")
 
 
 @main.command("eval")

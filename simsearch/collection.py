@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ import numpy as np
 from .catalog import OK, Catalog, Changes, ImageFilter
 from .errors import EmptyStoreError, StoreError
 from .files import atomic_write
-from .index import VectorIndex, exact_top_k, recall_at_k, rescore, tune_nprobe, without_self
+from .index import IVF_KINDS, REFINE_FACTOR, VectorIndex, exact_top_k, recall_at_k, rescore, tune, without_self
 from .results import Hit, IndexSettings, OptimizeReport
 
 try:
@@ -42,6 +43,27 @@ TEMPLATE_FILE = "index.trained.faiss"  # the empty trained IVF index: rebuilds n
 LOCK_FILE = "lock"
 EXACT_FILTER_LIMIT = 50_000  # filters matching fewer photos are searched exactly, whatever the index
 DELETE_CHUNK = 1000  # ids per delete transaction
+
+
+def memory_bytes() -> int:
+    """This machine's physical memory (8 GiB where the platform will not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def trained(catalog: Catalog, kind: str, sample: np.ndarray, nlist: int, queries: np.ndarray, query_ids: np.ndarray,
+            truth: np.ndarray, target: float) -> tuple[VectorIndex, VectorIndex, float]:
+    """An IVF index of this kind holding every stored vector, tuned; its empty trained template (for
+    rebuilds without training); and the recall@10 reached."""
+    index = VectorIndex.trained_ivf(sample.shape[1], sample, nlist, kind)
+    template = index.empty_like()
+    for ids, vecs in catalog.iter_vectors(index.dim):
+        index.add(ids, vecs)
+    recall = tune(index, queries, query_ids, truth, target, exact=lambda ids: catalog.vectors_for(ids, index.dim))[2]
+    template.nprobe, template.refine = index.nprobe or 1, index.refine
+    return index, template, recall
 
 
 class Collection:
@@ -97,7 +119,7 @@ class Collection:
         if settings.kind == "flat" or not template.exists():
             return VectorIndex(dim)
         index = VectorIndex.load(template, dim)
-        index.nprobe = int(settings.nprobe or 1)
+        index.nprobe, index.refine = int(settings.nprobe or 1), int(settings.refine or REFINE_FACTOR)
         return index
 
     def open(self, dim: int, *, lazy: bool = False) -> None:
@@ -156,7 +178,7 @@ class Collection:
         if len(index) != len(ids) or not np.array_equal(np.sort(index.ids()), np.sort(ids)):
             return None, f"index file holds {len(index)} vectors, catalog {len(ids)}"
         if index.kind != "flat":
-            index.nprobe = int(settings.nprobe or 1)
+            index.nprobe, index.refine = int(settings.nprobe or 1), int(settings.refine or REFINE_FACTOR)
         return index, ""
 
     # writing ----------------------------------------------------------------------------------
@@ -281,9 +303,13 @@ class Collection:
         return np.einsum("ij,ij->i", va, vb)
 
     # approximate index ------------------------------------------------------------------------
-    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
-        """Move to an IVF-SQ8 index trained on a sample of the stored vectors, with nprobe tuned so that
-        recall@10 against exact search reaches target_recall on the store's own vectors."""
+    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0,
+                 kind: str = "auto") -> OptimizeReport:
+        """Move to an IVF index trained on a sample of the stored vectors, with nprobe (and, for product
+        codes, the re-scoring depth) tuned so that recall@10 against exact search reaches target_recall
+        on the store's own vectors. kind: ivf-sq8, ivf-pq, or auto (ivf-sq8 while its codes take under a
+        quarter of this machine's memory, else ivf-pq). Product codes that cannot reach the target on
+        these vectors are refused (auto falls back to ivf-sq8): the store keeps the index it had."""
         t0 = time.perf_counter()
         dim = self.vector_index.dim
         all_ids = self.catalog.vector_ids()
@@ -291,25 +317,36 @@ class Collection:
         nlist = nlist or int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))  # ~2000 lists at 1M: k-means in a minute
         if nlist < 16:
             raise StoreError(f"{n} vectors are too few for an approximate index; exact search is fast at this size")
+        if kind not in (*IVF_KINDS, "auto"):
+            raise StoreError(f"unknown index kind {kind!r}: expected auto, {' or '.join(IVF_KINDS)}")
+        chosen = kind if kind != "auto" else ("ivf-sq8" if n * (dim + 8) < memory_bytes() // 4 else "ivf-pq")
         rng = np.random.default_rng(seed)
         sample_ids = np.sort(rng.choice(all_ids, min(n, max(64 * nlist, 50_000)), replace=False))
+        query_ids = rng.choice(all_ids, min(n, 500), replace=False)
         with self.writer():
-            index = VectorIndex.trained_ivf(dim, self.catalog.vectors_for(sample_ids, dim), nlist)
-            template = index.empty_like()
-            for ids, vecs in self.catalog.iter_vectors(dim):
-                index.add(ids, vecs)
-            query_ids = rng.choice(all_ids, min(n, 500), replace=False)
+            sample = self.catalog.vectors_for(sample_ids, dim)
             queries = self.catalog.vectors_for(query_ids, dim)
             truth = without_self(exact_top_k(self.catalog.iter_vectors(dim), queries, 11), query_ids, 10)
-            nprobe, recall = tune_nprobe(index, queries, query_ids, truth, target_recall, exact=self.exact_vectors)
-            template.nprobe = nprobe
-            settings = IndexSettings(index.kind, nlist, nprobe, round(recall, 4))
+            index, template, recall = trained(self.catalog, chosen, sample, nlist, queries, query_ids, truth,
+                                              target_recall)
+            if recall < target_recall and chosen == "ivf-pq":
+                if kind == "ivf-pq":
+                    raise StoreError(f"ivf-pq reaches recall@10 {recall:.3f} on this store's vectors, under the "
+                                     f"target {target_recall}: the store keeps its {self.vector_index.kind} index "
+                                     f"(use ivf-sq8, or a lower --recall)")
+                log.warning("ivf-pq reached recall@10 %.3f < %s on this store's vectors: using ivf-sq8", recall,
+                            target_recall)
+                index, template, recall = trained(self.catalog, "ivf-sq8", sample, nlist, queries, query_ids,
+                                                  truth, target_recall)
+            del sample
+            settings = IndexSettings(index.kind, nlist, index.nprobe, round(recall, 4),
+                                     None if index.refine == REFINE_FACTOR else index.refine)
             with self._lock:
                 template.save(self.root / TEMPLATE_FILE)
                 self.catalog.set_meta(index=settings.to_dict())
                 self._index = index
-        return OptimizeReport(settings.kind, nlist, nprobe, settings.recall_at_10 or 0.0, n,
-                              round(time.perf_counter() - t0, 2))
+        return OptimizeReport(settings.kind, nlist, int(index.nprobe or 1), settings.recall_at_10 or 0.0, n,
+                              round(time.perf_counter() - t0, 2), index.refine)
 
     def recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
         """recall@k of the current index, as queries run it (re-scoring included), against exact search;

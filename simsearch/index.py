@@ -12,6 +12,8 @@ from .errors import StoreError
 from .files import atomic_write
 
 REFINE_FACTOR = 4  # IVF candidates fetched per wanted result, then re-scored with exact vectors
+REFINE_STEPS = (4, 8, 16, 32)  # what tuning tries for product-quantised codes, which rank more coarsely
+IVF_KINDS = ("ivf-sq8", "ivf-pq")
 
 
 def _check(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
@@ -24,13 +26,16 @@ def _check(vectors: np.ndarray, dim: int, what: str) -> np.ndarray:
 class VectorIndex:
     """Inner-product search (cosine on unit vectors) with add/remove by id.
 
-    Two kinds: `flat` (exact; FAISS IndexIDMap2 over IndexFlatIP) for small collections, and `ivf-sq8`
+    Three kinds: `flat` (exact; FAISS IndexIDMap2 over IndexFlatIP) for small collections; `ivf-sq8`
     (inverted lists over 8-bit scalar-quantised vectors: a quarter of the memory, nprobe lists scanned
-    per query) once exhaustive search gets slow. Both take catalog ids and remove by id.
+    per query) once exhaustive search gets slow; `ivf-pq` (product-quantised codes of dim/8 bytes, a
+    32nd of the memory) for collections whose 8-bit vectors would not fit in memory. All take catalog
+    ids and remove by id; the IVF kinds re-score `refine` x k candidates with exact vectors.
     """
 
-    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+    def __init__(self, dim: int, index: faiss.Index | None = None, refine: int = REFINE_FACTOR) -> None:
         self.dim = dim
+        self.refine = refine
         self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         if self._index.d != dim:
             raise StoreError(f"vector index has dimension {self._index.d}, the store says {dim}")
@@ -38,7 +43,9 @@ class VectorIndex:
 
     @property
     def kind(self) -> str:
-        return "flat" if self._ivf is None else "ivf-sq8"
+        if self._ivf is None:
+            return "flat"
+        return "ivf-pq" if isinstance(faiss.downcast_index(self._ivf), faiss.IndexIVFPQ) else "ivf-sq8"
 
     @property
     def nprobe(self) -> int | None:
@@ -55,14 +62,22 @@ class VectorIndex:
         self._ivf.nprobe = max(1, min(int(value), int(self._ivf.nlist)))
 
     @classmethod
-    def trained_ivf(cls, dim: int, sample: np.ndarray, nlist: int) -> VectorIndex:
-        """An empty IVF-SQ8 index whose coarse centroids and quantiser ranges are learnt from sample."""
+    def trained_ivf(cls, dim: int, sample: np.ndarray, nlist: int, kind: str = "ivf-sq8") -> VectorIndex:
+        """An empty IVF index whose coarse centroids and codes (8-bit ranges, or product-quantiser
+        codebooks of dim/8 sub-vectors, 8 bits each) are learnt from sample."""
         sample = _check(sample, dim, "train")
         if len(sample) < nlist:
             raise ValueError(f"training {nlist} lists needs at least {nlist} vectors, got {len(sample)}")
         quantizer = faiss.IndexFlatIP(dim)
-        ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                            faiss.METRIC_INNER_PRODUCT)
+        if kind == "ivf-pq":
+            if dim % 8:
+                raise StoreError(f"an ivf-pq index codes dim/8 sub-vectors; dimension {dim} is not a multiple of 8")
+            ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 8, 8, faiss.METRIC_INNER_PRODUCT)
+        elif kind == "ivf-sq8":
+            ivf = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                faiss.METRIC_INNER_PRODUCT)
+        else:
+            raise ValueError(f"unknown index kind {kind!r}: expected one of {', '.join(IVF_KINDS)}")
         ivf.train(sample)
         ivf.own_fields = True
         quantizer.this.disown()  # the IVF index owns and frees its quantiser
@@ -72,7 +87,7 @@ class VectorIndex:
         """Same kind and training, no vectors: how an IVF index is rebuilt without training again."""
         clone = faiss.clone_index(self._index)
         clone.reset()
-        other = VectorIndex(self.dim, clone)
+        other = VectorIndex(self.dim, clone, self.refine)
         if self._ivf is not None:
             other.nprobe = self.nprobe or 1
         return other
@@ -108,13 +123,13 @@ class VectorIndex:
 
         among: restrict the search to these ids (a FAISS selector, so the result is the top k among
         them, not a post-filtered top k). exact: ids -> their full-precision vectors; an IVF index then
-        fetches REFINE_FACTOR x k candidates and re-scores them exactly, which 8-bit codes alone cannot."""
+        fetches refine x k candidates and re-scores them exactly, which compressed codes alone cannot."""
         q = _check(queries, self.dim, "search")
         k = min(k, len(self) if among is None else len(among))
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         if self._ivf is not None and exact is not None:
-            _, cand = self._search(q, min(k * REFINE_FACTOR, len(self) if among is None else len(among)), among)
+            _, cand = self._search(q, min(k * self.refine, len(self) if among is None else len(among)), among)
             scores = np.full((len(q), k), -np.inf, np.float32)
             ids = np.full((len(q), k), -1, np.int64)
             for r, row in enumerate(cand):
@@ -190,10 +205,27 @@ def tune_nprobe(index: VectorIndex, queries: np.ndarray, query_ids: np.ndarray, 
     nprobe, recall = 1, 0.0
     while True:
         index.nprobe = nprobe
-        recall = recall_at_k(without_self(index.search(queries, k + 1, exact=exact)[1], query_ids, k), truth)
-        if recall >= target or nprobe >= nlist:
-            return nprobe, recall
+        before, recall = recall, recall_at_k(without_self(index.search(queries, k + 1, exact=exact)[1], query_ids, k), truth)
+        if recall >= target or nprobe >= nlist or (nprobe >= 16 and recall - before < 0.002):
+            return nprobe, recall  # reached, or the codes, not the lists probed, now limit it
         nprobe = min(nprobe * 2, nlist)
+
+
+def tune(index: VectorIndex, queries: np.ndarray, query_ids: np.ndarray, truth: np.ndarray,
+         target: float, exact: Callable[[np.ndarray], np.ndarray]) -> tuple[int, int, float]:
+    """(nprobe, refine, recall): for 8-bit codes the smallest nprobe at the default refine; product codes
+    rank too coarsely for that, so refine grows (more candidates re-scored exactly) until target is met.
+    The best tried is returned when none meets it: the caller decides."""
+    best = (1, index.refine, -1.0)
+    for refine in (REFINE_STEPS if index.kind == "ivf-pq" else (REFINE_FACTOR,)):
+        index.refine = refine
+        nprobe, recall = tune_nprobe(index, queries, query_ids, truth, target, exact=exact)
+        if recall > best[2]:
+            best = (nprobe, refine, recall)
+        if recall >= target:
+            break
+    index.nprobe, index.refine = best[0], best[1]
+    return best
 
 
 def exact_top_k(chunks: Iterable[tuple[np.ndarray, np.ndarray]], queries: np.ndarray, k: int) -> np.ndarray:

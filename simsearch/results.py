@@ -110,6 +110,7 @@ class IndexSettings(Result):
     nlist: int | None = None
     nprobe: int | None = None
     recall_at_10: float | None = None
+    refine: int | None = None  # candidates re-scored exactly per result wanted (None: the default, 4)
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any] | None) -> IndexSettings:
@@ -124,6 +125,7 @@ class OptimizeReport(Result):
     recall_at_10: float
     vectors: int
     seconds: float
+    refine: int = 4
 
 
 @dataclass(frozen=True)

@@ -217,10 +217,10 @@ class Store:
             self.collection.delete(ids)
         return len(ids)
 
-    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0) -> OptimizeReport:
-        """Move to an approximate IVF-SQ8 index tuned to target_recall (see Collection.optimize)."""
+    def optimize(self, **options: Any) -> OptimizeReport:
+        """Move to an approximate index tuned to a recall target; options: Collection.optimize's."""
         self._sync()
-        return self.collection.optimize(target_recall=target_recall, nlist=nlist, seed=seed)
+        return self.collection.optimize(**options)
 
     # reading ----------------------------------------------------------------------------------
     def query_vector(self, probe: Any, *, max_pixels: int | None = None) -> np.ndarray:

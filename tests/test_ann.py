@@ -12,6 +12,7 @@ from simsearch import CallableEmbedder, ImageFilter
 from simsearch.catalog import Changes, ImageFields
 from simsearch.config import Settings
 from simsearch.embedder import l2_normalize
+from simsearch import collection
 from simsearch.collection import INDEX_FILE
 from simsearch.index import recall_at_k
 
@@ -109,3 +110,39 @@ def test_eval_ann_reports_the_index_recall(store: simsearch.Store) -> None:
     assert out["index_kind"] == "ivf-sq8" and out["k"] == 10 and 0.95 <= out["ann_recall_at_k"] <= 1.0
     assert abs(out["ann_recall_at_k"] - tuned) < 0.03  # another sample of queries, same index
     assert CliRunner().invoke(main, ["eval", "--store", str(store.root)]).exit_code == 2
+
+
+def test_ivf_pq_tunes_its_rescoring_depth_and_survives_reopen_and_rebuild(store: simsearch.Store, tmp_path: Path) -> None:
+    result = store.optimize(kind="ivf-pq", target_recall=0.95)
+    assert result.kind == "ivf-pq" and result.recall_at_10 >= 0.95 and result.vectors == N
+    index = store.collection.vector_index
+    assert index.kind == "ivf-pq" and index.refine == result.refine and store.stats().index_kind == "ivf-pq"
+    queries = _vectors(0, N + 300)[N:]
+    found = np.stack([[h.id for h in store.query(q, k=10)] for q in queries])
+    assert recall_at_k(found, _brute(store, queries, 10)) >= 0.93  # held-out queries, a little below the tuned ones
+    gone = store.catalog.ids_for_paths(["/photos/b"])
+    store.write(Changes(deletes=gone))
+    assert not set(h.id for h in store.query(queries[0], k=50)) & set(gone)
+    with simsearch.open(tmp_path / "store", create=True) as again:
+        assert again.collection.vector_index.kind == "ivf-pq" and not again.rebuilt_index
+        assert again.collection.vector_index.refine == result.refine
+    (tmp_path / "store" / INDEX_FILE).unlink()
+    with simsearch.open(tmp_path / "store", create=True) as rebuilt:  # into the trained template: no training
+        ix = rebuilt.collection.vector_index
+        assert rebuilt.rebuilt_index and ix.kind == "ivf-pq" and (ix.nprobe, ix.refine) == (result.nprobe, result.refine)
+        assert len(ix) == N - len(gone)
+
+
+def test_ivf_pq_that_misses_the_target_is_refused_or_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Isotropic vectors (no clusters): every neighbour nearly as far as the next, which 16-byte codes cannot
+    rank even 320 deep; such a store keeps what it had, or auto takes 8-bit codes instead."""
+    model = CallableEmbedder(lambda x: np.ones((len(x), DIM)), name="synthetic", input_size=(8, 8))
+    vecs = l2_normalize(np.random.default_rng(1).normal(size=(6000, DIM)))
+    with simsearch.open(tmp_path / "s", model=model, settings=Settings(ann_threshold=10**9), create=True) as s:
+        s.write(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, f"{i:064x}"), vecs[i]) for i in range(6000)]))
+        with pytest.raises(simsearch.StoreError, match="keeps its flat index"):
+            s.optimize(kind="ivf-pq", target_recall=0.99, nlist=64)
+        assert s.collection.vector_index.kind == "flat" and s.stats().index_kind == "flat"
+        monkeypatch.setattr(collection, "memory_bytes", lambda: 1 << 20)  # 8-bit codes would not fit in memory
+        assert s.optimize(target_recall=0.99, nlist=64).kind == "ivf-sq8"  # auto: product codes fell short
+        assert s.optimize(target_recall=0.5, nlist=64).kind == "ivf-pq"  # and are taken where they suffice
