@@ -13,8 +13,8 @@ also takes each photo's duplicate fingerprint (simsearch.verify), which the loop
 
 Catalog rows/s: `Catalog.write` of new rows (path, facts, a 1024-d float32 vector) in batches of 256, against
 a raw sqlite3 `executemany` of the same rows into the same two tables, in transactions of 256, with the
-catalog's own pragmas (WAL, synchronous=FULL). With --postgres URL, the same against PostgreSQL (raw
-baseline: psycopg `executemany`).
+catalog's own pragmas (WAL, synchronous=FULL). With --postgres URL, the same against PostgreSQL, beside two raw
+baselines: psycopg `executemany`, and COPY (ids from the sequence, rows by COPY, vectors by binary COPY).
 
     python bench/pipeline.py --rows 20000 --listing 1000000 --photos 5000
     python bench/pipeline.py --rows 20000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,15 +111,21 @@ def scratch_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def raw_postgres_rate(url: str, n: int) -> float:
+@contextmanager
+def raw_postgres(url: str, n: int) -> Iterator[tuple[Any, list[tuple[ImageFields, np.ndarray]]]]:
+    """A plain psycopg connection to a database with the catalog's schema, and the rows to write."""
     import psycopg
     from sqlalchemy.engine import make_url
 
     Catalog(url).close()  # the same schema
     u = make_url(url)
-    data = rows(n, start=10_000_000)
     with psycopg.connect(host=u.host, port=u.port or 5432, user=u.username, password=u.password,
                          dbname=u.database) as con:
+        yield con, rows(n, start=10_000_000)
+
+
+def raw_postgres_rate(url: str, n: int) -> float:
+    with raw_postgres(url, n) as (con, data):
         t = time.perf_counter()
         for s in range(0, n, BATCH):
             part = data[s : s + BATCH]
@@ -271,6 +278,28 @@ def ceiling(n: int, tmp: Path) -> None:
           f"{ours / plain:.2f}; stages (s): {report.timings}")
 
 
+def raw_postgres_copy_rate(url: str, n: int) -> float:
+    """The bulk baseline: ids drawn from the sequence, then COPY of the rows and binary COPY of the vectors."""
+    cols = "id, path, size, mtime_ns, sha256, width, height, format, taken_at, indexed_at, status"
+    with raw_postgres(url, n) as (con, data):
+        t = time.perf_counter()
+        for s in range(0, n, BATCH):
+            part = data[s : s + BATCH]
+            with con.transaction(), con.cursor() as cur:
+                cur.execute("SELECT nextval('images_id_seq') FROM generate_series(1, %s)", (len(part),))
+                ids = [r[0] for r in cur.fetchall()]
+                with cur.copy(f"COPY images ({cols}) FROM STDIN") as copy:
+                    for i, (f, _) in zip(ids, part):
+                        copy.write_row((i, f.path, f.size, f.mtime_ns, f.sha256, f.width, f.height, f.format,
+                                        f.taken_at, datetime.now(), "ok"))
+                with cur.copy("COPY vectors (image_id, data) FROM STDIN (FORMAT BINARY)") as copy:
+                    copy.set_types(["int8", "bytea"])
+                    for i, (_, v) in zip(ids, part):
+                        copy.write_row((i, v.tobytes()))
+        took = time.perf_counter() - t
+    return n / took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000, help="rows for the catalog write rates (0: skip)")
@@ -296,9 +325,11 @@ def main() -> None:
         with scratch_database(args.postgres) as url:
             raw_pg = raw_postgres_rate(url, args.rows)
         with scratch_database(args.postgres) as url:
+            copy_pg = raw_postgres_copy_rate(url, args.rows)
+        with scratch_database(args.postgres) as url:
             ours_pg = catalog_rate(url, args.rows)
-        print(f"PostgreSQL: Catalog.write {ours_pg:,.0f} rows/s, raw psycopg executemany {raw_pg:,.0f} rows/s, "
-              f"ratio {ours_pg / raw_pg:.2f}")
+        print(f"PostgreSQL: Catalog.write {ours_pg:,.0f} rows/s, raw psycopg executemany {raw_pg:,.0f} rows/s "
+              f"(ratio {ours_pg / raw_pg:.2f}), raw COPY {copy_pg:,.0f} rows/s (ratio {ours_pg / copy_pg:.2f})")
 
 
 if __name__ == "__main__":
