@@ -303,6 +303,7 @@ def raw_postgres_copy_rate(url: str, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000, help="rows for the catalog write rates (0: skip)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the catalog write rates")
     ap.add_argument("--postgres", help="a PostgreSQL URL whose database may be written (tables are made)")
     ap.add_argument("--listing", type=int, default=0, metavar="N", help="files for the no-change re-run (0: skip)")
     ap.add_argument("--photos", type=int, default=0, metavar="N", help="tiny PNGs for the pipeline ceiling (0: skip)")
@@ -318,19 +319,20 @@ def main() -> None:
             ceiling(args.photos, Path(tmp))
         if not args.rows:
             return
-        raw = raw_sqlite_rate(Path(tmp) / "raw.sqlite", args.rows)
-        ours = catalog_rate(f"sqlite:///{Path(tmp) / 'catalog.sqlite'}", args.rows)
-    print(f"SQLite: Catalog.write {ours:,.0f} rows/s, raw sqlite3 executemany {raw:,.0f} rows/s, ratio {ours / raw:.2f}")
-    if args.postgres:
-        with scratch_database(args.postgres) as url:
-            raw_pg = raw_postgres_rate(url, args.rows)
-        with scratch_database(args.postgres) as url:
-            copy_pg = raw_postgres_copy_rate(url, args.rows)
-        with scratch_database(args.postgres) as url:
-            ours_pg = catalog_rate(url, args.rows)
-        print(f"PostgreSQL: Catalog.write {ours_pg:,.0f} rows/s, raw psycopg executemany {raw_pg:,.0f} rows/s "
-              f"(ratio {ours_pg / raw_pg:.2f}), raw COPY {copy_pg:,.0f} rows/s (ratio {ours_pg / copy_pg:.2f})")
-
+        for r in range(args.rounds):  # interleaved, each in a new file: noise hits both sides alike
+            raw = raw_sqlite_rate(Path(tmp) / f"raw{r}.sqlite", args.rows)
+            ours = catalog_rate(f"sqlite:///{Path(tmp) / f'catalog{r}.sqlite'}", args.rows)
+            print(f"SQLite round {r + 1}: Catalog.write {ours:,.0f} rows/s, raw sqlite3 executemany {raw:,.0f} rows/s, "
+                  f"ratio {ours / raw:.2f}", flush=True)
+    for r in range(args.rounds if args.postgres else 0):
+        rates = []
+        for rate in (raw_postgres_rate, raw_postgres_copy_rate, catalog_rate):
+            with scratch_database(args.postgres) as url:
+                rates.append(rate(url, args.rows))
+        raw_pg, copy_pg, ours_pg = rates
+        print(f"PostgreSQL round {r + 1}: Catalog.write {ours_pg:,.0f} rows/s, raw psycopg executemany {raw_pg:,.0f} "
+              f"rows/s (ratio {ours_pg / raw_pg:.2f}), raw COPY {copy_pg:,.0f} rows/s (ratio {ours_pg / copy_pg:.2f})",
+              flush=True)
 
 if __name__ == "__main__":
     main()
