@@ -200,6 +200,9 @@ def _print_report(report: IndexReport) -> None:
                    "always junk such as ._* and @eaDir]; remembered for the folder.")
 @click.option("--batch-size", type=click.IntRange(1, 4096), help="Images per model call [default: 32].")
 @click.option("--workers", type=click.IntRange(1, 64), help="Decode threads [default: cores + 1, at most 8].")
+@click.option("--fingerprints/--no-fingerprints", default=None,
+              help="Take each photo's duplicate fingerprint from the decode that feeds the model [default: yes]; "
+                   "without, `duplicates` takes them on its first run (decoding those photos again).")
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
               help="How photos are fitted to the model's square input [default: the store's, or whole].")
 @click.option("--precision", type=click.Choice(PRECISIONS),
@@ -221,7 +224,7 @@ def _print_report(report: IndexReport) -> None:
 @click.pass_obj
 def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str | None, db: str | None,
           excludes: tuple[str, ...], include_hidden: bool | None, batch_size: int | None, workers: int | None,
-          resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None,
+          fingerprints: bool | None, resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None,
           staging: str | None, shard_size: int | None, actors: int | None, as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
 
@@ -244,7 +247,7 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
         raise click.UsageError("--exclude and --include-hidden are remembered per folder: give the FOLDER")
     progress, close = _progress_bar(obj["quiet"] or as_json)
     with _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
-               precision=precision, runtime=runtime) as s:
+               precision=precision, runtime=runtime, fingerprints=fingerprints) as s:
         try:
             if folder is None:
                 reports = s.update(progress=progress, ray=ray)

@@ -214,11 +214,13 @@ class LocalSource:
     decoding: Decoding
     workers: int
     ahead: int
+    fingerprints: bool = True  # take duplicate fingerprints from the same decode
 
     def items(self, tasks: Sequence[Task], classifier: Classifier) -> Iterator[Prepared]:
         def prepare(task: Task) -> Prepared:
             t = time.perf_counter()
-            decoded = decode_file(task.path, self.decoding, lambda sha: classifier.kind(task, sha) is Kind.EMBED)
+            decoded = decode_file(task.path, self.decoding, lambda sha: classifier.kind(task, sha) is Kind.EMBED,
+                                  fingerprint=self.fingerprints)
             return classifier.item(task, decoded, time.perf_counter() - t)
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="simsearch-decode") as pool:

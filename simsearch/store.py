@@ -186,7 +186,7 @@ class Store:
     def _source(self, ray: RayOptions | None) -> Source:
         s = self.settings
         if ray is None:
-            return LocalSource(self.model.decoding, s.workers, ahead=2 * s.batch_size + 2 * s.workers)
+            return LocalSource(self.model.decoding, s.workers, 2 * s.batch_size + 2 * s.workers, s.fingerprints)
         from .distributed import RaySource
 
         if s.precision == "int8":

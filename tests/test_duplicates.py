@@ -17,6 +17,7 @@ from PIL import Image
 import simsearch
 from simsearch import CallableEmbedder
 from simsearch.cli import main
+from simsearch.config import Settings
 
 from .conftest import photo
 
@@ -97,6 +98,19 @@ def test_fingerprints_are_taken_at_index_time_and_when_missing(store: simsearch.
     assert len(groups) == 4  # taken again from the files (those of candidate pairs), and kept
     near = {m["sha256"] for g in groups if g.kind == "near" for m in g.members}
     assert len(near) == 6 and near <= set(store.catalog.fingerprints(shas))
+
+
+def test_indexing_without_fingerprints_leaves_them_to_the_first_duplicates_run(store: simsearch.Store,
+                                                                              tmp_path: Path) -> None:
+    """--no-fingerprints: nothing taken while indexing; `duplicates` finds the same groups by taking them then."""
+    embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
+    with simsearch.open(tmp_path / "later", model=embedder, settings=Settings(fingerprints=False), create=True) as s:
+        s.index(tmp_path / "photos")
+        shas = {r["sha256"] for r in s.catalog.records(s.catalog.vector_ids()).values()}
+        assert len(shas) == 15 and s.catalog.fingerprints(shas) == {}  # 16 files, one an exact copy
+        groups = s.duplicates()
+        assert {g.id for g in groups} == {g.id for g in store.duplicates()}  # the same groups as fingerprinted at index time
+        assert s.catalog.fingerprints(shas)  # and those taken are kept
 
 
 def test_a_fingerprint_leaves_with_the_last_file_of_its_content(store: simsearch.Store, tmp_path: Path) -> None:
