@@ -91,7 +91,9 @@ class Collection:
     @property
     def rebuilt(self) -> bool:
         """Whether loading the index had to rebuild it from the catalog (it loads on first use)."""
-        return self.vector_index is not None and self._rebuilt
+        if self._index is None and self._dim is not None:
+            self.vector_index  # noqa: B018 - loads it
+        return self._rebuilt
 
     @property
     def loaded(self) -> VectorIndex | None:
