@@ -169,6 +169,45 @@ class ImageFilter:
                                                   self.min_pixels))
 
 
+@dataclass(frozen=True)
+class BrowseKey:
+    """Where a page of browsing ended: the last photo's date taken (None: among the undated), file time, id."""
+
+    taken_at: datetime | None
+    mtime_ns: int
+    id: int
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> BrowseKey:
+        taken = row["taken_at"]
+        return cls(datetime.fromisoformat(taken) if taken else None, int(row["mtime_ns"] or 0), int(row["id"]))
+
+    def before(self) -> Any:
+        """Rows after this one in browsing order (newest first), spelled out: row-value comparisons would
+        bypass the columns' types, which SQLite needs to compare dates as it stores them."""
+        m, i = ImageRecord.mtime_ns, ImageRecord.id
+        later = (m < self.mtime_ns) | ((m == self.mtime_ns) & (i < self.id))
+        if self.taken_at is None:
+            return later
+        t = ImageRecord.taken_at
+        return (t < self.taken_at) | ((t == self.taken_at) & later)
+
+
+def _filter_conditions(f: ImageFilter) -> list[Any]:
+    conds = [ImageRecord.status == OK]
+    if f.folder:
+        conds.append(_prefix_filter(f.folder))
+    if f.taken_from:
+        conds.append(ImageRecord.taken_at >= f.taken_from)
+    if f.taken_until:
+        conds.append(ImageRecord.taken_at <= f.taken_until)
+    if f.formats:
+        conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
+    if f.min_pixels:
+        conds.append(cast(ImageRecord.width, BigInteger) * ImageRecord.height >= f.min_pixels)
+    return conds
+
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -481,19 +520,29 @@ class Catalog:
     @_db_errors
     def ids_matching(self, f: ImageFilter) -> np.ndarray:
         """Ids of indexed photos that pass the filter: the pre-filter handed to the vector search."""
-        conds = [ImageRecord.status == OK]
-        if f.folder:
-            conds.append(_prefix_filter(f.folder))
-        if f.taken_from:
-            conds.append(ImageRecord.taken_at >= f.taken_from)
-        if f.taken_until:
-            conds.append(ImageRecord.taken_at <= f.taken_until)
-        if f.formats:
-            conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
-        if f.min_pixels:
-            conds.append(cast(ImageRecord.width, BigInteger) * ImageRecord.height >= f.min_pixels)
         with self._session() as s:
-            return np.fromiter(s.scalars(select(ImageRecord.id).where(*conds)), dtype=np.int64)
+            return np.fromiter(s.scalars(select(ImageRecord.id).where(*_filter_conditions(f))), dtype=np.int64)
+
+    @_db_errors
+    def browse(self, f: ImageFilter, after: BrowseKey | None = None, limit: int = 60) -> tuple[list[dict[str, Any]], int]:
+        """A page of indexed photos passing the filter, newest first: by date taken, then the undated ones
+        by file time (ties by id), resumed after the key of the last photo of the previous page; and how
+        many pass the filter in all."""
+        conds = _filter_conditions(f)
+        dated = ImageRecord.taken_at.is_not(None)
+        out: list[ImageRecord] = []
+        with self._session() as s:
+            total = s.scalar(select(func.count()).select_from(ImageRecord).where(*conds)) or 0
+            if after is None or after.taken_at is not None:
+                q = select(ImageRecord).where(*conds, dated, *([after.before()] if after else []))
+                out += s.scalars(q.order_by(ImageRecord.taken_at.desc(), ImageRecord.mtime_ns.desc(),
+                                             ImageRecord.id.desc()).limit(limit))
+            if len(out) < limit:
+                undated = after if after is not None and after.taken_at is None else None
+                q = select(ImageRecord).where(*conds, ImageRecord.taken_at.is_(None),
+                                              *([undated.before()] if undated else []))
+                out += s.scalars(q.order_by(ImageRecord.mtime_ns.desc(), ImageRecord.id.desc()).limit(limit - len(out)))
+        return [_row_dict(r) for r in out], total
 
     @_db_errors
     def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:

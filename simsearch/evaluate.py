@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,9 +66,20 @@ def average_precision(relevant: np.ndarray) -> float:
     return float((hits / np.arange(1, len(relevant) + 1))[relevant].mean())
 
 
+def stored_vectors(store: Store, paths: Iterable[str]) -> dict[str, np.ndarray]:
+    """Stored vectors of these indexed paths (absolute, as catalogued); paths not indexed are left out."""
+    out = {}
+    for path in paths:
+        entry = store.catalog.entry_for_path(path)
+        vec = None if entry is None else store.collection.vector(entry.id)
+        if vec is not None:
+            out[path] = vec
+    return out
+
+
 def evaluate(store: Store, labels: Labels, k: int = 10) -> EvalReport:
     """Exact ranking of the database by cosine for each query, from the vectors the store holds."""
-    found = store.vectors_of(labels.classes)
+    found = stored_vectors(store, labels.classes)
     if not found:
         raise NotFoundError("none of the labelled photos is indexed in this store: index their folder first")
     database = [p for p in found if labels.queries is None or p not in labels.queries]

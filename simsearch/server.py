@@ -10,6 +10,7 @@ off unless origins are given, and `simsearch serve` binds to 127.0.0.1 by defaul
 
 from __future__ import annotations
 
+import base64
 import hmac
 import os
 import threading
@@ -27,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .catalog import ImageFilter
+from .catalog import BrowseKey, ImageFilter
 from .errors import (
     ChangedError,
     EmptyStoreError,
@@ -252,9 +253,12 @@ def _filter(
     return f or None
 
 
+def _links(photo: dict[str, Any]) -> dict[str, Any]:
+    return photo | {"thumbnail": f"/api/images/{photo['id']}/thumbnail", "file": f"/api/images/{photo['id']}/file"}
+
+
 def _hits(found: list[Hit]) -> list[dict[str, Any]]:
-    return [h.to_dict() | {"thumbnail": f"/api/images/{h.id}/thumbnail", "file": f"/api/images/{h.id}/file"}
-            for h in found]
+    return [_links(h.to_dict()) for h in found]
 
 
 ImageId = PathParam(ge=1, le=MAX_ID, description="An indexed image's id.")
@@ -305,8 +309,33 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
         return _hits(store.query(np.asarray(body.vector, np.float32), k=body.k, where=f))
 
 
+def _cursor(key: BrowseKey) -> str:
+    """The opaque token of where a page ended: what the client sends back for the next page."""
+    raw = f"{key.taken_at.isoformat() if key.taken_at else ''}|{key.mtime_ns}|{key.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str | None) -> BrowseKey | None:
+    if not cursor:
+        return None
+    try:
+        taken, mtime, image_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+        return BrowseKey(datetime.fromisoformat(taken) if taken else None, int(mtime), int(image_id))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QueryError("cursor is not one this server gave: pass the `next` of the previous page") from exc
+
+
 def _image_routes(app: FastAPI, store: Store) -> None:
     thumbs = store.root / "thumbnails"
+
+    @app.get("/api/photos")
+    def photos(limit: int = Query(60, ge=1, le=500), cursor: str | None = Query(None, max_length=200),
+               f: ImageFilter | None = Depends(_filter)) -> dict[str, Any]:
+        """The collection, newest first (date taken, then file time for undated photos), a page at a time,
+        with the same filters as queries; `next` is the cursor of the following page (null at the end)."""
+        rows, total = store.browse(f, _after(cursor), limit)
+        return {"photos": [_links(r) for r in rows], "total": total,
+                "next": _cursor(BrowseKey.of(rows[-1])) if len(rows) == limit else None}
 
     @app.get("/api/images/{image_id}")
     def image_record(image_id: int = ImageId) -> dict[str, Any]:

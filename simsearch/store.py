@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
-from .catalog import OK, Catalog, Changes, ImageFilter
+from .catalog import OK, BrowseKey, Catalog, Changes, ImageFilter
 from .collection import INDEX_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions
@@ -270,16 +270,6 @@ class Store:
         vec = self.query_vector(probe, max_pixels=max_pixels)  # decoding and the model run outside the lock
         return self.collection.search(vec, k, where)
 
-    def vectors_of(self, paths: Iterable[str]) -> dict[str, np.ndarray]:
-        """Stored vectors of these indexed paths (absolute, as catalogued); paths not indexed are left out."""
-        out = {}
-        for path in paths:
-            entry = self.catalog.entry_for_path(path)
-            vec = None if entry is None else self.collection.vector(entry.id)
-            if vec is not None:
-                out[path] = vec
-        return out
-
     def duplicates(self, min_cosine: float = DEFAULT_MIN_COSINE, *, neighbours: int = DEFAULT_NEIGHBOURS,
                    chunk: int = 1024, include_resolved: bool = False,
                    progress: Callable[[Progress], None] | None = None) -> list[DuplicateGroup]:
@@ -307,6 +297,12 @@ class Store:
         return rec, open_verified(rec["path"], self.folders(), size=rec["size"], mtime_ns=rec["mtime_ns"],
                                   sha256=rec["sha256"], max_bytes=self.settings.max_file_bytes,
                                   what=f"image {image_id}")
+
+    def browse(self, where: ImageFilter | None = None, after: BrowseKey | None = None,
+               limit: int = 60) -> tuple[list[dict[str, Any]], int]:
+        """A page of the collection, newest first, and how many photos pass `where` (Catalog.browse)."""
+        where = replace(where, folder=str(Path(where.folder).expanduser().resolve())) if where and where.folder else where
+        return self.catalog.browse(where or ImageFilter(), after, limit)
 
     def get(self, image_id: int) -> dict[str, Any]:
         rec = self.catalog.records([image_id]).get(image_id)
