@@ -8,6 +8,7 @@ instead, so CI can never pass it by skipping. A screenshot is saved to test-arti
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -108,6 +109,36 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         expect(hits.nth(0).locator(".path")).to_have_text(clicked, timeout=30_000)
         expect(hits).to_have_count(20)
         expect(page.locator("#status")).to_contain_text("photos like")
+
+
+def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: str, request: pytest.FixtureRequest) -> None:
+    from playwright.sync_api import expect
+
+    with browser_page(request) as page:
+        page.goto(server)
+        cards = page.locator("#results .hit")
+        expect(cards).to_have_count(60, timeout=30_000)  # the first page of the collection, no query needed
+        expect(page.locator("#status")).to_contain_text("1000 photos, newest first")
+        cards.nth(59).scroll_into_view_if_needed()
+        expect(cards).to_have_count(120, timeout=30_000)  # the next page, as one scrolls
+        clicked = cards.nth(5).locator(".path").inner_text()
+        cards.nth(5).click()  # "more like this"
+        expect(page).to_have_url(re.compile(r"/\?like=\d+&k=20$"))
+        expect(cards).to_have_count(20, timeout=30_000)
+        expect(cards.nth(0).locator(".path")).to_have_text(clicked)
+        expect(page.locator("#status")).to_contain_text(f"photos like {clicked}")
+        shown = cards.locator(".path").all_inner_texts()
+
+        shared = page.context.browser.new_page()  # the address alone, in a fresh page, brings the same view back
+        shared.goto(page.url)
+        expect(shared.locator("#results .hit")).to_have_count(20, timeout=30_000)
+        expect(shared.locator("#results .hit").nth(0).locator(".path")).to_have_text(clicked)
+        assert shared.locator("#results .hit .path").all_inner_texts() == shown
+
+        page.go_back()  # back to the collection, not off the page
+        expect(page).to_have_url(server + "/")
+        expect(page.locator("#status")).to_contain_text("newest first")
+        expect(cards).to_have_count(60, timeout=30_000)
 
 
 def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
