@@ -141,6 +141,42 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         expect(cards).to_have_count(60, timeout=30_000)
 
 
+def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
+                                                       request: pytest.FixtureRequest) -> None:
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    root = tmp_path / "photos"
+    for folder, names in (("a", ("db_1.jpg", "db_120.jpg", "db_250.jpg", "db_400.jpg")), ("b", ("db_500.jpg", "db_600.jpg"))):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(corel_images / name, root / folder / name)
+    for name in ("db_700", "db_800"):
+        Image.open(corel_images / f"{name}.jpg").save(root / "b" / f"{name}.png")
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store, serving(store) as url, \
+            browser_page(request) as page:
+        store.index(root)
+        page.goto(f"{url}/?folder={root / 'a'}")
+        cards, chips = page.locator("#results .hit"), page.locator("#chips .chip")
+        expect(cards).to_have_count(4, timeout=30_000)  # browsing, narrowed to the folder
+        expect(chips).to_have_text([f"folder: {root / 'a'} ×"])
+        cards.nth(1).click()
+        expect(page).to_have_url(re.compile(r"like=\d+"))
+        expect(page.locator("#status")).to_contain_text("4 photos like")  # k is 20: the filter, not k, bounds it
+        assert all(p.startswith(str(root / "a")) for p in cards.locator(".path").all_inner_texts())
+        chips.first.click()  # removing the chip widens the same search
+        expect(chips).to_have_count(0)
+        expect(page.locator("#status")).to_contain_text("8 photos like", timeout=30_000)
+        page.locator("#filters summary").click()
+        page.select_option("#filter-form select[name=format]", "PNG")
+        page.locator("#filter-form button[type=submit]").click()
+        expect(chips).to_have_text(["format: PNG ×"])
+        expect(page.locator("#status")).to_contain_text("2 photos like", timeout=30_000)
+        page.locator("#to-collection").click()  # browsing keeps the filter in force
+        expect(page.locator("#status")).to_contain_text("2 photos, newest first", timeout=30_000)
+        assert sorted(Path(p).name for p in cards.locator(".path").all_inner_texts()) == ["db_700.png", "db_800.png"]
+
+
 def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
                                               request: pytest.FixtureRequest) -> None:
     from PIL import Image
