@@ -135,6 +135,15 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         expect(shared.locator("#results .hit").nth(0).locator(".path")).to_have_text(clicked)
         assert shared.locator("#results .hit .path").all_inner_texts() == shown
 
+        page.evaluate("""async () => {  // paste an image, as Ctrl+V of a copied photo does
+            const blob = await (await fetch(document.querySelector("#results .hit img").src)).blob();
+            const data = new DataTransfer();
+            data.items.add(new File([blob], "pasted.jpg", { type: "image/jpeg" }));
+            document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true }));
+        }""")
+        expect(page.locator("#status")).to_contain_text("photos like pasted.jpg", timeout=30_000)
+        expect(cards).to_have_count(20)
+
         page.go_back()  # back to the collection, not off the page
         expect(page).to_have_url(server + "/")
         expect(page.locator("#status")).to_contain_text("newest first")
