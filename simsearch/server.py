@@ -53,6 +53,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 QUEUE_TIMEOUT_S = 10.0  # an upload waits this long for a free model slot, then 503
 MAX_ID = 2**63 - 1  # the largest id the catalog can hold
 THUMBNAIL_SIZE = 256
+PREVIEW_SIZE = 1600  # the large view: sharp on a laptop, a few hundred kB
 _STATUS: list[tuple[type[SimsearchError], int]] = [  # most specific first
     (NotFoundError, 404),
     (ChangedError, 409),
@@ -355,15 +356,24 @@ def _image_routes(app: FastAPI, store: Store) -> None:
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
             "X-Content-Type-Options": "nosniff"})
 
-    @app.get("/api/images/{image_id}/thumbnail")
-    def image_thumbnail(image_id: int = ImageId) -> Response:
+    def rendition(image_id: int, size: int, folder: Path) -> Response:
+        """An EXIF-oriented JPEG at most size pixels across, made once per content and kept in the store."""
         rec, f = store.open_indexed(image_id)
-        cached = thumbs / f"{image_id}-{(rec['sha256'] or 'x')[:16]}.jpg"
+        cached = folder / f"{image_id}-{(rec['sha256'] or 'x')[:16]}.jpg"
         with f:
             if not cached.exists():
-                thumbs.mkdir(exist_ok=True)
-                atomic_write(cached, thumbnail_jpeg(f.read(), THUMBNAIL_SIZE, name=rec["path"]))
+                folder.mkdir(exist_ok=True)
+                atomic_write(cached, thumbnail_jpeg(f.read(), size, name=rec["path"]))
         return Response(cached.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/api/images/{image_id}/thumbnail")
+    def image_thumbnail(image_id: int = ImageId) -> Response:
+        return rendition(image_id, THUMBNAIL_SIZE, thumbs)
+
+    @app.get("/api/images/{image_id}/preview")
+    def image_preview(image_id: int = ImageId) -> Response:
+        """For the page's large view: a bounded size, whatever the original's, and never the original's format."""
+        return rendition(image_id, PREVIEW_SIZE, store.root / "previews")
 
 
 _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp",

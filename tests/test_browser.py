@@ -105,7 +105,7 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_thumb.element_handle())
 
         clicked = hits.nth(3).locator(".path").inner_text()
-        hits.nth(3).click()
+        hits.nth(3).locator(".like").click()
         expect(hits.nth(0).locator(".path")).to_have_text(clicked, timeout=30_000)
         expect(hits).to_have_count(20)
         expect(page.locator("#status")).to_contain_text("photos like")
@@ -122,7 +122,7 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         cards.nth(59).scroll_into_view_if_needed()
         expect(cards).to_have_count(120, timeout=30_000)  # the next page, as one scrolls
         clicked = cards.nth(5).locator(".path").inner_text()
-        cards.nth(5).click()  # "more like this"
+        cards.nth(5).locator(".like").click()
         expect(page).to_have_url(re.compile(r"/\?like=\d+&k=20$"))
         expect(cards).to_have_count(20, timeout=30_000)
         expect(cards.nth(0).locator(".path")).to_have_text(clicked)
@@ -149,6 +149,22 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         expect(page.locator("#status")).to_contain_text("newest first")
         expect(cards).to_have_count(60, timeout=30_000)
 
+        second = cards.nth(1).locator(".path").inner_text()  # the large view, by keyboard
+        cards.nth(0).locator("img").press("Enter")  # focusable, and Enter opens it
+        viewer = page.locator("#viewer")
+        expect(viewer).to_be_visible()
+        expect(page.locator("#view-path")).to_have_text(cards.nth(0).locator(".path").inner_text())
+        page.wait_for_function("() => { const i = document.querySelector('#view-img'); return i.complete && i.naturalWidth > 0 }")
+        page.keyboard.press("ArrowRight")
+        expect(page.locator("#view-path")).to_have_text(second)
+        expect(page.locator("#view-count")).to_have_text("2 of 60")
+        page.keyboard.press("Escape")
+        expect(viewer).to_be_hidden()
+        cards.nth(1).locator("img").click()
+        page.locator("#view-like").click()  # "more like this" from the large view
+        expect(page).to_have_url(re.compile(r"like=\d+"))
+        expect(cards.nth(0).locator(".path")).to_have_text(second, timeout=30_000)
+
 
 def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
                                                        request: pytest.FixtureRequest) -> None:
@@ -169,7 +185,7 @@ def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_im
         cards, chips = page.locator("#results .hit"), page.locator("#chips .chip")
         expect(cards).to_have_count(4, timeout=30_000)  # browsing, narrowed to the folder
         expect(chips).to_have_text([f"folder: {root / 'a'} ×"])
-        cards.nth(1).click()
+        cards.nth(1).locator(".like").click()
         expect(page).to_have_url(re.compile(r"like=\d+"))
         expect(page.locator("#status")).to_contain_text("4 photos like")  # k is 20: the filter, not k, bounds it
         assert all(p.startswith(str(root / "a")) for p in cards.locator(".path").all_inner_texts())

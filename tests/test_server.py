@@ -109,6 +109,20 @@ def test_files_and_thumbnails_only_by_id(client: TestClient, folder: Path, store
     assert client.get(f"/api/images/{hit.id}/thumbnail").content == thumb.content
 
 
+def test_previews_are_bounded_oriented_jpegs_cached_in_the_store(client: TestClient, folder: Path,
+                                                                 store: simsearch.Store) -> None:
+    photo(folder / "large.png", seed=99, size=(3000, 2000))
+    store.index(folder)
+    large = store.query(folder / "large.png", k=1)[0]
+    r = client.get(f"/api/images/{large.id}/preview")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(r.content)).size == (1600, 1067)  # bounded, aspect kept, a JPEG whatever the original
+    rotated = store.query(folder / "rotated.jpg", k=1)[0]
+    assert Image.open(io.BytesIO(client.get(f"/api/images/{rotated.id}/preview").content)).size == (20, 40)  # never enlarged
+    assert len(list((store.root / "previews").glob("*.jpg"))) == 2
+    assert client.get("/api/images/99999/preview").status_code == 404
+
+
 @pytest.mark.parametrize("path", [
     "/api/images/../../etc/passwd/file",
     "/api/images/..%2F..%2F..%2Fetc%2Fpasswd/file",
