@@ -281,6 +281,11 @@ def _page_routes(app: FastAPI, store: Store) -> None:
     def stats() -> dict[str, Any]:
         return store.stats().to_dict()
 
+    @app.get("/api/failures")
+    def failures() -> list[dict[str, Any]]:
+        """The files that could not be indexed, each with its reason (as `simsearch failures`)."""
+        return [f.to_dict() for f in store.failures()]
+
 
 def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, slots: threading.BoundedSemaphore) -> None:
     @app.post("/api/query")

@@ -178,6 +178,7 @@ def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_im
             shutil.copy(corel_images / name, root / folder / name)
     for name in ("db_700", "db_800"):
         Image.open(corel_images / f"{name}.jpg").save(root / "b" / f"{name}.png")
+    (root / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a JPEG")
     with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store, serving(store) as url, \
             browser_page(request) as page:
         store.index(root)
@@ -200,6 +201,15 @@ def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_im
         page.locator("#to-collection").click()  # browsing keeps the filter in force
         expect(page.locator("#status")).to_contain_text("2 photos, newest first", timeout=30_000)
         assert sorted(Path(p).name for p in cards.locator(".path").all_inner_texts()) == ["db_700.png", "db_800.png"]
+
+        expect(page.locator("#stats")).to_contain_text("8 photos indexed · 1 failed")
+        page.locator("#to-failures").click()  # the failures view: each file with its reason
+        failure = page.locator("#failure-list li")
+        expect(failure).to_have_count(1, timeout=30_000)
+        expect(failure.locator(".path")).to_have_text(str(root / "b" / "broken.jpg"))
+        expect(failure.locator(".reason")).not_to_be_empty()
+        reason = store.failures()[0].reason
+        expect(failure.locator(".reason")).to_contain_text(reason)
 
 
 def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,

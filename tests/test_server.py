@@ -109,6 +109,15 @@ def test_files_and_thumbnails_only_by_id(client: TestClient, folder: Path, store
     assert client.get(f"/api/images/{hit.id}/thumbnail").content == thumb.content
 
 
+def test_failures_list_each_file_with_its_reason(client: TestClient, folder: Path, store: simsearch.Store) -> None:
+    assert client.get("/api/failures").json() == []
+    (folder / "broken.jpg").write_bytes(b"GIF89a but not really")
+    store.index(folder)
+    failed = client.get("/api/failures").json()
+    assert [f["path"] for f in failed] == [str(folder / "broken.jpg")] and failed[0]["reason"]
+    assert failed[0]["reason"] == store.failures()[0].reason
+
+
 def test_previews_are_bounded_oriented_jpegs_cached_in_the_store(client: TestClient, folder: Path,
                                                                  store: simsearch.Store) -> None:
     photo(folder / "large.png", seed=99, size=(3000, 2000))
