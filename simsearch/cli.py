@@ -576,7 +576,7 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
     s = _open(store, model, db, create=True, runtime=runtime)
     app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),
-                     max_upload_pixels=max_upload_pixels)
+                     max_upload_pixels=max_upload_pixels, watching=watch_folders)
     if watch_folders:
         from .watch import FolderWatcher
 

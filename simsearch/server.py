@@ -93,6 +93,11 @@ class Resolution(BaseModel):
     trash_others: bool = False
 
 
+class UrlQuery(BaseModel):
+    url: str = Field(min_length=8, max_length=4096, pattern=r"^https?://")
+    k: int = Field(10, ge=1, le=1000)
+
+
 class VectorQuery(BaseModel):
     vector: list[float] = Field(min_length=1, max_length=65536)
     k: int = Field(10, ge=1, le=1000)
@@ -196,6 +201,7 @@ def create_app(
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     model_slots: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    watching: bool = False,
 ) -> FastAPI:
     """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn.
 
@@ -208,6 +214,7 @@ def create_app(
     app.state.store = store
     app.state.job = IndexJob()
     app.state.model = ModelLoad()
+    app.state.watching = watching  # serve --watch: the page says the folders are followed
     if preload:
         app.state.model.start(store)
     if cors_origins:
@@ -228,9 +235,10 @@ def create_app(
 
     slots = threading.BoundedSemaphore(model_slots or os.cpu_count() or 2)
     _page_routes(app, store)
-    _query_routes(app, store, max_upload, max_upload_pixels, slots)
+    may_change = _change_guard(token, cors_origins or [])
+    _query_routes(app, store, max_upload, max_upload_pixels, slots, may_change)
     _image_routes(app, store)
-    _index_routes(app, store, token, cors_origins or [])
+    _index_routes(app, store, may_change)
     return app
 
 
@@ -275,7 +283,8 @@ def _page_routes(app: FastAPI, store: Store) -> None:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         """Liveness, and whether the model is ready ("loading" right after start)."""
-        return {"ok": True, "images": store.stats().images, **app.state.model.snapshot()}
+        return {"ok": True, "images": store.stats().images, "watching": app.state.watching,
+                **app.state.model.snapshot()}
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
@@ -287,7 +296,8 @@ def _page_routes(app: FastAPI, store: Store) -> None:
         return [f.to_dict() for f in store.failures()]
 
 
-def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, slots: threading.BoundedSemaphore) -> None:
+def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, slots: threading.BoundedSemaphore,
+                  may_change: Any) -> None:
     @app.post("/api/query")
     def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
                      f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
@@ -307,6 +317,18 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
     def query_id(id: int = Query(ge=1, le=MAX_ID), k: int = Query(10, ge=1, le=1000),
                  f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         return _hits(store.query(id, k=k, where=f))
+
+    @app.post("/api/query/url", dependencies=[Depends(may_change)])
+    def query_url(body: UrlQuery, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
+        """Neighbours of the photo at an http(s) address, fetched by the server (bounded in size and time,
+        decoded under the upload pixel limit); guarded like changes, since it makes the server reach out."""
+        if not slots.acquire(timeout=QUEUE_TIMEOUT_S):
+            raise HTTPError(503, "busy: too many photos being searched at once, try again shortly",
+                            headers={"Retry-After": "5"})
+        try:
+            return _hits(store.query(body.url, k=body.k, where=f, max_pixels=max_pixels))
+        finally:
+            slots.release()
 
     @app.post("/api/query/vector")
     def query_vector(body: VectorQuery, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
@@ -389,7 +411,9 @@ def _media_type(rec: dict[str, Any]) -> str:
     return _MEDIA.get(str(rec.get("format") or "").upper(), "application/octet-stream")
 
 
-def _index_routes(app: FastAPI, store: Store, token: str | None, cors_origins: list[str]) -> None:
+def _change_guard(token: str | None, cors_origins: list[str]) -> Any:
+    """The dependency of requests that change the store or make the server reach out to the network."""
+
     def may_change(request: Request, authorization: str | None = Header(default=None)) -> None:
         """State changes: with a token, only with `Authorization: Bearer TOKEN`; without one, only from the
         page's own origin (or a client that is no browser), so another web site cannot start jobs (CSRF)."""
@@ -403,6 +427,11 @@ def _index_routes(app: FastAPI, store: Store, token: str | None, cors_origins: l
         if request.headers.get("sec-fetch-site") == "cross-site" or (
                 origin is not None and origin != own and origin not in cors_origins):
             raise HTTPError(403, f"requests from {origin or 'another site'} may not change this store")
+
+    return may_change
+
+
+def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
 
     @app.get("/api/duplicates")
     def duplicates(min_cosine: float = Query(DEFAULT_MIN_COSINE, gt=0, le=1),

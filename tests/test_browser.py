@@ -143,6 +143,11 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         }""")
         expect(page.locator("#status")).to_contain_text("photos like pasted.jpg", timeout=30_000)
         expect(cards).to_have_count(20)
+        image = page.evaluate("document.querySelector('#results .hit img').src")  # a photo's web address
+        page.fill("#url", image)
+        page.locator("#url-form button").click()
+        expect(page.locator("#status")).to_contain_text(f"photos like {image}", timeout=30_000)
+        expect(cards).to_have_count(20)
 
         page.go_back()  # back to the collection, not off the page
         expect(page).to_have_url(server + "/")

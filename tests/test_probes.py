@@ -100,3 +100,22 @@ def test_cli_query_by_url_and_from_stdin(indexed: tuple[simsearch.Store, Path], 
     assert r.stdout.splitlines() == [str(photos / "p3.jpg")]
     empty = CliRunner().invoke(main, ["query", "-", "--store", str(store.root)], input=b"")
     assert empty.exit_code == 1 and "empty input" in empty.output
+
+
+def test_the_http_api_searches_by_url_only_for_those_who_may_change_the_store(
+        indexed: tuple[simsearch.Store, Path], web: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    store, photos = indexed
+    client = TestClient(create_app(store, token="s3cret", preload=False), base_url="http://localhost")
+    body = {"url": f"{web}/good.jpg", "k": 3}
+    assert client.post("/api/query/url", json=body).status_code == 401  # the server reaching out is a privilege
+    hits = client.post("/api/query/url", json=body, headers={"Authorization": "Bearer s3cret"})
+    assert hits.status_code == 200 and hits.json()[0]["path"] == str(photos / "p2.jpg")
+    for bad in ("file:///etc/passwd", "ftp://x/y.jpg", "/etc/passwd"):
+        r = client.post("/api/query/url", json={"url": bad}, headers={"Authorization": "Bearer s3cret"})
+        assert r.status_code == 422 and "passwd" not in r.text
+    r = client.post("/api/query/url", json={"url": f"{web}/text"}, headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 415
