@@ -4,8 +4,9 @@ Security by construction: files are served only by the id of an indexed image (n
 opened) and only while the file is still that photo (simsearch.store.Store.open_indexed); requests must
 name an allowed Host and bodies arrive bounded in size and time (simsearch.guard); anything beyond
 read-only queries needs the bearer token when one is set, and without one only the page's own origin
-may ask; uploads decode under a tighter pixel limit and at most a few run the model at once; CORS is
-off unless origins are given, and `simsearch serve` binds to 127.0.0.1 by default.
+may ask (a search by URL too, since it makes the server reach out); uploads decode under a tighter
+pixel limit and at most a few run the model at once; CORS is off unless origins are given, and
+`simsearch serve` binds to 127.0.0.1 by default.
 """
 
 from __future__ import annotations
