@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, TypeVar
 
 import numpy as np
@@ -159,8 +159,10 @@ class ImageFilter:
     """Which indexed photos a query may return; every condition given must hold."""
 
     folder: str | None = None  # absolute path: the photo is under it
-    taken_from: datetime | None = None  # EXIF date taken, inclusive; photos without one never match a date
-    taken_until: datetime | None = None
+    # EXIF date taken, both ends inclusive; a date (not a datetime) means the whole day, so until 2018-12-31
+    # keeps a photo taken that evening. Photos without a date taken never match a date.
+    taken_from: date | None = None
+    taken_until: date | None = None
     formats: tuple[str, ...] = ()  # Pillow format names, any case: JPEG, PNG, WEBP, ...
     min_pixels: int | None = None  # width * height
 
@@ -198,14 +200,25 @@ def _filter_conditions(f: ImageFilter) -> list[Any]:
     if f.folder:
         conds.append(_prefix_filter(f.folder))
     if f.taken_from:
-        conds.append(ImageRecord.taken_at >= f.taken_from)
+        start = f.taken_from
+        conds.append(ImageRecord.taken_at >= (start if isinstance(start, datetime) else datetime.combine(start, time())))
     if f.taken_until:
-        conds.append(ImageRecord.taken_at <= f.taken_until)
+        end = f.taken_until
+        conds.append(ImageRecord.taken_at <= end if isinstance(end, datetime) else
+                     ImageRecord.taken_at < datetime.combine(end + timedelta(days=1), time()))  # the whole day
     if f.formats:
         conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
     if f.min_pixels:
         conds.append(cast(ImageRecord.width, BigInteger) * ImageRecord.height >= f.min_pixels)
     return conds
+
+
+def parse_when(text: str) -> date:
+    """A filter's date as people write it: YYYY-MM-DD is a whole day (a date); with a time, that moment."""
+    try:
+        return date.fromisoformat(text) if len(text.strip()) == 10 else datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"not a date: {text!r} (expected YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS])") from exc
 
 
 F = TypeVar("F", bound=Callable[..., Any])

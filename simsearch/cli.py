@@ -8,13 +8,13 @@ import os
 import shlex
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import click
 
 from . import __version__
-from .catalog import ImageFilter
+from .catalog import ImageFilter, parse_when
 from .config import (
     DEFAULT_MODEL,
     DEFAULT_RUNTIME,
@@ -118,6 +118,23 @@ def _open(store: str | None, model: str | None, db: str | None, create: bool = F
     """Only `index` (and `serve`, for a new container) creates a store; the others say so when there is none."""
     return Store(store, model=model, db=db, create=create,
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
+
+
+class _When(click.ParamType):
+    """YYYY-MM-DD (a whole day) or a moment, as the library's filters take them (catalog.parse_when)."""
+
+    name = "date"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> date:
+        if isinstance(value, date):
+            return value
+        try:
+            return parse_when(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_WHEN = _When()
 
 
 class _EchoHandler(logging.Handler):
@@ -282,15 +299,15 @@ def _probe(image: str) -> Any:
 @click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many neighbours to return.")
 @click.option("--folder", type=click.Path(file_okay=False), help="Only photos under this folder.")
-@click.option("--taken-from", type=click.DateTime(), help="Only photos taken on or after this date (EXIF).")
-@click.option("--taken-until", type=click.DateTime(), help="Only photos taken on or before this date (EXIF).")
+@click.option("--taken-from", type=_WHEN, help="Only photos taken on or after this date (EXIF).")
+@click.option("--taken-until", type=_WHEN, help="Only photos taken on or before this date (EXIF; a date is the whole day).")
 @click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this format, e.g. JPEG (repeatable).")
 @click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
 @_store_options
 @_runtime_option
 @_output_option
-def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: datetime | None,
-          taken_until: datetime | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
+def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: date | None,
+          taken_until: date | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
           model: str | None, db: str | None, runtime: str | None, output: str | None, as_json: bool) -> None:
     """Print the photos most similar to IMAGE (a file, an http(s) URL, or - for standard input), or to an
     indexed photo with --id.

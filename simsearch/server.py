@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .catalog import BrowseKey, ImageFilter
+from .catalog import BrowseKey, ImageFilter, parse_when
 from .errors import (
     ChangedError,
     EmptyStoreError,
@@ -251,14 +251,18 @@ def _text(value: str | None, name: str) -> str | None:
 
 def _filter(
     folder: str | None = None,
-    taken_from: datetime | None = None,
-    taken_until: datetime | None = None,
+    taken_from: str | None = Query(None, max_length=40, description="YYYY-MM-DD (from that day's start) or a moment"),
+    taken_until: str | None = Query(None, max_length=40, description="YYYY-MM-DD (the whole day) or a moment"),
     format: list[str] = Query(default=[], max_length=64),
     min_pixels: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> ImageFilter | None:
     """Filters as query parameters; the folder is only matched against catalog paths, never opened."""
     formats = tuple(str(_text(f, "format")) for f in format)
-    f = ImageFilter(folder=_text(folder, "folder"), taken_from=taken_from, taken_until=taken_until, formats=formats,
+    try:
+        start, end = (parse_when(t) if t else None for t in (taken_from, taken_until))
+    except ValueError as exc:
+        raise QueryError("taken_from and taken_until: expected YYYY-MM-DD (a whole day) or YYYY-MM-DDTHH:MM[:SS]") from exc
+    f = ImageFilter(folder=_text(folder, "folder"), taken_from=start, taken_until=end, formats=formats,
                     min_pixels=min_pixels)
     return f or None
 

@@ -142,3 +142,43 @@ def test_api_filter_parameters(store: simsearch.Store) -> None:
     assert up.status_code == 200 and all("/home/" in h["path"] for h in up.json()) and up.json()
     assert client.get("/api/query", params={"id": 2, "min_pixels": 0}).status_code == 422
     assert client.get("/api/query", params={"id": 2, "folder": "/../../etc"}).json() == []
+
+
+def test_a_date_until_is_the_whole_day_in_the_library_the_cli_and_the_api(tmp_path: Path, db_url: str) -> None:
+    """Photos taken just after midnight, late that evening, and a second into the next day: "until 2018-12-31"
+    keeps the first two (it was parsed as midnight and lost the evening's photo), a moment keeps its meaning."""
+    import json
+    from datetime import date
+
+    from click.testing import CliRunner
+    from fastapi.testclient import TestClient
+
+    from simsearch import CallableEmbedder
+    from simsearch.catalog import Changes, ImageFields
+    from simsearch.cli import main
+    from simsearch.server import create_app
+
+    taken = {"night.jpg": datetime(2018, 12, 31, 0, 0, 0), "evening.jpg": datetime(2018, 12, 31, 23, 30),
+             "new-year.jpg": datetime(2019, 1, 1, 0, 0, 1), "before.jpg": datetime(2018, 12, 30, 23, 59, 59)}
+    model = CallableEmbedder(lambda x: np.ones((len(x), 4), np.float32), name="flat", input_size=(8, 8))
+    vec = np.array([1, 0, 0, 0], np.float32)
+    with simsearch.open(tmp_path / "store", model=model, db=db_url, create=True) as store:
+        store.write(Changes(upserts=[(ImageFields(f"/p/{name}", 1, 1, name.ljust(64, "0"), 10, 10, "JPEG", when), vec)
+                                     for name, when in taken.items()]))
+        names = lambda hits: sorted(Path(h.path if hasattr(h, "path") else h["path"]).name for h in hits)  # noqa: E731
+        day = {"evening.jpg", "night.jpg"}
+        assert names(store.query(vec, k=10, where=ImageFilter(taken_until=date(2018, 12, 31)))) == sorted(day | {"before.jpg"})
+        assert names(store.query(vec, k=10, where=ImageFilter(taken_from=date(2018, 12, 31),
+                                                              taken_until=date(2018, 12, 31)))) == sorted(day)
+        assert names(store.query(vec, k=10, where=ImageFilter(taken_until=datetime(2018, 12, 31)))) == \
+            ["before.jpg", "night.jpg"]  # a moment stays a moment
+        r = CliRunner().invoke(main, ["query", "--id", "1", *_store_args(store), "--taken-from", "2018-12-31",
+                                      "--taken-until", "2018-12-31", "--json"])
+        assert r.exit_code == 0, r.output
+        assert names(json.loads(r.stdout)) == sorted(day)
+        client = TestClient(create_app(store, preload=False), base_url="http://localhost")
+        got = client.get("/api/photos", params={"taken_from": "2018-12-31", "taken_until": "2018-12-31"}).json()
+        assert names(got["photos"]) == sorted(day)
+        got = client.get("/api/query", params={"id": 1, "taken_until": "2018-12-31T12:00"}).json()
+        assert names(got) == ["before.jpg", "night.jpg"]
+        assert client.get("/api/photos", params={"taken_until": "31/12/2018"}).status_code == 422
