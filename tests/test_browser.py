@@ -61,8 +61,10 @@ def serving(store: simsearch.Store) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, corel_images: Path, tiny_embedder: HubEmbedder) -> Iterator[str]:
-    need_chromium()  # before indexing 1000 photos
+def server(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+           tiny_embedder: HubEmbedder) -> Iterator[str]:
+    need_chromium()  # before asking for the photos or indexing 1000 of them
+    corel_images: Path = request.getfixturevalue("corel_images")
     store = simsearch.open(tmp_path_factory.mktemp("browser") / "store", model=tiny_embedder, settings=Settings(), create=True)
     store.index(corel_images)
     with serving(store) as url:
