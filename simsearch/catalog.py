@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import numpy as np
@@ -199,13 +199,14 @@ def _filter_conditions(f: ImageFilter) -> list[Any]:
     conds = [ImageRecord.status == OK]
     if f.folder:
         conds.append(_prefix_filter(f.folder))
+    midnight = datetime.min.time()
     if f.taken_from:
         start = f.taken_from
-        conds.append(ImageRecord.taken_at >= (start if isinstance(start, datetime) else datetime.combine(start, time())))
+        conds.append(ImageRecord.taken_at >= (start if isinstance(start, datetime) else datetime.combine(start, midnight)))
     if f.taken_until:
         end = f.taken_until
         conds.append(ImageRecord.taken_at <= end if isinstance(end, datetime) else
-                     ImageRecord.taken_at < datetime.combine(end + timedelta(days=1), time()))  # the whole day
+                     ImageRecord.taken_at < datetime.combine(end + timedelta(days=1), midnight))  # the whole day
     if f.formats:
         conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
     if f.min_pixels:
