@@ -7,7 +7,7 @@
             print(hit.score, hit.path)
 """
 
-from .catalog import Changes, ImageFields, ImageFilter
+from .catalog import BrowseKey, Changes, ImageFields, ImageFilter
 from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .distributed import RayOptions
 from .embedder import CallableEmbedder, Embedder, HubEmbedder
@@ -39,6 +39,7 @@ __all__ = [
     "OptimizeReport",
     "Settings",
     "ImageFilter",
+    "BrowseKey",
     "Changes",
     "ImageFields",
     "RayOptions",
