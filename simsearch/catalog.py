@@ -538,15 +538,16 @@ class Catalog:
             return np.fromiter(s.scalars(select(ImageRecord.id).where(*_filter_conditions(f))), dtype=np.int64)
 
     @_db_errors
-    def browse(self, f: ImageFilter, after: BrowseKey | None = None, limit: int = 60) -> tuple[list[dict[str, Any]], int]:
+    def browse(self, f: ImageFilter, after: BrowseKey | None = None,
+               limit: int = 60) -> tuple[list[dict[str, Any]], int | None]:
         """A page of indexed photos passing the filter, newest first: by date taken, then the undated ones
         by file time (ties by id), resumed after the key of the last photo of the previous page; and how
-        many pass the filter in all."""
+        many pass the filter in all, counted for the first page only (None after it: a count is a scan)."""
         conds = _filter_conditions(f)
         dated = ImageRecord.taken_at.is_not(None)
         out: list[ImageRecord] = []
         with self._session() as s:
-            total = s.scalar(select(func.count()).select_from(ImageRecord).where(*conds)) or 0
+            total = None if after else s.scalar(select(func.count()).select_from(ImageRecord).where(*conds)) or 0
             if after is None or after.taken_at is not None:
                 q = select(ImageRecord).where(*conds, dated, *([after.before()] if after else []))
                 out += s.scalars(q.order_by(ImageRecord.taken_at.desc(), ImageRecord.mtime_ns.desc(),

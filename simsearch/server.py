@@ -365,7 +365,8 @@ def _image_routes(app: FastAPI, store: Store) -> None:
     def photos(limit: int = Query(60, ge=1, le=500), cursor: str | None = Query(None, max_length=200),
                f: ImageFilter | None = Depends(_filter)) -> dict[str, Any]:
         """The collection, newest first (date taken, then file time for undated photos), a page at a time,
-        with the same filters as queries; `next` is the cursor of the following page (null at the end)."""
+        with the same filters as queries; `next` is the cursor of the following page (null at the end);
+        `total`, how many photos pass the filters, on the first page (null on the others)."""
         rows, total = store.browse(f, _after(cursor), limit)
         return {"photos": [_links(r) for r in rows], "total": total,
                 "next": _cursor(BrowseKey.of(rows[-1])) if len(rows) == limit else None}

@@ -299,8 +299,8 @@ class Store:
                                   what=f"image {image_id}")
 
     def browse(self, where: ImageFilter | None = None, after: BrowseKey | None = None,
-               limit: int = 60) -> tuple[list[dict[str, Any]], int]:
-        """A page of the collection, newest first, and how many photos pass `where` (Catalog.browse)."""
+               limit: int = 60) -> tuple[list[dict[str, Any]], int | None]:
+        """A page of the collection, newest first, and on the first page how many pass `where` (Catalog.browse)."""
         where = replace(where, folder=str(Path(where.folder).expanduser().resolve())) if where and where.folder else where
         return self.catalog.browse(where or ImageFilter(), after, limit)
 

@@ -64,7 +64,7 @@ def _expected(keep: object = lambda f: True) -> list[str]:
 def test_pages_cover_the_collection_once_newest_first(client: TestClient, limit: int) -> None:
     photos, totals = _all_pages(client, limit)
     assert [p["path"] for p in photos] == _expected()  # dated by date taken, then undated by file time; no failures
-    assert set(totals) == {N + 13}
+    assert totals[0] == N + 13 and set(totals[1:]) <= {None}  # counted once, on the first page
     first = photos[0]
     assert first["thumbnail"] == f"/api/images/{first['id']}/thumbnail" and first["file"].endswith("/file")
 
@@ -72,7 +72,7 @@ def test_pages_cover_the_collection_once_newest_first(client: TestClient, limit:
 def test_filters_narrow_browsing_as_they_narrow_queries(client: TestClient) -> None:
     photos, totals = _all_pages(client, 5, folder="/photos/a", format="PNG")
     want = _expected(lambda f: f.path.startswith("/photos/a/") and f.format == "PNG")
-    assert want and [p["path"] for p in photos] == want and set(totals) == {len(want)}
+    assert want and [p["path"] for p in photos] == want and totals[0] == len(want) and set(totals[1:]) <= {None}
     until = datetime(2020, 1, 1, 20)
     photos, _ = _all_pages(client, 9, taken_until=until.isoformat(), min_pixels=120 * 80)
     want = _expected(lambda f: f.taken_at is not None and f.taken_at <= until and f.width * f.height >= 120 * 80)
