@@ -217,7 +217,8 @@ def _filter_conditions(f: ImageFilter) -> list[Any]:
 def parse_when(text: str) -> date:
     """A filter's date as people write it: YYYY-MM-DD is a whole day (a date); with a time, that moment."""
     try:
-        return date.fromisoformat(text) if len(text.strip()) == 10 else datetime.fromisoformat(text.strip())
+        text = text.strip()
+        return date.fromisoformat(text) if len(text) == 10 else datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValueError(f"not a date: {text!r} (expected YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS])") from exc
 
@@ -378,8 +379,7 @@ def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
                                for r in rows])
 
 
-_IMAGE_COLUMNS = ("id", "path", "size", "mtime_ns", "sha256", "width", "height", "format", "taken_at", "indexed_at",
-                  "status", "error")
+_IMAGE_COLUMNS = tuple(c.name for c in _IMAGES.columns)  # id first: COPY writes every column the table has
 
 
 def _pg_copy_images(conn: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
