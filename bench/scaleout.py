@@ -38,6 +38,7 @@ def ray_cli(*args: str) -> None:
 
 
 def start_cluster(nodes: int, cpus: int) -> str:
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # nodes joining, and this driver, present the head's token
     ray_cli("stop", "--force")
     common = ["--num-cpus", str(cpus), "--object-store-memory", str(1 << 30), "--disable-usage-stats"]
     ray_cli("start", "--head", "--port", PORT, "--include-dashboard", "false", *common)

@@ -308,7 +308,10 @@ class RaySource:
                 ray.init(address=None if address == "local" else address or "auto", logging_level=logging.WARNING,
                          log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SimsearchError(f"cannot reach a Ray cluster at {address or 'auto'}: {exc}") from exc
+                hint = ("" if os.environ.get("RAY_AUTH_MODE") else
+                        " (a cluster with token authentication, Ray's default where ~/.ray/auth_token exists, "
+                        "also needs RAY_AUTH_MODE=token here)")
+                raise SimsearchError(f"cannot reach a Ray cluster at {address or 'auto'}: {exc}{hint}") from exc
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines drown our progress bar
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # shards come back in file order: ids as a local run gives
@@ -365,16 +368,21 @@ class RaySource:
 
         self._used.add(name)
         try:
-            t = pq.read_table(f"{self.folder}/{name}", filesystem=self.fs).to_pydict()
+            t = pq.read_table(f"{self.folder}/{name}", filesystem=self.fs)
         except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read shard {self.folder}/{name}: {exc}") from exc
+        vec = t.column("vector").combine_chunks()  # one matrix, not a Python list per row
+        dim = vec.type.list_size
+        matrix = vec.values.slice(vec.offset * dim, len(vec) * dim).to_numpy(zero_copy_only=False)
+        matrix = matrix.astype(np.float32, copy=False).reshape(len(vec), dim)
+        has_vector = vec.is_valid().to_numpy(zero_copy_only=False)
+        c = {k: t.column(k).to_pylist() for k in t.column_names if k != "vector"}
         out: dict[FileKey, ShardRow] = {}
-        for i, path in enumerate(t["path"]):
-            vec = t["vector"][i]
+        for i, path in enumerate(c["path"]):
             info = None
-            if t["error"][i] is None:
-                info = ImageInfo(t["width"][i], t["height"][i], t["format"][i], t["taken_at"][i])
-            key = (path, t["size"][i], t["mtime_ns"][i])
-            out[key] = ShardRow(path, key[1], key[2], t["sha256"][i], info, t["error"][i],
-                                None if vec is None else np.asarray(vec, np.float32))
+            if c["error"][i] is None:
+                info = ImageInfo(c["width"][i], c["height"][i], c["format"][i], c["taken_at"][i])
+            key = (path, c["size"][i], c["mtime_ns"][i])
+            out[key] = ShardRow(path, key[1], key[2], c["sha256"][i], info, c["error"][i],
+                                matrix[i] if has_vector[i] else None)
         return out

@@ -16,6 +16,9 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiled models go to a cache of this test session's own, never the user's (~/.cache/simsearch).
 os.environ["SIMSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="simsearch-test-cache-")
+# Ray (2.60 on) puts token authentication on a head that finds ~/.ray/auth_token, and a node or driver
+# presents the token only when this is set before Ray is imported: the Ray tests' clusters run as users' do.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from simsearch.embedder import HubEmbedder  # noqa: E402
 

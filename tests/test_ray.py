@@ -77,6 +77,7 @@ def cluster() -> Iterator[Cluster]:
         pytest.skip("Ray is not installed: pip install 'simsearch[ray]'")
     port = _free_port()
     c = Cluster(f"127.0.0.1:{port}")
+    # token authentication, as a cluster started by `ray start` has: RAY_AUTH_MODE=token (tests/conftest.py)
     _ray("start", "--head", "--port", str(port), "--include-dashboard", "false", *NODE_ARGS)
     try:
         c.add_worker_node()
