@@ -35,7 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -302,6 +302,51 @@ def raw_postgres_copy_rate(url: str, n: int) -> float:
     return n / took
 
 
+def merge(n: int, tmp: Path, url: str | None) -> float:
+    """The Ray merge without Ray: the shards as the workers leave them, merged by `Store.index`, which finds
+    every shard already written and so computes none; rows/s of the whole merge (read the Parquet, classify,
+    write the catalog, fill FAISS)."""
+    import pyarrow as pa
+
+    import simsearch
+    from simsearch.distributed import RayOptions, shard_schema, write_shard
+    from tests.modules import build_tf2_saved_model
+
+    module = tmp / "merge-model"
+    if not module.exists():
+        build_tf2_saved_model(module, dim=1024)
+    root, store_dir = tmp / f"merge-{uuid.uuid4().hex[:6]}", tmp / f"merge-store-{uuid.uuid4().hex[:6]}"
+    options = RayOptions(address="local")
+    vecs = np.random.default_rng(1).standard_normal((n, 1024)).astype(np.float32)
+    with simsearch.open(store_dir, model=module, create=True, db=url) as s:
+        s.index(tmp / "merge-model")  # records the model: the shards' folder depends on it (no photos in there)
+        source = s._source(options)  # the staging folder this store's shards go to
+        root.mkdir()
+        files = []
+        for i in range(n):
+            p = root / f"{i // 1000:05d}" / f"IMG_{i % 1000:04d}.jpg"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"%08d" % i)
+            st = p.stat()
+            files.append((str(p), st.st_size, st.st_mtime_ns))
+        files.sort()
+        list(source.items([], None))  # type: ignore[arg-type]
+        schema = shard_schema(1024)
+        for k in range(0, n, options.shard_size):
+            part = files[k : k + options.shard_size]
+            cols = {"path": [f[0] for f in part], "size": [f[1] for f in part], "mtime_ns": [f[2] for f in part],
+                    "sha256": [hashlib.sha256(b"%08d" % (k + j)).hexdigest() for j in range(len(part))],
+                    "width": [640] * len(part), "height": [480] * len(part), "format": ["JPEG"] * len(part),
+                    "taken_at": [datetime(2024, 5, 1)] * len(part), "error": [None] * len(part),
+                    "vector": list(vecs[k : k + len(part)])}
+            write_shard(source.fs, source.folder, f"{k:09d}.parquet", pa.table(cols, schema=schema))
+        t = time.perf_counter()
+        report = s.index(root, ray=options)
+        took = time.perf_counter() - t
+    assert report.added == n and report.ray.get("reused_shards") == -(-n // options.shard_size), report
+    return n / took
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000, help="rows for the catalog write rates (0: skip)")
@@ -309,6 +354,8 @@ def main() -> None:
     ap.add_argument("--postgres", help="a PostgreSQL URL whose database may be written (tables are made)")
     ap.add_argument("--listing", type=int, default=0, metavar="N", help="files for the no-change re-run (0: skip)")
     ap.add_argument("--photos", type=int, default=0, metavar="N", help="tiny PNGs for the pipeline ceiling (0: skip)")
+    ap.add_argument("--merge", type=int, default=0, metavar="N",
+                    help="rows for the Ray merge, from shards already written, beside Catalog.write (0: skip)")
     ap.add_argument("--listing-child", nargs=2, metavar=("STORE", "FOLDER"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.listing_child:
@@ -319,6 +366,15 @@ def main() -> None:
             listing(args.listing, Path(tmp))
         if args.photos:
             ceiling(args.photos, Path(tmp))
+        for r in range(args.rounds if args.merge else 0):
+            for name, url in (("SQLite", None), ("PostgreSQL", args.postgres)):
+                if name == "SQLite" or url:
+                    with scratch_database(url) if url else nullcontext() as db:
+                        ours = merge(args.merge, Path(tmp), db)
+                    with scratch_database(url) if url else nullcontext(f"sqlite:///{Path(tmp) / f'm{r}.sqlite'}") as db:
+                        write = catalog_rate(db, args.merge)
+                    print(f"Ray merge round {r + 1} ({name}): {ours:,.0f} rows/s from written shards, Catalog.write alone "
+                          f"{write:,.0f} rows/s, ratio {ours / write:.2f}", flush=True)
         if not args.rows:
             return
         for r in range(args.rounds):  # interleaved, each in a new file: noise hits both sides alike

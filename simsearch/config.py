@@ -71,6 +71,9 @@ class Settings:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # files larger than this are failures, never read
     save_every_s: float = 60.0  # how often the FAISS file is checkpointed during a long run
+    # Rows wait in memory at most this long (or until 1,024 of them) before their transaction: a crash loses
+    # at most this much work, and a fast source (a Ray merge) writes in bulk instead of a model batch at a time.
+    commit_every_s: float = 1.0
     # Past this many vectors `index` moves the store to an approximate IVF-SQ8 index (see Store.optimize).
     ann_threshold: int = 200_000
     runtime: str | None = None  # None: $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME
@@ -88,6 +91,8 @@ class Settings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.commit_every_s < 0:
+            raise ValueError(f"commit_every_s must be >= 0, got {self.commit_every_s}")
         if self.resize is not None and self.resize not in RESIZE_POLICIES:
             raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
 
