@@ -275,3 +275,28 @@ def test_an_unchanged_rerun_rewrites_no_index_file(tmp_path: Path, folder: Path,
         assert store.index(folder).added == 1
         _consistent(store)
     assert [f.stat().st_mtime_ns for f in files] != before
+
+
+def test_rows_are_committed_in_bulk_by_count_or_age_not_a_model_batch_at_a_time(tmp_path: Path) -> None:
+    """A fast source (a Ray merge, a fast model) writes 1,024 rows a transaction; a slow one still commits
+    within `commit_every_s`. Each write reports progress once, so the progress events count the writes."""
+    from simsearch.embedder import CallableEmbedder
+
+    root = tmp_path / "tiny"
+    rng = np.random.default_rng(0)
+    for i in range(1100):
+        path = root / f"{i // 500}" / f"p{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).save(path)
+    model = CallableEmbedder(lambda x: x.reshape(len(x), -1)[:, :48].astype(np.float32) + 1.0, name="pixels",
+                             input_size=(8, 8))
+    writes: dict[float, list[int]] = {}
+    for every in (3600.0, 0.0):
+        events: list[Progress] = []
+        settings = Settings(batch_size=8, workers=2, fingerprints=False, commit_every_s=every)
+        with simsearch.open(tmp_path / f"store-{every}", model=model, settings=settings, create=True) as store:
+            assert store.index(root, progress=events.append).added == 1100
+            _consistent(store)
+        writes[every] = [e.done for e in events if e.done]
+    assert writes[3600.0] == [1024, 1100]
+    assert len(writes[0.0]) >= 1100 // 8 and max(np.diff([0, *writes[0.0]])) <= 8  # every model batch at once
