@@ -12,45 +12,65 @@ from click.testing import CliRunner
 
 import simsearch
 from simsearch.cli import main
-from simsearch.models import inception_v2, random_inception_v2, save_slim_checkpoint
+from simsearch.models import inception_v2, random_inception_v2
 
 from .conftest import photo
+from .slim_reference import slim_reference
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def slim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    model = random_inception_v2(seed=7)
-    prefix = tmp_path_factory.mktemp("ckpt") / "inception_v2.ckpt"
-    save_slim_checkpoint(model, prefix)
-    return prefix, model
+def _synthetic_photos(n: int) -> np.ndarray:
+    """Smooth gradients with noise in [0, 1]: not photos, but no corel1k needed."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:224, 0:224] / 223.0
+    out = [np.stack([xx * rng.random() + yy * rng.random(), yy, 1 - xx], -1) * 0.8 + rng.random((224, 224, 3)) * 0.2
+           for _ in range(n)]
+    return np.clip(np.stack(out), 0, 1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory: pytest.TempPathFactory, slim_ckpt: tuple[Path, object]) -> Path:
+def slim_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object], np.ndarray]:
+    """A checkpoint written by TF-Slim's own graph and saver (as the 2016 release was), and that graph's
+    outputs on a few inputs fed the way it was trained: (x - 0.5) * 2."""
+    x = _synthetic_photos(3)
+    ref = slim_reference(tmp_path_factory.mktemp("ckpt") / "inception_v2.ckpt", x, seed=7, training=False)
+    return Path(ref["ckpt"]), ref, x
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory, slim_ckpt: tuple[Path, dict[str, object], np.ndarray]) -> Path:
     out = tmp_path_factory.mktemp("modules") / "inception_v2"
     r = CliRunner().invoke(main, ["model", "import-slim", str(slim_ckpt[0]), str(out)], catch_exceptions=False)
     assert r.exit_code == 0 and f"--model {out}" in r.output
     return out
 
 
-def test_imported_module_has_the_hub_signatures(imported: Path, slim_ckpt: tuple[Path, object]) -> None:
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_imported_module_has_the_hub_signatures_and_tf_slims_outputs(
+        imported: Path, slim_ckpt: tuple[Path, dict[str, object], np.ndarray]) -> None:
+    """The reference is TF-Slim's graph, not simsearch's Keras model: without corel1k this is the one check
+    that an imported checkpoint computes what TF-Slim computes."""
     import tensorflow as tf
     import tensorflow_hub as hub
 
+    _, ref, x = slim_ckpt
     obj = hub.load(str(imported))
     assert {"image_feature_vector", "default", "classification"} <= set(obj.signatures)
-    x = np.random.default_rng(0).random((2, 224, 224, 3), dtype=np.float32)
     feats = obj.signatures["image_feature_vector"](images=tf.constant(x))["default"].numpy()
     logits = obj.signatures["classification"](images=tf.constant(x))["default"].numpy()
-    ref = slim_ckpt[1](x, training=False)
-    assert feats.shape == (2, 1024) and logits.shape == (2, 1001)
-    np.testing.assert_allclose(feats, ref["features"].numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(logits, ref["logits"].numpy(), rtol=1e-5, atol=1e-5)
+    assert feats.shape == (3, 1024) and logits.shape == (3, 1001)
+    assert _relative(feats, ref["features"]) < 1e-4
+    assert _relative(logits, ref["logits"]) < 1e-4
+    assert _relative(feats, ref["features_from_unit_range"]) > 1e-2  # the input convention is really tested
 
 
 def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> None:
+    """The query is bytes, not an indexed path, so the imported module runs on it (an indexed path would
+    be answered with its stored vector)."""
     for i in range(6):
         photo(tmp_path / "photos" / f"p{i}.jpg", seed=i, size=(320, 240))
     r = CliRunner().invoke(main, ["index", str(tmp_path / "photos"), "--store", str(tmp_path / "s"),
@@ -58,16 +78,18 @@ def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> 
     assert r.exit_code == 0, r.output
     with simsearch.open(tmp_path / "s", create=True) as store:
         assert store.stats().images == 6 and store.stats().dim == 1024
-        hit = store.query(tmp_path / "photos" / "p3.jpg", k=2)[0]
-        assert hit.path == str(tmp_path / "photos" / "p3.jpg") and hit.score > 0.999
+        hits = store.query((tmp_path / "photos" / "p3.jpg").read_bytes(), k=2)
+        assert hits[0].path == str(tmp_path / "photos" / "p3.jpg") and hits[0].score > 0.999
+        assert hits[1].score < 0.999  # another photo: the model's vectors tell them apart
 
 
-def test_release_tarball_and_sha256(tmp_path: Path, slim_ckpt: tuple[Path, object]) -> None:
+def test_release_tarball_and_sha256(tmp_path: Path, slim_ckpt: tuple[Path, dict[str, object], np.ndarray]) -> None:
     prefix = slim_ckpt[0]
     archive = tmp_path / "inception_v2_2016_08_28.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
-        for f in prefix.parent.glob(prefix.name + ".*"):
-            tar.add(f, arcname=f.name)
+        for f in [prefix, *prefix.parent.glob(prefix.name + ".*")]:  # V1: one file; V2: .index and .data
+            if f.is_file():
+                tar.add(f, arcname=f.name)
     good = hashlib.sha256(archive.read_bytes()).hexdigest()
     r = CliRunner().invoke(main, ["model", "import-slim", str(archive), str(tmp_path / "m"), "--sha256", "ab" * 32])
     assert r.exit_code == 1 and f"sha256 of {archive} is {good}" in r.output and not (tmp_path / "m").exists()

@@ -16,7 +16,7 @@ import pytest
 
 from simsearch.images import load_image
 
-from .slim_reference import import_tf_slim
+from .slim_reference import slim_reference as run_slim_reference
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
@@ -35,46 +35,7 @@ def photos(corel_images: Path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def slim_reference(tmp_path_factory: pytest.TempPathFactory, photos: np.ndarray) -> dict[str, object]:
     """Run the TF-Slim graph in both modes; save its weights as a TF-Slim checkpoint."""
-    import tensorflow as tf
-
-    slim, nets = import_tf_slim()
-    v1 = tf.compat.v1
-    ckpt = str(tmp_path_factory.mktemp("slim") / "inception_v2.ckpt")
-    slim_range = (photos - 0.5) * 2.0  # what TF-Slim's Inception was trained on
-    out: dict[str, object] = {"ckpt": ckpt}
-    for training in (False, True):
-        with tf.Graph().as_default():
-            images = v1.placeholder(tf.float32, [None, 224, 224, 3])
-            with slim.arg_scope(nets.inception_v2_arg_scope()):
-                logits, end = nets.inception_v2(images, num_classes=1001, is_training=training,
-                                                dropout_keep_prob=0.8)
-            features = tf.reduce_mean(end["Mixed_5c"], [1, 2])  # = Logits/AvgPool_1a_7x7 at 224x224
-            variables = v1.global_variables()
-            # the old (V1) single-file format of inception_v2_2016_08_28.tar.gz's inception_v2.ckpt
-            saver = v1.train.Saver(variables, write_version=v1.train.SaverDef.V1)
-            with v1.Session() as sess:
-                if not training:
-                    rng = np.random.default_rng(1234)
-                    sess.run(v1.global_variables_initializer())
-                    for var in variables:  # plausible, non-trivial statistics, not slim's initialisers
-                        name, shape = var.op.name, var.shape.as_list()
-                        if name.endswith("moving_mean"):
-                            value = rng.normal(0.0, 0.2, shape)
-                        elif name.endswith("moving_variance"):
-                            value = rng.uniform(0.3, 2.0, shape)
-                        elif name.endswith(("beta", "biases")):
-                            value = rng.normal(0.0, 0.2, shape)
-                        else:
-                            fan_in = int(np.prod(shape[:-1])) if "depthwise" not in name else shape[0] * shape[1]
-                            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-                        var.load(value.astype(np.float32), sess)
-                    saver.save(sess, ckpt, write_meta_graph=False)
-                    out["features"], out["logits"] = sess.run([features, logits], {images: slim_range})
-                    out["features_from_unit_range"] = sess.run(features, {images: photos})
-                else:
-                    saver.restore(sess, ckpt)
-                    out["train_features"] = sess.run(features, {images: slim_range})
-    return out
+    return run_slim_reference(tmp_path_factory.mktemp("slim") / "inception_v2.ckpt", photos)
 
 
 def test_inference_vectors_and_logits_match_tf_slim(slim_reference: dict, photos: np.ndarray) -> None:
