@@ -42,8 +42,11 @@ def test_index_stats_query_failures_remove(tmp_path: Path, folder: Path, tiny_mo
     assert (stats["images"], stats["failed"], stats["dim"]) == (6, 1, 32)
     assert stats["model"] == str(tiny_module) and stats["input_size"] == [64, 64]
 
-    hits = json.loads(_run("query", folder / "p2.jpg", *store, "-k", "3", "--json").output)
+    probe = tmp_path / "probe.jpg"  # a copy outside the store: the model runs on it (an indexed path would
+    probe.write_bytes((folder / "p2.jpg").read_bytes())  # be answered with its stored vector)
+    hits = json.loads(_run("query", probe, *store, "-k", "3", "--json").output)
     assert len(hits) == 3 and hits[0]["path"] == str(folder / "p2.jpg") and hits[0]["score"] >= 0.999
+    assert hits[1]["score"] < 0.999
     assert {"id", "path", "score"} <= set(hits[0])
     by_id = json.loads(_run("query", "--id", hits[1]["id"], *store, "--top", "1", "--json").output)
     assert by_id[0]["id"] == hits[1]["id"]

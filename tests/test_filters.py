@@ -115,9 +115,13 @@ def test_cli_filter_options(store: simsearch.Store) -> None:
     assert hits and all(h["format"] in ("PNG", "WEBP") and h["width"] * h["height"] >= 20000
                         and "/trips/" in h["path"] for h in hits)
     r = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "2015-01-01",
-                                  "--taken-until", "2018-12-31", "--json"])
+                                  "--taken-until", "2018-12-31", "-k", "60", "--json"])
     assert r.exit_code == 0, r.output
-    assert all("2015" <= h["taken_at"][:4] <= "2018" for h in json.loads(r.stdout))
+    dated = json.loads(r.stdout)
+    # exactly the photos taken in 2015-2018: five of the fixture's ten dated photos (the others are from 2010)
+    want = {i for i, rec in store.catalog.records(store.catalog.vector_ids()).items()
+            if rec["taken_at"] and "2015" <= rec["taken_at"][:4] <= "2018"}
+    assert want and {h["id"] for h in dated} == want
     bad = CliRunner().invoke(main, ["query", "--id", "2", *_store_args(store), "--taken-from", "yesterday"])
     assert bad.exit_code == 2
 
@@ -136,7 +140,10 @@ def test_api_filter_parameters(store: simsearch.Store) -> None:
     assert [h["id"] for h in hits] == [h.id for h in expected] and hits
     vec = store.catalog.vector(2, store.collection.vector_index.dim).tolist()
     by_vec = client.post("/api/query/vector", params={"taken_from": "2015-01-01"}, json={"vector": vec, "k": 50})
-    assert by_vec.status_code == 200 and all(h["taken_at"] >= "2015" for h in by_vec.json())
+    assert by_vec.status_code == 200
+    want = {i for i, rec in store.catalog.records(store.catalog.vector_ids()).items()
+            if rec["taken_at"] and rec["taken_at"] >= "2015"}
+    assert want and {h["id"] for h in by_vec.json()} == want
     up = client.post("/api/query", params={"folder": str(root / "home")},
                      files={"image": ("p.jpg", (root / "trips" / "p01.png").read_bytes(), "image/png")})
     assert up.status_code == 200 and all("/home/" in h["path"] for h in up.json()) and up.json()
