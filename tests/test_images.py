@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import struct
+import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,15 +63,42 @@ def test_error_names_the_file(tmp_path: Path) -> None:
         load_image(tmp_path / "empty.jpg", SIZE)
 
 
+def _as_nobody(fn: Callable[[], str]) -> str:
+    """fn() in a forked child that has dropped root for the nobody user, where root would read anything."""
+    if os.geteuid() != 0:
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = fn()
+        except BaseException as exc:
+            out = f"child failed: {exc!r}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read().decode()
+    os.waitpid(pid, 0)
+    return out
+
+
 def test_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere.jpg")
     assert "cannot read file" in _reason(tmp_path / "dangling.jpg")
-    locked = photo(tmp_path / "locked.jpg", 2)
-    locked.chmod(0)
-    if os.geteuid() == 0:  # root reads anything: the file is then simply a good photo
-        assert load_image(locked, SIZE)[0].shape == (32, 32, 3)
-    else:
-        assert "Permission denied" in _reason(locked)
+    folder = Path(tempfile.mkdtemp())  # under /tmp, open to all: only the file itself is locked
+    try:
+        folder.chmod(0o755)
+        locked = photo(folder / "locked.jpg", 2)
+        locked.chmod(0)
+        assert _as_nobody(lambda: _reason(locked)) == "cannot read file: Permission denied"
+        locked.chmod(0o644)  # the same user reads it once allowed: the permission was the reason
+        assert _as_nobody(lambda: str(load_image(locked, SIZE)[0].shape)) == "(32, 32, 3)"
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:

@@ -182,7 +182,12 @@ def test_cors_is_off_by_default_and_on_when_asked(store: simsearch.Store) -> Non
     assert r.headers["access-control-allow-origin"] == "https://photos.example"
 
 
-def test_queries_keep_working_during_an_index_update(tmp_path: Path, store: simsearch.Store, folder: Path) -> None:
+def test_queries_keep_working_during_an_index_update(tmp_path: Path, folder: Path, tiny_embedder: HubEmbedder) -> None:
+    """Queries are answered while a run is half done: each time it has committed some of its rows and not
+    the rest, it waits (in its progress callback) until the query threads have had three more answers."""
+    store = simsearch.open(tmp_path / "store2", model=tiny_embedder, create=True,
+                           settings=Settings(batch_size=4, commit_every_s=0))  # a commit every model batch
+    store.index(folder)
     client = TestClient(create_app(store), base_url="http://localhost")
     for i in range(40):
         photo(folder / "more" / f"m{i:02d}.jpg", seed=1000 + i)
@@ -206,17 +211,28 @@ def test_queries_keep_working_during_an_index_update(tmp_path: Path, store: sims
                 errors.append("a hit names a file that is not there")
             responses += 1
 
+    midway: list[bool] = []  # at each midpoint: did three queries get answered while the run waited?
+
+    def wait_for_answers(p: simsearch.Progress) -> None:
+        if 0 < p.done < p.total:  # some of this run's rows are committed, the rest are not
+            want, deadline = responses + 3, time.monotonic() + 20
+            while responses < want and not errors and time.monotonic() < deadline:
+                time.sleep(0.01)
+            midway.append(responses >= want)
+
     threads = [threading.Thread(target=ask) for _ in range(3)]
     for t in threads:
         t.start()
-    report = store.index(folder)
-    time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
+    try:
+        report = store.index(folder, progress=wait_for_answers)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        store.close()
     assert report.added == 40
     assert not errors, errors[:3]
-    assert responses >= 10
+    assert len(midway) >= 5 and all(midway), midway  # ten batches of four: answered at every midpoint
 
 
 def test_serve_binds_to_localhost_by_default() -> None:
