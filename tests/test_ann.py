@@ -146,3 +146,60 @@ def test_ivf_pq_that_misses_the_target_is_refused_or_replaced(tmp_path: Path, mo
         monkeypatch.setattr(collection, "memory_bytes", lambda: 1 << 20)  # 8-bit codes would not fit in memory
         assert s.optimize(target_recall=0.99, nlist=64).kind == "ivf-sq8"  # auto: product codes fell short
         assert s.optimize(target_recall=0.5, nlist=64).kind == "ivf-pq"  # and are taken where they suffice
+
+
+def test_a_filter_matching_more_than_the_exact_limit_searches_the_ivf_index_within_the_filter(
+        store: simsearch.Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past EXACT_FILTER_LIMIT matching photos the approximate index is searched, restricted to them: every
+    hit passes the filter, k hits come back, and recall among the matching photos holds."""
+    store.optimize(target_recall=0.95)
+    f = ImageFilter(folder="/photos/a")
+    among = store.catalog.ids_matching(f)
+    monkeypatch.setattr(collection, "EXACT_FILTER_LIMIT", 1000)  # 8,000 match: past it
+    assert len(among) > collection.EXACT_FILTER_LIMIT
+    queries = _vectors(0, N + 100)[N:]
+    found = np.stack([[h.id for h in store.query(q, k=10, where=f)] for q in queries])
+    assert np.isin(found, among).all()
+    assert recall_at_k(found, _brute(store, queries, 10, among)) >= 0.9
+
+
+def test_optimize_command_with_nlist(store: simsearch.Store) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from simsearch.cli import main
+
+    r = CliRunner().invoke(main, ["optimize", "--store", str(store.root), "--nlist", "64", "--recall", "0.9", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["kind"], out["nlist"], out["vectors"]) == ("ivf-sq8", 64, N) and out["recall_at_10"] >= 0.9
+    with simsearch.open(store.root) as again:
+        assert again.stats().index_kind == "ivf-sq8" and again.stats().nprobe == out["nprobe"]
+    bad = CliRunner().invoke(main, ["optimize", "--store", str(store.root), "--nlist", "4"])
+    assert bad.exit_code == 2 and "--nlist" in bad.output
+
+
+def test_index_moves_to_the_approximate_index_past_ann_threshold(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 255, (20, 8, 8, 3))
+    for i in range(900):  # clustered photos: 20 themes, with noise
+        pixels = np.clip(centres[i % 20] + rng.normal(0, 25, (8, 8, 3)), 0, 255).astype(np.uint8)
+        path = tmp_path / "photos" / f"{i // 300}" / f"p{i:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+    model = CallableEmbedder(lambda x: x.reshape(len(x), -1).astype(np.float32) - 0.5, name="pixels",
+                             input_size=(8, 8))
+    settings = Settings(ann_threshold=800, fingerprints=False)
+    with simsearch.open(tmp_path / "store", model=model, settings=settings, create=True) as s:
+        s.index(tmp_path / "photos" / "0")
+        s.index(tmp_path / "photos" / "1")
+        assert s.stats().index_kind == "flat" and s.stats().vectors == 600  # under the threshold: exact
+        s.index(tmp_path / "photos" / "2")
+        assert s.stats().index_kind == "ivf-sq8" and s.stats().vectors == 900  # moved by the run that crossed it
+        probe = (tmp_path / "photos" / "2" / "p0700.png").read_bytes()
+        assert s.query(probe, k=1)[0].path.endswith("p0700.png")
+    with simsearch.open(tmp_path / "store", model=model, settings=settings) as again:
+        assert again.stats().index_kind == "ivf-sq8" and not again.rebuilt_index
