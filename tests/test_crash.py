@@ -53,11 +53,16 @@ def test_sigkill_then_resume_matches_a_clean_run(tmp_path: Path, corel_images: P
         if count >= 100:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, f"indexer ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    if proc.poll() is not None:
+        assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
+        pytest.skip("the indexer finished before it could be killed: this machine is too fast for 1000 photos")
+    assert count >= 100, "no 100 photos committed in 2 minutes"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     at_kill = _ok_count(killed_store / "catalog.sqlite")
-    assert 100 <= at_kill < 1000, at_kill
+    if at_kill == 1000:
+        pytest.skip("the run committed its last photo before the kill landed: no crash was exercised")
+    assert proc.returncode == -signal.SIGKILL and 100 <= at_kill < 1000, (proc.returncode, at_kill)
 
     # reopening after the kill: the index is rebuilt from what was committed, nothing half-written
     partial, images = _snapshot(killed_store)
@@ -124,3 +129,27 @@ def test_sigkill_inside_one_bulk_write_leaves_the_batch_before_it(tmp_path: Path
         after = np.sort(s.catalog.vector_ids())
         assert len(after) == 1100 and after[:100].tolist() == ids.tolist() and after[100] > ids[-1]
         np.testing.assert_array_equal(np.sort(s.collection.vector_index.ids()), after)
+
+
+def test_ctrl_c_exits_130_keeps_what_was_committed_and_resumes(tmp_path: Path, corel_images: Path,
+                                                                tiny_module: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    store = tmp_path / "store"
+    proc = subprocess.Popen(_index_cmd(corel_images, store, tiny_module), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and _ok_count(store / "catalog.sqlite") < 50 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        pytest.skip("the indexer finished before it could be interrupted")
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    kept = _ok_count(store / "catalog.sqlite")
+    if kept == 1000:
+        pytest.skip("the run committed its last photo before the interrupt landed")
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: every committed batch is kept" in err and "Traceback" not in err
+    assert kept >= 50
+    resumed = subprocess.run(_index_cmd(corel_images, store, tiny_module) + ["--json"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0 and f'"added": {1000 - kept}' in resumed.stdout, resumed.stderr[-2000:]

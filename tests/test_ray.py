@@ -52,6 +52,13 @@ class Cluster:
                 return int(proc.name)
         raise AssertionError(f"no raylet process with {want!r}")
 
+    def worker_node_id(self) -> str:
+        import ray
+
+        ids = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" not in n["Resources"]]
+        assert len(ids) == 1, ids
+        return ids[0]
+
     def add_worker_node(self) -> None:
         _ray("start", "--address", self.address, *NODE_ARGS)
 
@@ -128,8 +135,16 @@ def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Clus
 
 def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Cluster, corel_images: Path,
                                                    inception_module: Path) -> None:
-    """Full Inception V2 (slow enough to kill a node mid-run); the run completes, or a re-run completes it."""
+    """Full Inception V2 (slow enough to kill a node mid-run). The node is killed while it runs this run's
+    work (a decoding task holds one of its CPUs, seen in the GCS's resource table), shards are still
+    missing and the process still running; the node is then reported dead, and the one run completes
+    the job all the same: the lost work was retried, not redone by a second run."""
+    import ray
+    # the GCS's own tables, read without the dashboard that Ray's state API needs
+    from ray._private.state import available_resources_per_node
+
     store_dir = tmp_path / "store"
+    victim = cluster.worker_node_id()
     cmd = [sys.executable, "-m", "simsearch", "index", str(corel_images), "--store", str(store_dir),
            "--model", str(inception_module), "--ray", cluster.address, "--shard-size", "25", "--json"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -140,18 +155,26 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Clu
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "no shard was written in 5 minutes"
             time.sleep(0.2)
-        os.kill(cluster.worker_raylet(), signal.SIGKILL)
+        raylet = cluster.worker_raylet()
+        while available_resources_per_node().get(victim, {}).get("CPU", 2.0) >= 2.0:  # idle: wait for a task
+            if proc.poll() is not None or len(list(store_dir.glob("staging/*/*.parquet"))) >= 40:
+                pytest.skip("the run ended before the node could be killed at work: no fault was exercised")
+            time.sleep(0.005)
+        os.kill(raylet, signal.SIGKILL)
+        written = len(list(store_dir.glob("staging/*/*.parquet")))
+        assert written < 40 and proc.poll() is None  # mid-run
+        deadline = time.monotonic() + 60
+        while any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes()):
+            assert time.monotonic() < deadline, "the killed node is still reported alive"
+            time.sleep(0.5)
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
         cluster.add_worker_node()  # back to two nodes for whatever runs next
-    reruns = 0
-    while proc.returncode != 0 or "added" not in out:
-        reruns += 1
-        assert reruns <= 2, f"a re-run did not complete the job: {err[-3000:]}"
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        proc.returncode, out, err = r.returncode, r.stdout, r.stderr
+    assert proc.returncode == 0, f"the run did not survive the node's loss: {err[-3000:]}"
+    report = json.loads(out[out.index("{"):])
+    assert report["added"] == 1000 and report["ray"]["shards"] == 40  # one run, every shard computed in it
 
     with simsearch.open(store_dir, create=False, settings=Settings()) as store:
         records = store.catalog.records(store.catalog.vector_ids())
