@@ -273,3 +273,58 @@ def test_a_running_server_sees_what_a_separate_index_run_wrote(tmp_path: Path, t
         other.index(tmp_path / "photos")
     hits = client.get("/api/query", params={"id": 5, "k": 5}).json()
     assert hits[0]["id"] == 5 and len(hits) == 5 and client.get("/api/stats").json()["vectors"] == 5
+
+
+def test_409_when_an_update_is_already_running_or_there_is_no_folder(tmp_path: Path) -> None:
+    """The first update is held inside the model (an embedder that waits for the test), so the second
+    request meets it running, whatever the machine's speed."""
+    from simsearch.embedder import CallableEmbedder
+
+    gate, inside = threading.Event(), threading.Event()
+    gate.set()  # open while the model is probed and the folder first indexed
+
+    def gated(x: np.ndarray) -> np.ndarray:
+        inside.set()
+        assert gate.wait(60)
+        return x.reshape(len(x), -1)[:, :16] + 1.0
+
+    store = simsearch.open(tmp_path / "store", model=CallableEmbedder(gated, name="gated", input_size=(8, 8)),
+                           create=True)
+    client = TestClient(create_app(store, token=TOKEN), base_url="http://localhost")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    none = client.post("/api/index", headers=auth)
+    assert none.status_code == 409 and "no folder to re-index" in none.json()["error"]
+    for i in range(3):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    store.index(tmp_path / "photos")
+    gate.clear()
+    inside.clear()
+    photo(tmp_path / "photos" / "new.jpg", seed=7)
+    assert client.post("/api/index", headers=auth).status_code == 202
+    try:
+        assert inside.wait(60), client.get("/api/index").json()  # the update is running, held in the model
+        again = client.post("/api/index", headers=auth)
+        assert again.status_code == 409 and "already running" in again.json()["error"]
+    finally:
+        gate.set()
+    deadline = time.monotonic() + 60
+    while (job := client.get("/api/index").json())["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job["state"] == "done" and job["reports"][0]["added"] == 1
+    store.close()
+
+
+def test_409_when_another_process_built_the_store_with_another_model(tmp_path: Path,
+                                                                      tiny_embedder: HubEmbedder) -> None:
+    from simsearch.embedder import CallableEmbedder
+
+    other = CallableEmbedder(lambda x: x.reshape(len(x), -1)[:, :16] + 1.0, name="other", input_size=(8, 8))
+    served = simsearch.open(tmp_path / "store", model=tiny_embedder, create=True)  # empty: nothing recorded yet
+    client = TestClient(create_app(served), base_url="http://localhost")
+    for i in range(2):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    with simsearch.open(tmp_path / "store", model=other) as writer:  # as `simsearch index` elsewhere would
+        writer.index(tmp_path / "photos")
+    r = client.post("/api/query", files={"image": ("p.jpg", (tmp_path / "photos" / "p0.jpg").read_bytes(), "image/jpeg")})
+    assert r.status_code == 409 and "cannot be mixed" in r.json()["error"], r.text
+    served.close()
