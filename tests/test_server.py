@@ -328,3 +328,24 @@ def test_409_when_another_process_built_the_store_with_another_model(tmp_path: P
     r = client.post("/api/query", files={"image": ("p.jpg", (tmp_path / "photos" / "p0.jpg").read_bytes(), "image/jpeg")})
     assert r.status_code == 409 and "cannot be mixed" in r.json()["error"], r.text
     served.close()
+
+
+def test_thumbnail_and_preview_follow_a_photo_that_changed(client: TestClient, folder: Path,
+                                                           store: simsearch.Store) -> None:
+    """Renditions are cached by content: an edited photo, once re-indexed, gets new ones (same id)."""
+    def mean_colour(r: object) -> np.ndarray:
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.float32).mean(axis=(0, 1))
+
+    path = folder / "colour.jpg"
+    Image.new("RGB", (300, 200), (220, 30, 30)).save(path)
+    store.index(folder)
+    (image_id,) = store.catalog.ids_for_paths([str(path)])
+    red = [mean_colour(client.get(f"/api/images/{image_id}/{kind}")) for kind in ("thumbnail", "preview")]
+    assert all(c[0] > 180 and c[2] < 70 for c in red)
+    Image.new("RGB", (300, 200), (30, 30, 220)).save(path)  # edited in place: same path, new content
+    assert client.get(f"/api/images/{image_id}/thumbnail").status_code == 409  # not yet re-indexed
+    store.index(folder)
+    assert store.catalog.ids_for_paths([str(path)]) == [image_id]
+    blue = [mean_colour(client.get(f"/api/images/{image_id}/{kind}")) for kind in ("thumbnail", "preview")]
+    assert all(c[2] > 180 and c[0] < 70 for c in blue)
