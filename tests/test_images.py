@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from simsearch.errors import ImageError
 from simsearch.formats import find_images
@@ -241,3 +241,42 @@ def test_bytes_io_roundtrip() -> None:
     Image.new("RGB", (50, 50), (10, 200, 30)).save(buf, "PNG")
     arr, info = load_image(buf.getvalue(), SIZE)
     assert info.format == "PNG" and arr[0, 0].tolist() == [10, 200, 30]
+
+
+# How EXIF orientation N displays the stored pixels (TIFF/EXIF 2.3, tag 0x0112): as PIL's transposes.
+_DISPLAY = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_reduced_size_jpeg_decoding_applies_every_exif_orientation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   orientation: int) -> None:
+    """A 2400x1600 photo stored turned, tagged so that it displays upright: decoded at a quarter size by
+    libjpeg, the model still gets the upright photo, and the reported size is the displayed one."""
+    upright = np.zeros((1600, 2400, 3), np.uint8)  # displayed: red top-left, green top-right, blue bottom
+    upright[:800, :1200] = (230, 20, 20)
+    upright[:800, 1200:] = (20, 230, 20)
+    upright[800:, :] = (20, 20, 230)
+    inverse = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+    how = _DISPLAY[orientation]
+    stored = Image.fromarray(upright).transpose(inverse.get(how, how))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=90)
+    shown = ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg")).convert("RGB")  # Pillow's reading of the tag
+    assert np.abs(np.asarray(shown, np.float32) - upright).mean() < 3
+    drafts: list[tuple[int, int]] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self: JpegImagePlugin.JpegImageFile, mode: str, size: tuple[int, int]) -> object:
+        out = real_draft(self, mode, size)
+        drafts.append(self.size)
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    arr, info = load_image(tmp_path / "turned.jpg", (224, 224))
+    assert drafts and max(drafts[-1]) == 600  # decoded at 1/4 of 2400
+    assert (info.width, info.height) == (2400, 1600)
+    want = np.asarray(Image.fromarray(upright).resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(arr.astype(np.float32) - want).mean() < 8
