@@ -241,3 +241,31 @@ def test_taking_a_fingerprint_leaves_the_model_input_as_it_was(tmp_path: Path, s
     np.testing.assert_array_equal(pixels, decoding.load(str(path))[0])
     assert (info.width, info.height) == (1600, 1200) and fp is not None
     assert Fingerprint.from_bytes(fp).width == 256  # not shrunk with a small model
+
+
+def test_keep_ties_go_to_the_oldest_photo_then_the_path(tmp_path: Path) -> None:
+    """Same resolution and format: the earliest date taken wins, then the earliest file time, then the path."""
+    root = tmp_path / "photos"
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9003] = "2019:05:01 10:00:00"
+    later = Image.Exif()
+    later.get_ifd(0x8769)[0x9003] = "2020:05:01 10:00:00"
+    photo(root / "a" / "z-taken-2019.jpg", seed=3, size=(320, 240), exif=exif.tobytes())
+    photo(root / "a" / "b-taken-2020.jpg", seed=3, size=(320, 240), exif=later.tobytes())
+    photo(root / "a" / "c-undated.jpg", seed=3, size=(320, 240))  # same picture, three encodings
+    for name, t in (("z-taken-2019.jpg", 1_600_000_000), ("b-taken-2020.jpg", 1_500_000_000),
+                    ("c-undated.jpg", 1_000_000_000)):  # file times in the opposite order: the date taken decides
+        os.utime(root / "a" / name, (t, t))
+    photo(root / "b" / "z-old-file.jpg", seed=5, size=(320, 240))
+    shutil.copy(root / "b" / "z-old-file.jpg", root / "b" / "a-new-file.jpg")
+    os.utime(root / "b" / "z-old-file.jpg", (1_000_000_000, 1_000_000_000))
+    os.utime(root / "b" / "a-new-file.jpg", (1_500_000_000, 1_500_000_000))
+    photo(root / "c" / "b.jpg", seed=9, size=(320, 240))
+    shutil.copy(root / "c" / "b.jpg", root / "c" / "a.jpg")
+    for name in ("a.jpg", "b.jpg"):
+        os.utime(root / "c" / name, (1_200_000_000, 1_200_000_000))
+    embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
+    with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
+        s.index(root)
+        keep = {Path(g.members[0]["path"]).parent.name: Path(g.keep).name for g in s.duplicates()}
+    assert keep == {"a": "z-taken-2019.jpg", "b": "z-old-file.jpg", "c": "a.jpg"}
