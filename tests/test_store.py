@@ -17,7 +17,6 @@ from PIL import Image
 import simsearch
 from simsearch.catalog import Changes, ImageFields
 from simsearch.cli import main
-from simsearch.config import Settings
 from simsearch.embedder import CallableEmbedder, HubEmbedder
 from simsearch.results import Result, StoreStats
 
@@ -150,3 +149,21 @@ def test_opening_a_store_that_does_not_exist_raises_unless_asked_to_create_it(tm
     with simsearch.open(tmp_path / "new", create=True) as store:
         assert store.stats().images == 0
     simsearch.open(tmp_path / "new").close()  # it exists now
+
+
+def test_store_model_and_db_come_from_the_environment_and_arguments_win(
+        tmp_path: Path, tiny_module: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIMSEARCH_CONFIG", str(tmp_path / "no-config.toml"))  # the user's own file stays out
+    monkeypatch.setenv("SIMSEARCH_STORE", str(tmp_path / "env-store"))
+    monkeypatch.setenv("SIMSEARCH_MODEL", str(tiny_module))
+    monkeypatch.setenv("SIMSEARCH_DB", f"sqlite:///{tmp_path / 'env-catalog.sqlite'}")
+    for i in range(2):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    with simsearch.open(create=True) as s:  # nothing given: all three from the environment
+        assert s.index(tmp_path / "photos").added == 2
+        assert s.root == tmp_path / "env-store" and s.stats().model == str(tiny_module)
+    assert (tmp_path / "env-catalog.sqlite").exists() and not (tmp_path / "env-store" / "catalog.sqlite").exists()
+    with simsearch.open(tmp_path / "arg-store", db=f"sqlite:///{tmp_path / 'arg.sqlite'}", create=True) as s:
+        assert s.index(tmp_path / "photos").added == 2  # the model still from the environment
+        assert s.root == tmp_path / "arg-store" and s.stats().model == str(tiny_module)
+    assert (tmp_path / "arg.sqlite").exists()
