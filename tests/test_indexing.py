@@ -300,3 +300,25 @@ def test_rows_are_committed_in_bulk_by_count_or_age_not_a_model_batch_at_a_time(
         writes[every] = [e.done for e in events if e.done]
     assert writes[3600.0] == [1024, 1100]
     assert len(writes[0.0]) >= 1100 // 8 and max(np.diff([0, *writes[0.0]])) <= 8  # every model batch at once
+
+
+def test_the_faiss_file_is_checkpointed_during_a_long_run_every_save_every_s(tmp_path: Path, folder: Path,
+                                                                          model: Counting) -> None:
+    """At each write the progress callback reads the checkpoint on disk: with save_every_s=0 it follows the
+    committed rows; with an hour it still holds what the run started from."""
+    seen: dict[float, list[tuple[int, int]]] = {}
+    for every in (0.0, 3600.0):
+        settings = Settings(batch_size=2, workers=1, commit_every_s=0, save_every_s=every)
+        store_dir = tmp_path / f"store-{every}"
+        with simsearch.open(store_dir, model=model, settings=settings, create=True) as store:
+            store.index(folder / "sub")  # 4 photos: the checkpoint the long run starts from
+            marks: list[tuple[int, int]] = []
+
+            def mark(p: Progress) -> None:
+                if 0 < p.done < p.total:
+                    marks.append((p.done, json.loads((store_dir / INDEX_STATE_FILE).read_text())["count"]))
+
+            assert store.index(folder, progress=mark).added == 8
+        seen[every] = marks
+    assert len(seen[0.0]) >= 3 and all(count == 4 + done for done, count in seen[0.0])
+    assert len(seen[3600.0]) >= 3 and all(count == 4 for _, count in seen[3600.0])
