@@ -469,8 +469,15 @@ class Catalog:
 
     @staticmethod
     def _take_turn(s: Session) -> MetaRecord:
-        """Lock the version row: writers take turns (a row lock on PostgreSQL; SQLite has one writer anyway)."""
-        return s.scalars(select(MetaRecord).where(MetaRecord.key == "vectors_version").with_for_update()).one()
+        """Lock the version row first thing: writers take turns, and what each then reads is current.
+
+        A row lock on PostgreSQL. SQLite ignores FOR UPDATE and its driver starts a transaction only at the
+        first write, so a writer's reads could predate another's commit (two stores recording their model
+        into one new catalog collided on the meta key): a no-op write takes the database's write lock first."""
+        version = MetaRecord.key == "vectors_version"
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(update(MetaRecord).where(version).values(value=MetaRecord.value))
+        return s.scalars(select(MetaRecord).where(version).with_for_update()).one()
 
     # reading ----------------------------------------------------------------------------------
     def entries_under(self, folder: str, chunk: int = 1000) -> Iterator[Entry]:

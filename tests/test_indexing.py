@@ -322,3 +322,41 @@ def test_the_faiss_file_is_checkpointed_during_a_long_run_every_save_every_s(tmp
         seen[every] = marks
     assert len(seen[0.0]) >= 3 and all(count == 4 + done for done, count in seen[0.0])
     assert len(seen[3600.0]) >= 3 and all(count == 4 for _, count in seen[3600.0])
+
+
+def test_two_stores_write_one_catalog_at_once(tmp_path: Path, tiny_embedder: HubEmbedder, db_url: str) -> None:
+    """Two writers (two Store objects with their own folders and FAISS files, as two machines of a team
+    would have) index different folders into one catalog at the same time, a transaction every two photos:
+    every photo once, distinct ids, and each store's index agrees with the shared catalog afterwards."""
+    import threading
+
+    for side in ("a", "b"):
+        for i in range(12):
+            photo(tmp_path / side / f"{side}{i:02d}.jpg", seed=(100 if side == "b" else 0) + i)
+    settings = Settings(batch_size=2, workers=1, commit_every_s=0)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(side: str) -> None:
+        try:
+            with simsearch.open(tmp_path / f"store-{side}", model=tiny_embedder, db=db_url, settings=settings,
+                                create=True) as s:
+                barrier.wait(30)
+                assert s.index(tmp_path / side).added == 12
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(side,)) for side in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for side in ("a", "b"):
+        with simsearch.open(tmp_path / f"store-{side}", db=db_url) as s:
+            ids = np.sort(s.catalog.vector_ids())
+            assert len(ids) == len(np.unique(ids)) == 24
+            np.testing.assert_array_equal(np.sort(s.collection.vector_index.ids()), ids)
+            other = "b" if side == "a" else "a"
+            probe = (tmp_path / other / f"{other}05.jpg").read_bytes()
+            assert s.query(probe, k=1)[0].path == str(tmp_path / other / f"{other}05.jpg")
