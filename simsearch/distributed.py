@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -87,6 +88,23 @@ def _import_ray() -> Any:
     except ImportError as exc:
         raise SimsearchError("indexing on Ray needs Ray Data: pip install 'simsearch[ray]'") from exc
     return ray
+
+
+def check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail at once, with the reason, when a cluster address (host:port, or RAY_ADDRESS for auto) does not
+    answer: Ray itself retries an unreachable address for minutes before it gives up."""
+    if address in (None, "auto"):
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is None or address == "local":
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        raise SimsearchError(f"Ray cluster address {address!r} is not HOST:PORT, 'auto' or 'local'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SimsearchError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc} (is `ray start` "
+                             f"running there, and the port open?)") from exc
 
 
 def shard_schema(dim: int) -> pa.Schema:

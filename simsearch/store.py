@@ -24,7 +24,7 @@ from PIL import Image
 from .catalog import OK, BrowseKey, Catalog, Changes, ImageFilter
 from .collection import INDEX_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
-from .distributed import RayOptions
+from .distributed import RayOptions, check_reachable
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group
 from .embedder import Embedder, l2_normalize
 from .files import open_verified
@@ -108,6 +108,8 @@ class Store:
             raise NotFoundError(f"folder {root} does not exist or is not a folder")
         root = root.resolve()
         try:
+            if ray is not None:
+                check_reachable(ray.address)  # at once, not after Ray's minutes of retrying
             with self.collection.writer():
                 self._sync()
                 self._begin(root)  # a new store loads its model here, before any scanning

@@ -168,3 +168,26 @@ def test_the_config_file_sets_defaults_and_the_environment_wins(tmp_path: Path, 
     config.write_text('stor = "typo"\n')
     r = CliRunner().invoke(main, ["stats"])
     assert r.exit_code == 1 and "unknown setting 'stor'" in r.output
+
+
+def test_ray_option_errors_are_immediate_and_leave_no_store(tmp_path: Path, folder: Path, tiny_module: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    store = ["--store", str(tmp_path / "s"), "--model", str(tiny_module)]
+    alone = _run("index", folder, *store, "--staging", str(tmp_path / "st"))
+    assert alone.exit_code == 2 and "--staging, --shard-size and --actors go with --ray" in alone.output
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t = time.monotonic()
+    refused = _run("index", folder, *store, "--ray", f"127.0.0.1:{port}")
+    assert refused.exit_code == 1 and f"cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused" in refused.output
+    assert time.monotonic() - t < 30  # Ray alone retries such an address for minutes
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")  # --ray with no value: auto, which reads RAY_ADDRESS
+    auto = _run("index", folder, *store, "--ray")
+    assert auto.exit_code == 1 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in auto.output
+    bad = _run("index", folder, *store, "--ray", "headnode")
+    assert bad.exit_code == 1 and "'headnode' is not HOST:PORT, 'auto' or 'local'" in bad.output
+    assert not (tmp_path / "s").exists()  # nothing was made for a run that could not start

@@ -204,16 +204,19 @@ def test_an_interrupted_run_resumes_from_the_shards_written(tmp_path: Path, clus
             raise Stop
 
     options = simsearch.RayOptions(address=cluster.address, shard_size=50)
-    with simsearch.open(tmp_path / "ray", model=tiny_module, create=True) as store:
+    settings = Settings(ann_threshold=900)  # the run that completes the store moves it, as a local run would
+    with simsearch.open(tmp_path / "ray", model=tiny_module, create=True, settings=settings) as store:
         with pytest.raises(Stop):
             store.index(corel_images, progress=stop_after_first_batch, ray=options)
         committed = store.stats().images
+        assert store.stats().index_kind == "flat"
         assert 0 < committed < 1000
         assert list((tmp_path / "ray" / "staging").rglob("*.parquet"))  # written shards outlive the driver
         report = store.index(corel_images, ray=options)
         assert report.added == 1000 - committed
         assert report.ray["reused_shards"] >= 1  # at least the shard being merged when it stopped
         assert report.ray["shards"] + report.ray["reused_shards"] <= 20
+        assert store.stats().index_kind == "ivf-sq8"
         paths, vectors = _snapshot(store)
     assert paths == want_paths
     np.testing.assert_allclose(vectors, want_vectors, atol=1e-5)
@@ -254,3 +257,21 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
     assert results["ray"][0] == results["local"][0] == (2, 1, 1, 2, 4, 0)
     assert results["ray"][1][0] == results["local"][1][0]  # same ids for the same paths
     np.testing.assert_allclose(results["ray"][1][1], results["local"][1][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("how", ["auto", "local"])
+def test_ray_auto_and_local_from_the_command_line(tmp_path: Path, cluster: Cluster, tiny_module: Path, how: str) -> None:
+    """`--ray` alone finds the cluster through RAY_ADDRESS; `--ray local` starts a one-machine cluster of
+    its own (in a fresh process, as users run it)."""
+    for i in range(5):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"TF_CPP_MIN_LOG_LEVEL": "3"}
+    if how == "auto":
+        env["RAY_ADDRESS"] = cluster.address
+    args = ["--ray"] if how == "auto" else ["--ray", "local"]
+    r = subprocess.run([sys.executable, "-m", "simsearch", "index", str(tmp_path / "photos"), "--store",
+                        str(tmp_path / "store"), "--model", str(tiny_module), *args, "--shard-size", "2", "--json"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout[r.stdout.index("{"):])
+    assert report["added"] == 5 and report["ray"]["shards"] == 3
