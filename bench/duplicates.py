@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,23 +36,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe  # noqa: E402
+
 import simsearch  # noqa: E402
 from simsearch.duplicates import UnionFind, Verifier  # noqa: E402
 from tests.nearcopies import TRANSFORMS, make_set  # noqa: E402
 
 COREL = ROOT.parent / "shared" / "data" / "corel1k" / "images"
-
-
-def cpu() -> str:
-    flags = ""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        name = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        have = set(next(line for line in info.splitlines() if line.startswith("flags")).split())
-        flags = " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile") if f in have)
-    except (OSError, StopIteration):
-        name = platform.processor()
-    return f"{name}, {os.cpu_count()} cores, flags: {flags}"
 
 
 def linked_by_groups(groups: list[set[str]]) -> set[frozenset[str]]:
@@ -252,7 +240,7 @@ def main() -> None:
         what, n, folder, pool = args.child
         setup_child(int(n), Path(folder), Path(pool)) if what == "setup" else run_child(Path(folder))
         return
-    print(f"CPU: {cpu()}")
+    print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_quality:
             quality(args, Path(tmp))

@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import describe  # noqa: E402
+
 from simsearch.embedder import import_tensorflow  # noqa: E402
 
 
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3, help="batches per timing")
     args = parser.parse_args()
     tf, hub = import_tensorflow()
+    print(describe())
     import keras
 
     from simsearch.models import import_slim, inception_v2, random_inception_v2, save_slim_checkpoint

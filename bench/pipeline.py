@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.duplicates import cpu  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from simsearch.catalog import Catalog, Changes, ImageFields  # noqa: E402
 
 BATCH = 256
@@ -360,7 +360,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.listing_child:
         return listing_child(*args.listing_child)
-    print(f"CPU: {cpu()}")
+    print(describe())
     with tempfile.TemporaryDirectory() as tmp:
         if args.listing:
             listing(args.listing, Path(tmp))

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -32,6 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 COREL = ROOT.parent / "shared" / "data" / "corel1k"
 sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe  # noqa: E402
 
 # One fresh process per measurement: load time and peak RSS are the process's own.
 _CHILD = r"""
@@ -62,18 +63,6 @@ print(json.dumps({"load_s": load_s, "rate": float(np.median(rates)), "b1_ms": fl
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "runtime": emb.spec.runtime}))
 """
-
-
-def cpu_description() -> str:
-    model, flags = platform.processor() or "?", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"model name\s*:\s*(.*)", text).group(1)  # type: ignore[union-attr]
-        flags = set(re.search(r"flags\s*:\s*(.*)", text).group(1).split())  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        pass
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"]
-    return f"{model}, {os.cpu_count()} cores; " + " ".join(f for f in wanted if f in flags) or "no AVX2"
 
 
 def versions() -> str:
@@ -127,7 +116,7 @@ def main() -> None:
         model = str(work / "inception_v2")
         subprocess.run([sys.executable, str(ROOT / "tests" / "modules.py"), model], check=True, env=env,
                        capture_output=True)
-    print(f"CPU: {cpu_description()}")
+    print(describe())
     print(f"{versions()}; OMP/ORT/OpenVINO threads: their defaults (one per core)")
     print(f"model: {model}{' (seeded random weights)' if args.model is None else ''}\n")
 

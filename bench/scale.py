@@ -4,8 +4,10 @@ Seeded synthetic 1024-d unit vectors, clustered (not uniform) like a photo colle
 each size: build time, index memory, p50/p99 latency of single queries (top 10), and recall@10
 against exact search on held-out queries, for the exact index and the IVF-SQ8 and IVF-PQ indexes
 simsearch can move to (trained and tuned as `Store.optimize` does: nprobe, and for PQ the re-scoring
-depth, for recall >= --recall on stored vectors; candidates re-scored with exact vectors). The store re-scores from its catalog; the last line times
-that fetch on a SQLite catalog.
+depth, for recall >= --recall on stored vectors; candidates re-scored with exact vectors). Every index
+answers the same held-out queries, its recall is against a numpy brute force and its memory is what FAISS
+serializes; the store re-scores from its catalog, so each size also fills a SQLite catalog of that size and
+times fetching each index's candidates (k x its re-scoring depth) from it.
 
     python bench/scale.py --sizes 100000 1000000
     python bench/scale.py --sizes 1000000 --kinds ivf-pq --no-fetch
@@ -17,6 +19,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import faiss
@@ -24,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.duplicates import cpu  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from simsearch.catalog import Catalog, Changes, ImageFields  # noqa: E402
 from simsearch.index import IVF_KINDS, VectorIndex, recall_at_k, tune, without_self  # noqa: E402
 
@@ -47,6 +50,53 @@ def latencies(fn, queries: np.ndarray) -> tuple[float, float]:  # type: ignore[n
     return float(np.percentile(times, 50)), float(np.percentile(times, 99))
 
 
+def serialized_mb(index: VectorIndex) -> float:
+    """The index's size as FAISS writes it (what the store saves and loads), counted without a copy."""
+    total = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal total
+        total += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index._index, faiss.PyCallbackIOWriter(count))
+    return total / 2**20
+
+
+def brute_force(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The true top k by a plain matrix product, a chunk of the data at a time: independent of FAISS."""
+    best_s = np.full((len(queries), 0), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), 0), np.int64)
+    for s in range(0, len(data), 100_000):
+        scores = queries @ data[s : s + 100_000].T
+        both_s = np.concatenate([best_s, scores], 1)
+        both_i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + scores.shape[1]), scores.shape)], 1)
+        top = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_i, top, 1)
+    return best_i
+
+
+def fetch_ms(catalog: Catalog | None, n: int, candidates: int, dim: int, rng: np.random.Generator) -> str:
+    """p50 of fetching this many exact vectors from a catalog of the same size, as re-scoring does."""
+    if catalog is None:
+        return "-"
+    times = []
+    for _ in range(100):
+        pick = rng.choice(n, candidates, replace=False) + 1  # the catalog's ids are 1..n
+        t = time.perf_counter()
+        catalog.vectors_for(pick, dim)
+        times.append((time.perf_counter() - t) * 1000)
+    return f"{np.percentile(times, 50):.2f}"
+
+
+def filled_catalog(folder: str, data: np.ndarray) -> Catalog:
+    catalog = Catalog(f"sqlite:///{folder}/c.sqlite")
+    for s in range(0, len(data), 5000):
+        catalog.write(Changes(upserts=[(ImageFields(f"/p/{i:09d}.jpg", 1, 1, str(i)), data[i])
+                                       for i in range(s, min(len(data), s + 5000))]))
+    return catalog
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -56,64 +106,52 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(IVF_KINDS), choices=IVF_KINDS)
     parser.add_argument("--no-fetch", action="store_true", help="skip the catalog fetch timing")
     args = parser.parse_args()
-    print(f"CPU: {cpu()}; faiss {faiss.__version__}, threads {faiss.omp_get_max_threads()}, dim {args.dim}, "
-          f"{args.queries} held-out queries")
-    print(f"{'size':>9} {'index':<8} {'build s':>8} {'memory MB':>10} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9}  notes")
+    print(describe())
+    print(f"faiss threads {faiss.omp_get_max_threads()}, dim {args.dim}, {args.queries} held-out queries for every "
+          f"index; recall@10 against a numpy brute force; memory as serialized by FAISS; fetch: p50 ms to read "
+          f"the re-scored candidates from a SQLite catalog of the same size")
+    print(f"{'size':>9} {'index':<8} {'build s':>8} {'memory MB':>10} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9} "
+          f"{'fetch ms':>9}  notes")
     for n in args.sizes:
         rng = np.random.default_rng(n)
         centres = rng.standard_normal((max(100, n // 1000), args.dim), np.float32)
         data = clustered(rng, centres, n, 0.6)
         queries = clustered(rng, centres, args.queries, 0.6)
         ids = np.arange(n, dtype=np.int64)
-
-        t = time.perf_counter()
-        flat = VectorIndex(args.dim)
-        flat.add(ids, data)
-        flat_build = time.perf_counter() - t
-        truth = flat.search(queries, 10)[1]
-        p50, p99 = latencies(lambda q: flat.search(q, 10), queries[:50])
-        print(f"{n:>9} {'flat':<8} {flat_build:8.1f} {n * args.dim * 4 / 2**20:10.0f} {p50:7.2f} {p99:7.2f} {1.0:9.3f}")
-
-        nlist = int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))
-        sample = data[np.sort(rng.choice(n, min(n, max(64 * nlist, 50_000)), replace=False))]
-        exact = lambda found: data[found]  # noqa: E731 - the catalog's role, in memory here
-        tune_ids = rng.choice(n, 500, replace=False)
-        tune_truth = without_self(flat.search(data[tune_ids], 11)[1], tune_ids, 10)
-        del flat
-        for kind in args.kinds:
+        truth = brute_force(data, queries, 10)
+        with tempfile.TemporaryDirectory() as tmp:
+            catalog = None if args.no_fetch else filled_catalog(tmp, data)
             t = time.perf_counter()
-            ivf = VectorIndex.trained_ivf(args.dim, sample, nlist, kind)
-            for s in range(0, n, 100_000):
-                ivf.add(ids[s : s + 100_000], data[s : s + 100_000])
-            nprobe, refine, tuned = tune(ivf, data[tune_ids], tune_ids, tune_truth, args.recall, exact=exact)
-            ivf_build = time.perf_counter() - t
-            found = ivf.search(queries, 10, exact=exact)[1]
-            p50, p99 = latencies(lambda q: ivf.search(q, 10, exact=exact), queries)
-            memory = len(faiss.serialize_index(ivf._index)) / 2**20
-            print(f"{n:>9} {kind:<8} {ivf_build:8.1f} {memory:10.0f} {p50:7.2f} {p99:7.2f} "
-                  f"{recall_at_k(found, truth):9.3f}  nlist {nlist}, nprobe {nprobe}, {refine} x k re-scored "
-                  f"(tuned recall {tuned:.3f})", flush=True)
-            del ivf
-        del sample
-        del data
+            flat = VectorIndex(args.dim)
+            flat.add(ids, data)
+            flat_build = time.perf_counter() - t
+            found = flat.search(queries, 10)[1]
+            p50, p99 = latencies(partial(flat.search, k=10), queries)
+            print(f"{n:>9} {'flat':<8} {flat_build:8.1f} {serialized_mb(flat):10.0f} {p50:7.2f} {p99:7.2f} "
+                  f"{recall_at_k(found, truth):9.3f} {'-':>9}  nothing to re-score", flush=True)
 
-    if args.no_fetch:
-        return
-    with tempfile.TemporaryDirectory() as tmp:  # the re-scoring fetch as the store does it
-        catalog = Catalog(f"sqlite:///{tmp}/c.sqlite")
-        rng = np.random.default_rng(0)
-        vecs = rng.standard_normal((50_000, args.dim), np.float32)
-        for s in range(0, 50_000, 5000):
-            catalog.write(Changes(upserts=[(ImageFields(f"/p/{i}.jpg", 1, 1, str(i)), vecs[i]) for i in range(s, s + 5000)]))
-        all_ids = catalog.vector_ids()
-        times = []
-        for _ in range(200):
-            pick = rng.choice(all_ids, 40, replace=False)
-            t = time.perf_counter()
-            catalog.vectors_for(pick, args.dim)
-            times.append((time.perf_counter() - t) * 1000)
-        print(f"catalog fetch of 40 exact vectors for re-scoring (SQLite, 50,000 rows): "
-              f"p50 {np.percentile(times, 50):.2f} ms, p99 {np.percentile(times, 99):.2f} ms")
+            nlist = int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))
+            sample = data[np.sort(rng.choice(n, min(n, max(64 * nlist, 50_000)), replace=False))]
+            exact = data.__getitem__  # the catalog's role, in memory here
+            tune_ids = rng.choice(n, 500, replace=False)
+            tune_truth = without_self(flat.search(data[tune_ids], 11)[1], tune_ids, 10)
+            del flat
+            for kind in args.kinds:
+                t = time.perf_counter()
+                ivf = VectorIndex.trained_ivf(args.dim, sample, nlist, kind)
+                for s in range(0, n, 100_000):
+                    ivf.add(ids[s : s + 100_000], data[s : s + 100_000])
+                nprobe, refine, tuned = tune(ivf, data[tune_ids], tune_ids, tune_truth, args.recall, exact=exact)
+                ivf_build = time.perf_counter() - t
+                found = ivf.search(queries, 10, exact=exact)[1]
+                p50, p99 = latencies(partial(ivf.search, k=10, exact=exact), queries)
+                print(f"{n:>9} {kind:<8} {ivf_build:8.1f} {serialized_mb(ivf):10.0f} {p50:7.2f} {p99:7.2f} "
+                      f"{recall_at_k(found, truth):9.3f} {fetch_ms(catalog, n, refine * 10, args.dim, rng):>9}  "
+                      f"nlist {nlist}, nprobe {nprobe}, {refine} x k re-scored (tuned recall {tuned:.3f})", flush=True)
+                del ivf
+            if catalog is not None:
+                catalog.close()
+        del sample, data
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import describe  # noqa: E402
+
 from simsearch.distributed import RayOptions  # noqa: E402
 from simsearch.store import Store  # noqa: E402
 
@@ -70,6 +72,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--cpus", type=int, default=os.cpu_count() or 2, help="CPUs each Ray node offers")
     args = ap.parse_args()
+    print(describe())
     n = sum(1 for _ in args.folder.rglob("*") if _.is_file())
     print(f"{n} files in {args.folder}; model {args.model}; {os.cpu_count()} cores; shards of {args.shard_size}")
 
