@@ -313,6 +313,18 @@ def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
         conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part), _FINGERPRINTS.c.sha256.not_in(used)))
 
 
+def _rows_by_path(conn: Any, paths: list[str], *columns: str) -> Iterator[Any]:
+    """(path, *columns) of the rows with these paths. On SQLite through the driver: compiling an IN of
+    hundreds of parameters cost SQLAlchemy more than running it."""
+    for part in _chunks(paths):
+        if conn.dialect.name == "sqlite":
+            sql = f"SELECT path, {', '.join(columns)} FROM images WHERE path IN ({', '.join('?' * len(part))})"
+            yield from conn.exec_driver_sql(sql, tuple(part))
+        else:
+            yield from conn.execute(select(_IMAGES.c.path, *(_IMAGES.c[c] for c in columns))
+                                    .where(_IMAGES.c.path.in_(part)))
+
+
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
                    now: datetime) -> tuple[list[int], list[np.ndarray], list[int], set[str]]:
     """Rows by path, inserted or updated in bulk, with their vectors: (added ids, their vectors, ids whose
@@ -325,12 +337,10 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
     existing: dict[str, int] = {}
     was: set[str] = set()
     had: set[int] = set()
-    for part in _chunks(paths):
-        for path, i, sha in conn.execute(select(_IMAGES.c.path, _IMAGES.c.id, _IMAGES.c.sha256)
-                                         .where(_IMAGES.c.path.in_(part))):
-            existing[path] = i
-            if sha:
-                was.add(sha)
+    for path, i, sha in _rows_by_path(conn, paths, "id", "sha256"):
+        existing[path] = i
+        if sha:
+            was.add(sha)
     for part in _chunks(list(existing.values())):
         had.update(conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(part))))
 
@@ -354,8 +364,7 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
         existing.update(_pg_copy_images(conn, [values(*last[p]) | {"path": p} for p in new]))
     elif new:  # one executemany, ids read back by path: SQLite's INSERT ... RETURNING in order goes row by row
         _insert_many(conn, _IMAGES, [values(*last[p]) | {"path": p} for p in new])
-        for part in _chunks(new):
-            existing.update(conn.execute(select(_IMAGES.c.path, _IMAGES.c.id).where(_IMAGES.c.path.in_(part))).all())
+        existing.update((path, i) for path, i in _rows_by_path(conn, new, "id"))
     added = [(existing[p], np.asarray(last[p][1], np.float32)) for p in paths if last[p][1] is not None]
     if added and copy:
         _pg_copy_vectors(conn, added)
@@ -375,8 +384,13 @@ def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
         return
     columns = list(rows[0])
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-    conn.exec_driver_sql(sql, [tuple(v.strftime(_SQLITE_DATETIME) if isinstance(v, datetime) else v for v in r.values())
-                               for r in rows])
+    by_column = list(zip(*(r.values() for r in rows)))  # column-wise: a batch shares its indexed_at
+    for i, name in enumerate(columns):
+        if isinstance(table.c[name].type, DateTime):
+            text: dict[datetime, str] = {}
+            by_column[i] = tuple(None if v is None else text.get(v) or text.setdefault(v, v.strftime(_SQLITE_DATETIME))
+                                 for v in by_column[i])
+    conn.exec_driver_sql(sql, list(zip(*by_column)))
 
 
 _IMAGE_COLUMNS = tuple(c.name for c in _IMAGES.columns)  # id first: COPY writes every column the table has
@@ -476,7 +490,8 @@ class Catalog:
         into one new catalog collided on the meta key): a no-op write takes the database's write lock first."""
         version = MetaRecord.key == "vectors_version"
         if s.get_bind().dialect.name == "sqlite":
-            s.execute(update(MetaRecord).where(version).values(value=MetaRecord.value))
+            s.connection().exec_driver_sql(f"UPDATE {MetaRecord.__tablename__} SET value = value "
+                                           f"WHERE key = 'vectors_version'")
         return s.scalars(select(MetaRecord).where(version).with_for_update()).one()
 
     # reading ----------------------------------------------------------------------------------
