@@ -314,8 +314,12 @@ def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
 
 
 def _rows_by_path(conn: Any, paths: list[str], *columns: str) -> Iterator[Any]:
-    """(path, *columns) of the rows with these paths. On SQLite through the driver: compiling an IN of
-    hundreds of parameters cost SQLAlchemy more than running it."""
+    """(path, *columns) of the rows with these paths. Through the driver on SQLite and psycopg: compiling an
+    IN of hundreds of parameters cost SQLAlchemy more than running it."""
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":  # one array parameter
+        yield from conn.exec_driver_sql(f"SELECT path, {', '.join(columns)} FROM images WHERE path = ANY(%(paths)s)",
+                                        {"paths": paths})
+        return
     for part in _chunks(paths):
         if conn.dialect.name == "sqlite":
             sql = f"SELECT path, {', '.join(columns)} FROM images WHERE path IN ({', '.join('?' * len(part))})"
