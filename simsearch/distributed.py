@@ -95,7 +95,7 @@ def check_reachable(address: str | None, timeout: float = 5.0) -> None:
     answer: Ray itself retries an unreachable address for minutes before it gives up."""
     if address in (None, "auto"):
         address = os.environ.get("RAY_ADDRESS") or None
-    if address is None or address == "local":
+    if address in (None, "auto", "local"):  # Ray finds (or starts) the cluster on this machine itself
         return
     host, sep, port = address.split("://", 1)[-1].rpartition(":")
     if not sep or not port.isdigit():
