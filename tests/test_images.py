@@ -170,19 +170,25 @@ def test_huge_dimensions_refused_before_decoding(tmp_path: Path) -> None:
     assert "100000x100000" in reason and "decompression bomb" in reason
 
 
-def test_large_jpeg_decoded_at_reduced_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    src = photo(tmp_path / "big.jpg", 4, (2400, 1600), quality=90)
-    scales = []
+@pytest.fixture()
+def drafts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes libjpeg decoded JPEGs at (Pillow's draft), as the product asked for them."""
+    sizes: list[tuple[int, int]] = []
     real_draft = JpegImagePlugin.JpegImageFile.draft
 
     def spy(self: JpegImagePlugin.JpegImageFile, mode: str, size: tuple[int, int]) -> object:
         out = real_draft(self, mode, size)
-        scales.append(self.size)
+        sizes.append(self.size)
         return out
 
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    return sizes
+
+
+def test_large_jpeg_decoded_at_reduced_size(tmp_path: Path, drafts: list[tuple[int, int]]) -> None:
+    src = photo(tmp_path / "big.jpg", 4, (2400, 1600), quality=90)
     arr, info = load_image(src, (224, 224))
-    assert scales == [(600, 400)]  # 1/4: the largest DCT reduction that keeps both sides >= 224
+    assert drafts == [(600, 400)]  # 1/4: the largest DCT reduction that keeps both sides >= 224
     assert (info.width, info.height) == (2400, 1600)
     full = np.asarray(Image.open(src).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), np.float32)
     assert np.abs(arr.astype(np.float32) - full).mean() < 6  # same picture, within JPEG/scaling error
@@ -250,7 +256,7 @@ _DISPLAY = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 
 
 @pytest.mark.parametrize("orientation", range(2, 9))
-def test_reduced_size_jpeg_decoding_applies_every_exif_orientation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_reduced_size_jpeg_decoding_applies_every_exif_orientation(tmp_path: Path, drafts: list[tuple[int, int]],
                                                                    orientation: int) -> None:
     """A 2400x1600 photo stored turned, tagged so that it displays upright: decoded at a quarter size by
     libjpeg, the model still gets the upright photo, and the reported size is the displayed one."""
@@ -266,15 +272,6 @@ def test_reduced_size_jpeg_decoding_applies_every_exif_orientation(tmp_path: Pat
     stored.save(tmp_path / "turned.jpg", exif=exif.tobytes(), quality=90)
     shown = ImageOps.exif_transpose(Image.open(tmp_path / "turned.jpg")).convert("RGB")  # Pillow's reading of the tag
     assert np.abs(np.asarray(shown, np.float32) - upright).mean() < 3
-    drafts: list[tuple[int, int]] = []
-    real_draft = JpegImagePlugin.JpegImageFile.draft
-
-    def spy(self: JpegImagePlugin.JpegImageFile, mode: str, size: tuple[int, int]) -> object:
-        out = real_draft(self, mode, size)
-        drafts.append(self.size)
-        return out
-
-    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
     arr, info = load_image(tmp_path / "turned.jpg", (224, 224))
     assert drafts and max(drafts[-1]) == 600  # decoded at 1/4 of 2400
     assert (info.width, info.height) == (2400, 1600)
