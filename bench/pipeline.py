@@ -16,8 +16,14 @@ a raw sqlite3 `executemany` of the same rows into the same two tables, in transa
 catalog's own pragmas (WAL, synchronous=FULL). With --postgres URL, the same against PostgreSQL, beside two raw
 baselines: psycopg `executemany`, and COPY (ids from the sequence, rows by COPY, vectors by binary COPY).
 
+Ray merge (--merge N): the rows of N files in Parquet shards as Ray's workers leave them, merged by
+`Store.index(ray=...)`, which finds every shard already written and so runs no Ray job: the driver's own
+rows/s (read the shards, classify, write the catalog, fill FAISS), beside `Catalog.write` of N rows alone,
+on SQLite and (with --postgres) PostgreSQL; --rounds rounds.
+
     python bench/pipeline.py --rows 20000 --listing 1000000 --photos 5000
     python bench/pipeline.py --rows 20000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
+    python bench/pipeline.py --rows 0 --merge 50000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
 """
 
 from __future__ import annotations
