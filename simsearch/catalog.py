@@ -313,20 +313,19 @@ def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
         conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part), _FINGERPRINTS.c.sha256.not_in(used)))
 
 
-def _rows_by_path(conn: Any, paths: list[str], *columns: str) -> Iterator[Any]:
-    """(path, *columns) of the rows with these paths. Through the driver on SQLite and psycopg: compiling an
-    IN of hundreds of parameters cost SQLAlchemy more than running it."""
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":  # one array parameter
-        yield from conn.exec_driver_sql(f"SELECT path, {', '.join(columns)} FROM images WHERE path = ANY(%(paths)s)",
-                                        {"paths": paths})
+def _rows_in(conn: Any, table: Any, key: str, values: list[Any], *columns: str) -> Iterator[Any]:
+    """(key, *columns) of the rows whose key is among values. Through the driver on SQLite (an IN of ?) and
+    psycopg (one array parameter): compiling an IN of hundreds of parameters cost SQLAlchemy more than
+    running it, on the bulk writes' and re-scoring's hot paths."""
+    what = f"SELECT {', '.join((key, *columns))} FROM {table.name} WHERE {key}"
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        yield from conn.exec_driver_sql(f"{what} = ANY(%(values)s)", {"values": values})
         return
-    for part in _chunks(paths):
+    for part in _chunks(values):
         if conn.dialect.name == "sqlite":
-            sql = f"SELECT path, {', '.join(columns)} FROM images WHERE path IN ({', '.join('?' * len(part))})"
-            yield from conn.exec_driver_sql(sql, tuple(part))
+            yield from conn.exec_driver_sql(f"{what} IN ({', '.join('?' * len(part))})", tuple(part))
         else:
-            yield from conn.execute(select(_IMAGES.c.path, *(_IMAGES.c[c] for c in columns))
-                                    .where(_IMAGES.c.path.in_(part)))
+            yield from conn.execute(select(table.c[key], *(table.c[c] for c in columns)).where(table.c[key].in_(part)))
 
 
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
@@ -341,7 +340,7 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
     existing: dict[str, int] = {}
     was: set[str] = set()
     had: set[int] = set()
-    for path, i, sha in _rows_by_path(conn, paths, "id", "sha256"):
+    for path, i, sha in _rows_in(conn, _IMAGES, "path", paths, "id", "sha256"):
         existing[path] = i
         if sha:
             was.add(sha)
@@ -368,7 +367,7 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
         existing.update(_pg_copy_images(conn, [values(*last[p]) | {"path": p} for p in new]))
     elif new:  # one executemany, ids read back by path: SQLite's INSERT ... RETURNING in order goes row by row
         _insert_many(conn, _IMAGES, [values(*last[p]) | {"path": p} for p in new])
-        existing.update((path, i) for path, i in _rows_by_path(conn, new, "id"))
+        existing.update(_rows_in(conn, _IMAGES, "path", new, "id"))
     added = [(existing[p], np.asarray(last[p][1], np.float32)) for p in paths if last[p][1] is not None]
     if added and copy:
         _pg_copy_vectors(conn, added)
@@ -605,21 +604,8 @@ class Catalog:
     def vectors_for(self, ids: np.ndarray, dim: int) -> np.ndarray:
         """Vectors of these ids, in their order (ids must hold vectors)."""
         ids = [int(i) for i in ids]
-        rows: dict[int, bytes] = {}
-        with self._session() as s:  # re-scoring's hot path: through the driver on SQLite and psycopg, where
-            conn = s.connection()  # compiling an IN of hundreds of ids cost more than running it
-            if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-                rows.update(conn.exec_driver_sql("SELECT image_id, data FROM vectors WHERE image_id = ANY(%(ids)s)",
-                                                 {"ids": ids}).all())
-            else:
-                for start in range(0, len(ids), 500):
-                    part = ids[start : start + 500]
-                    if conn.dialect.name == "sqlite":
-                        rows.update(conn.exec_driver_sql(f"SELECT image_id, data FROM vectors WHERE image_id IN "
-                                                         f"({', '.join('?' * len(part))})", tuple(part)).all())
-                    else:
-                        rows.update(s.execute(select(VectorRecord.image_id, VectorRecord.data)
-                                              .where(VectorRecord.image_id.in_(part))).all())
+        with self._session() as s:
+            rows: dict[int, bytes] = dict(_rows_in(s.connection(), _VECTORS, "image_id", ids, "data"))
         return np.frombuffer(b"".join(rows[i] for i in ids), np.float32).reshape(len(ids), dim)
 
     @_db_errors
