@@ -17,7 +17,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import cached_fraction, describe, drop_from_page_cache  # noqa: E402
 
 from simsearch.config import Settings  # noqa: E402
 from simsearch.embedder import HubEmbedder, import_tensorflow  # noqa: E402
@@ -38,33 +37,6 @@ from simsearch.images import load_image  # noqa: E402
 
 def rate(n: int, seconds: float) -> float:
     return n / seconds if seconds > 0 else float("inf")
-
-
-def drop_from_page_cache(files: list[Path]) -> None:
-    """Ask the kernel to forget the files' cached pages (clean pages go; no root needed), so a round
-    reads from the disk as a first indexing run would, not from memory a previous round filled."""
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
-def cached_fraction(files: list[Path]) -> float | None:
-    """How much of the files is in the page cache (util-linux's fincore), or None where it cannot be told."""
-    if not shutil.which("fincore"):
-        return None
-    resident = 0
-    for start in range(0, len(files), 500):
-        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
-                              *map(str, files[start : start + 500])], capture_output=True, text=True)
-        if out.returncode != 0:
-            return None
-        resident += sum(int(x) for x in out.stdout.split())
-    page = os.sysconf("SC_PAGE_SIZE")  # fincore counts whole pages
-    total = sum(-(-f.stat().st_size // page) * page for f in files)
-    return resident / total if total else None
 
 
 def decode_ms(files: list[Path], size: tuple[int, int], draft: bool) -> float:

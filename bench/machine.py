@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import subprocess
 from importlib import metadata
 from pathlib import Path
 
@@ -53,6 +55,33 @@ def threads() -> str:
     except ImportError:
         pass
     return "; ".join(parts)
+
+
+def drop_from_page_cache(files: list[Path]) -> None:
+    """Ask the kernel to forget the files' cached pages (clean pages go; no root needed), so what follows
+    reads from the disk as a first run would, not from memory an earlier step filled."""
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cached_fraction(files: list[Path]) -> float | None:
+    """How much of the files is in the page cache (util-linux's fincore), or None where it cannot be told."""
+    if not shutil.which("fincore"):
+        return None
+    resident = 0
+    for start in range(0, len(files), 500):
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES",
+                              *map(str, files[start : start + 500])], capture_output=True, text=True)
+        if out.returncode != 0:
+            return None
+        resident += sum(int(x) for x in out.stdout.split())
+    page = os.sysconf("SC_PAGE_SIZE")  # fincore counts whole pages
+    total = sum(-(-f.stat().st_size // page) * page for f in files)
+    return resident / total if total else None
 
 
 def describe() -> str:

@@ -6,8 +6,10 @@ against exact search on held-out queries, for the exact index and the IVF-SQ8 an
 simsearch can move to (trained and tuned as `Store.optimize` does: nprobe, and for PQ the re-scoring
 depth, for recall >= --recall on stored vectors; candidates re-scored with exact vectors). Every index
 answers the same held-out queries, its recall is against a numpy brute force and its memory is what FAISS
-serializes; the store re-scores from its catalog, so each size also fills a SQLite catalog of that size and
-times fetching each index's candidates (k x its re-scoring depth) from it.
+serializes. The store re-scores from its catalog, so each size also fills a SQLite catalog of that size, and
+each approximate index answers the queries once more as a store does, re-scoring from that catalog: p50 with
+the catalog read into the page cache just before ("warm", its residency printed) and with it dropped from the
+page cache before every query ("cold", the first queries after a reboot, or a catalog larger than memory).
 
     python bench/scale.py --sizes 100000 1000000
     python bench/scale.py --sizes 1000000 --kinds ivf-pq --no-fetch
@@ -27,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.machine import describe  # noqa: E402
+from bench.machine import cached_fraction, describe, drop_from_page_cache  # noqa: E402
 from simsearch.catalog import Catalog, Changes, ImageFields  # noqa: E402
 from simsearch.index import IVF_KINDS, VectorIndex, recall_at_k, tune, without_self  # noqa: E402
 
@@ -76,17 +78,23 @@ def brute_force(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return best_i
 
 
-def fetch_ms(catalog: Catalog | None, n: int, candidates: int, dim: int, rng: np.random.Generator) -> str:
-    """p50 of fetching this many exact vectors from a catalog of the same size, as re-scoring does."""
+def store_ms(catalog: Catalog | None, path: Path, index: VectorIndex, queries: np.ndarray) -> str:
+    """p50 of a query re-scored from the catalog, as a store answers it: warm, then cold (20 queries)."""
     if catalog is None:
         return "-"
-    times = []
-    for _ in range(100):
-        pick = rng.choice(n, candidates, replace=False) + 1  # the catalog's ids are 1..n
-        t = time.perf_counter()
-        catalog.vectors_for(pick, dim)
-        times.append((time.perf_counter() - t) * 1000)
-    return f"{np.percentile(times, 50):.2f}"
+    def exact(ids: np.ndarray) -> np.ndarray:
+        return catalog.vectors_for(ids + 1, index.dim)  # the catalog's ids are 1..n, the index's 0..n-1
+    with path.open("rb") as f:  # warm: read through once, just before
+        while f.read(1 << 24):
+            pass
+    resident = cached_fraction([path])
+    warm = latencies(partial(index.search, k=10, exact=exact), queries)[0]
+    cold = []
+    for q in queries[:20]:
+        drop_from_page_cache([path])
+        cold.append(latencies(partial(index.search, k=10, exact=exact), q[None])[0])
+    shown = "?" if resident is None else f"{resident:.0%}"
+    return f"{warm:.2f} ({shown} cached) / {np.median(cold):.1f}"
 
 
 def filled_catalog(folder: str, data: np.ndarray) -> Catalog:
@@ -104,14 +112,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--recall", type=float, default=0.95)
     parser.add_argument("--kinds", nargs="+", default=list(IVF_KINDS), choices=IVF_KINDS)
-    parser.add_argument("--no-fetch", action="store_true", help="skip the catalog fetch timing")
+    parser.add_argument("--no-fetch", action="store_true", help="skip the catalog and the store's timing")
     args = parser.parse_args()
     print(describe())
     print(f"faiss threads {faiss.omp_get_max_threads()}, dim {args.dim}, {args.queries} held-out queries for every "
-          f"index; recall@10 against a numpy brute force; memory as serialized by FAISS; fetch: p50 ms to read "
-          f"the re-scored candidates from a SQLite catalog of the same size")
+          f"index; recall@10 against a numpy brute force; memory as serialized by FAISS; store: p50 ms of a query "
+          f"re-scored from a SQLite catalog of the same size, warm and cold")
     print(f"{'size':>9} {'index':<8} {'build s':>8} {'memory MB':>10} {'p50 ms':>7} {'p99 ms':>7} {'recall@10':>9} "
-          f"{'fetch ms':>9}  notes")
+          f"{'store p50 ms warm / cold':>24}  notes")
     for n in args.sizes:
         rng = np.random.default_rng(n)
         centres = rng.standard_normal((max(100, n // 1000), args.dim), np.float32)
@@ -121,6 +129,7 @@ def main() -> None:
         truth = brute_force(data, queries, 10)
         with tempfile.TemporaryDirectory() as tmp:
             catalog = None if args.no_fetch else filled_catalog(tmp, data)
+            catalog_file = Path(tmp) / "c.sqlite"
             t = time.perf_counter()
             flat = VectorIndex(args.dim)
             flat.add(ids, data)
@@ -128,7 +137,7 @@ def main() -> None:
             found = flat.search(queries, 10)[1]
             p50, p99 = latencies(partial(flat.search, k=10), queries)
             print(f"{n:>9} {'flat':<8} {flat_build:8.1f} {serialized_mb(flat):10.0f} {p50:7.2f} {p99:7.2f} "
-                  f"{recall_at_k(found, truth):9.3f} {'-':>9}  nothing to re-score", flush=True)
+                  f"{recall_at_k(found, truth):9.3f} {'-':>24}  nothing to re-score", flush=True)
 
             nlist = int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))
             sample = data[np.sort(rng.choice(n, min(n, max(64 * nlist, 50_000)), replace=False))]
@@ -146,7 +155,7 @@ def main() -> None:
                 found = ivf.search(queries, 10, exact=exact)[1]
                 p50, p99 = latencies(partial(ivf.search, k=10, exact=exact), queries)
                 print(f"{n:>9} {kind:<8} {ivf_build:8.1f} {serialized_mb(ivf):10.0f} {p50:7.2f} {p99:7.2f} "
-                      f"{recall_at_k(found, truth):9.3f} {fetch_ms(catalog, n, refine * 10, args.dim, rng):>9}  "
+                      f"{recall_at_k(found, truth):9.3f} {store_ms(catalog, catalog_file, ivf, queries):>24}  "
                       f"nlist {nlist}, nprobe {nprobe}, {refine} x k re-scored (tuned recall {tuned:.3f})", flush=True)
                 del ivf
             if catalog is not None:

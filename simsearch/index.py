@@ -12,7 +12,9 @@ from .errors import StoreError
 from .files import atomic_write
 
 REFINE_FACTOR = 4  # IVF candidates fetched per wanted result, then re-scored with exact vectors
-REFINE_STEPS = (4, 8, 16, 32)  # what tuning tries for product-quantised codes, which rank more coarsely
+# What tuning tries for product-quantised codes, which rank more coarsely: at 1M clustered vectors their
+# top 320 held 0.922 of the true top 10 whatever the nprobe (4 to 32), their top 640 0.99 (bench/scale.py).
+REFINE_STEPS = (4, 8, 16, 32, 48, 64, 96, 128)
 IVF_KINDS = ("ivf-sq8", "ivf-pq")
 
 
