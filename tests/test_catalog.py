@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 from datetime import datetime
 from pathlib import Path
 
@@ -84,6 +85,20 @@ def test_database_errors_become_store_errors(tmp_path) -> None:
     (tmp_path / "notadb.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="catalog database error"):
         Catalog(f"sqlite:///{tmp_path / 'notadb.sqlite'}")
+
+
+def test_errors_of_reads_through_sqlite3s_own_cursor_become_store_errors(tmp_path: Path) -> None:
+    """Lookups by key (re-scoring's vectors, the bulk writes' paths) bypass SQLAlchemy on SQLite for speed;
+    their failures must still surface as StoreError, not as a bare sqlite3 exception."""
+    url = f"sqlite:///{tmp_path / 'c.sqlite'}"
+    cat = Catalog(url)
+    cat.write(Changes(upserts=[(_fields("/p/1.jpg", "1"), _vec(1))]))
+    assert cat.vectors_for(cat.vector_ids(), 8).shape == (1, 8)
+    with sqlite3.connect(tmp_path / "c.sqlite") as con:
+        con.execute("DROP TABLE vectors")
+    with pytest.raises(StoreError, match="catalog database error: OperationalError: no such table: vectors"):
+        cat.vectors_for(np.array([1]), 8)
+    cat.close()
 
 
 def test_filters_on_the_database(db_url: str) -> None:
