@@ -8,8 +8,9 @@ loop over the same files.
 Pipeline ceiling (--photos N): N tiny PNGs indexed by `Store.index` with a trivial embedder (a fixed random
 projection of 32x32 pixels, through CallableEmbedder), so only listing, reading, hashing, decoding and
 writing are timed, per stage; beside a plain one-thread loop doing the same per-file work (walk, stat,
-read, SHA-256, Pillow decode and resize, project, sqlite3 executemany in transactions of 256), once without
-duplicate fingerprints (the loop's work) and once with them (what `index` does by default).
+read, SHA-256, Pillow decode (JPEGs at reduced size, as the store decodes them) and resize, project, sqlite3
+executemany in transactions of 256), once without duplicate fingerprints (the loop's work) and once with
+them (what `index` does by default). --folder DIR: the same on real photos instead of tiny PNGs.
 
 Catalog rows/s: `Catalog.write` of new rows (path, facts, a 1024-d float32 vector) in batches of 256, against
 a raw sqlite3 `executemany` of the same rows into the same two tables, in transactions of 256, with the
@@ -22,6 +23,7 @@ rows/s (read the shards, classify, write the catalog, fill FAISS), beside `Catal
 on SQLite and (with --postgres) PostgreSQL; --rounds rounds.
 
     python bench/pipeline.py --rows 20000 --listing 1000000 --photos 5000
+    python bench/pipeline.py --rows 0 --folder ../shared/data/corel1k/images
     python bench/pipeline.py --rows 20000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
     python bench/pipeline.py --rows 0 --merge 50000 --postgres postgresql+psycopg://user:pw@127.0.0.1/postgres
 """
@@ -259,6 +261,7 @@ def plain_loop(root: Path, db: Path) -> float:
             sha = hashlib.sha256(data).hexdigest()
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
+                im.draft("RGB", (32, 32))  # a JPEG decoded at reduced size, as the store decodes it
                 pixels = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), np.float32).ravel()
             rows.append((p, st.st_size, st.st_mtime_ns, sha, size[0], size[1], pixels))
             n += 1
@@ -270,12 +273,15 @@ def plain_loop(root: Path, db: Path) -> float:
     return n / (time.perf_counter() - t)
 
 
-def ceiling(n: int, tmp: Path) -> None:
+def ceiling(n: int, tmp: Path, folder: Path | None = None) -> None:
     import simsearch
     from simsearch.config import Settings
 
-    root = tmp / "tiny"
-    tiny_pngs(root, n)
+    if folder is None:
+        root = tmp / "tiny"
+        tiny_pngs(root, n)
+    else:
+        root = folder
     plain = plain_loop(root, tmp / "plain.sqlite")
     for fingerprints in (False, True):  # without: the loop's own work; with: what `index` does by default
         with simsearch.open(tmp / f"ceiling-store-{fingerprints}", model=projection(), create=True,  # type: ignore[arg-type]
@@ -362,6 +368,7 @@ def main() -> None:
     ap.add_argument("--postgres", help="a PostgreSQL URL whose database may be written (tables are made)")
     ap.add_argument("--listing", type=int, default=0, metavar="N", help="files for the no-change re-run (0: skip)")
     ap.add_argument("--photos", type=int, default=0, metavar="N", help="tiny PNGs for the pipeline ceiling (0: skip)")
+    ap.add_argument("--folder", type=Path, help="the pipeline ceiling on this folder's photos instead of tiny PNGs")
     ap.add_argument("--merge", type=int, default=0, metavar="N",
                     help="rows for the Ray merge, from shards already written, beside Catalog.write (0: skip)")
     ap.add_argument("--listing-child", nargs=2, metavar=("STORE", "FOLDER"), help=argparse.SUPPRESS)
@@ -372,8 +379,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.listing:
             listing(args.listing, Path(tmp))
-        if args.photos:
-            ceiling(args.photos, Path(tmp))
+        if args.photos or args.folder:
+            ceiling(args.photos, Path(tmp), args.folder)
         for r in range(args.rounds if args.merge else 0):
             for name, url in (("SQLite", None), ("PostgreSQL", args.postgres)):
                 if name == "SQLite" or url:

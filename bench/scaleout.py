@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ def ray_cli(*args: str) -> None:
 
 def start_cluster(nodes: int, cpus: int) -> str:
     os.environ.setdefault("RAY_AUTH_MODE", "token")  # nodes joining, and this driver, present the head's token
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))  # `ray start --head` makes none itself
     ray_cli("stop", "--force")
     common = ["--num-cpus", str(cpus), "--object-store-memory", str(1 << 30), "--disable-usage-stats"]
     ray_cli("start", "--head", "--port", PORT, "--include-dashboard", "false", *common)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,9 +17,12 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Compiled models go to a cache of this test session's own, never the user's (~/.cache/simsearch).
 os.environ["SIMSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="simsearch-test-cache-")
-# Ray (2.60 on) puts token authentication on a head that finds ~/.ray/auth_token, and a node or driver
-# presents the token only when this is set before Ray is imported: the Ray tests' clusters run as users' do.
+# Ray (2.60 on) authenticates by token when RAY_AUTH_MODE=token is set before Ray is imported, on every node
+# and driver; `ray start --head` then refuses to start without a token (it makes none), so this session's
+# clusters get one of their own, in the environment their `ray start` processes and drivers inherit (a fresh
+# machine has no ~/.ray/auth_token, and the user's is not touched): the Ray tests run as users' clusters do.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 from simsearch.embedder import HubEmbedder  # noqa: E402
 
