@@ -327,8 +327,9 @@ class RaySource:
                          log_to_driver=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 hint = ("" if os.environ.get("RAY_AUTH_MODE") else
-                        " (a cluster with token authentication, Ray's default where ~/.ray/auth_token exists, "
-                        "also needs RAY_AUTH_MODE=token here)")
+                        " (a cluster with token authentication, which Ray 2.60 turns on for the clusters ray.init "
+                        "starts, also needs RAY_AUTH_MODE=token here, and its token in ~/.ray/auth_token or "
+                        "RAY_AUTH_TOKEN)")
                 raise SimsearchError(f"cannot reach a Ray cluster at {address or 'auto'}: {exc}{hint}") from exc
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines drown our progress bar
         ctx = ray.data.DataContext.get_current()
