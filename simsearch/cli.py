@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
@@ -263,8 +264,9 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
     if folder is None and (excludes or include_hidden is not None):
         raise click.UsageError("--exclude and --include-hidden are remembered per folder: give the FOLDER")
     progress, close = _progress_bar(obj["quiet"] or as_json)
-    with _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
-               precision=precision, runtime=runtime, fingerprints=fingerprints) as s:
+    with _ray_off_stdout() if ray else contextlib.nullcontext(), \
+            _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
+                  precision=precision, runtime=runtime, fingerprints=fingerprints) as s:
         try:
             if folder is None:
                 reports = s.update(progress=progress, ray=ray)
@@ -282,6 +284,22 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
     failed = sum(r.failed for r in reports)
     if failed:
         click.echo(f"{failed} files could not be indexed: see `simsearch failures {hint}`", err=True)
+
+
+@contextlib.contextmanager
+def _ray_off_stdout() -> Iterator[None]:
+    """Ray's driver prints the cluster's error messages (a lost node's connection errors, say) to stdout, from
+    a thread of its own, even after the run: while it runs they go to stderr, and a connection this command
+    made is closed before the result is printed, so `--json` output stays JSON."""
+    connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # a caller's own, in-process
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and not connected and ray.is_initialized():
+            with contextlib.redirect_stdout(sys.stderr):
+                ray.shutdown()
 
 
 def _probe(image: str) -> Any:

@@ -118,7 +118,7 @@ def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Clus
                 "--ray", cluster.address, "--shard-size", "64", "--json"]
         r = CliRunner().invoke(main, args, catch_exceptions=False)
         assert r.exit_code == 0, r.output
-        report = json.loads(r.output[r.output.index("{"):])
+        report = json.loads(r.stdout)  # stdout holds the JSON alone
         assert (report["added"], report["failed"]) == (1000, 0) and "ray" in report["timings"]
         with simsearch.open(tmp_path / "ray", db=url, create=False) as remote:
             paths, vectors = _snapshot(remote)
@@ -130,7 +130,7 @@ def test_ray_index_equals_the_single_machine_store(tmp_path: Path, cluster: Clus
         assert not list((tmp_path / "ray" / "staging").rglob("*.parquet"))  # merged shards are cleaned up
 
         again = CliRunner().invoke(main, args, catch_exceptions=False)
-        assert json.loads(again.output[again.output.index("{"):])["unchanged"] == 1000
+        assert json.loads(again.stdout)["unchanged"] == 1000
 
 
 def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Cluster, corel_images: Path,
@@ -175,7 +175,7 @@ def test_a_worker_node_killed_mid_run_loses_nothing(tmp_path: Path, cluster: Clu
         if killed:
             cluster.add_worker_node()  # back to two nodes for whatever runs next
     assert proc.returncode == 0, f"the run did not survive the node's loss: {err[-3000:]}"
-    report = json.loads(out[out.index("{"):])
+    report = json.loads(out)  # stdout holds the JSON alone, though Ray prints the lost node's errors
     assert report["added"] == 1000 and report["ray"]["shards"] == 40  # one run, every shard computed in it
 
     with simsearch.open(store_dir, create=False, settings=Settings()) as store:
@@ -275,5 +275,5 @@ def test_ray_auto_and_local_from_the_command_line(tmp_path: Path, cluster: Clust
                         str(tmp_path / "store"), "--model", str(tiny_module), *args, "--shard-size", "2", "--json"],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    report = json.loads(r.stdout[r.stdout.index("{"):])
+    report = json.loads(r.stdout)
     assert report["added"] == 5 and report["ray"]["shards"] == 3
