@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import os
 import threading
 import time
@@ -42,9 +43,9 @@ from .errors import (
     StoreError,
 )
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
-from .files import atomic_write
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
+from .renditions import RenditionCache
 from .results import Hit, Progress
 from .store import Store
 
@@ -359,7 +360,19 @@ def _after(cursor: str | None) -> BrowseKey | None:
 
 
 def _image_routes(app: FastAPI, store: Store) -> None:
-    thumbs = store.root / "thumbnails"
+    caches = {THUMBNAIL_SIZE: RenditionCache(store.root / "thumbnails"),
+              PREVIEW_SIZE: RenditionCache(store.root / "previews")}
+
+    def prune() -> None:
+        """Renditions of photos deleted or changed since the last start go, in the background."""
+        try:
+            for cache in caches.values():
+                cache.prune(store.catalog)
+        except (SimsearchError, OSError) as exc:  # a cache left as it was: say so, serve on
+            logging.getLogger("simsearch").warning("could not prune cached thumbnails and previews: %s", exc)
+
+    app.state.pruning = threading.Thread(target=prune, name="simsearch-prune-renditions", daemon=True)
+    app.state.pruning.start()
 
     @app.get("/api/photos")
     def photos(limit: int = Query(60, ge=1, le=500), cursor: str | None = Query(None, max_length=200),
@@ -389,24 +402,21 @@ def _image_routes(app: FastAPI, store: Store) -> None:
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
             "X-Content-Type-Options": "nosniff"})
 
-    def rendition(image_id: int, size: int, folder: Path) -> Response:
+    def rendition(image_id: int, size: int) -> Response:
         """An EXIF-oriented JPEG at most size pixels across, made once per content and kept in the store."""
         rec, f = store.open_indexed(image_id)
-        cached = folder / f"{image_id}-{(rec['sha256'] or 'x')[:16]}.jpg"
         with f:
-            if not cached.exists():
-                folder.mkdir(exist_ok=True)
-                atomic_write(cached, thumbnail_jpeg(f.read(), size, name=rec["path"]))
-        return Response(cached.read_bytes(), media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
+            data = caches[size].get(image_id, rec["sha256"], lambda: thumbnail_jpeg(f.read(), size, name=rec["path"]))
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/images/{image_id}/thumbnail")
     def image_thumbnail(image_id: int = ImageId) -> Response:
-        return rendition(image_id, THUMBNAIL_SIZE, thumbs)
+        return rendition(image_id, THUMBNAIL_SIZE)
 
     @app.get("/api/images/{image_id}/preview")
     def image_preview(image_id: int = ImageId) -> Response:
         """For the page's large view: a bounded size, whatever the original's, and never the original's format."""
-        return rendition(image_id, PREVIEW_SIZE, store.root / "previews")
+        return rendition(image_id, PREVIEW_SIZE)
 
 
 _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp",

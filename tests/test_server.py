@@ -104,7 +104,7 @@ def test_files_and_thumbnails_only_by_id(client: TestClient, folder: Path, store
     assert img.size == (20, 40)  # EXIF orientation applied: stored 40x20, shown upright
     arr = np.asarray(img.convert("L"), np.float32)
     assert arr[:10].mean() < 60 and arr[-10:].mean() > 195
-    cached = list((store.root / "thumbnails").glob(f"{hit.id}-*.jpg"))
+    cached = list((store.root / "thumbnails").rglob(f"{hit.id}-*.jpg"))
     assert len(cached) == 1
     assert client.get(f"/api/images/{hit.id}/thumbnail").content == thumb.content
 
@@ -128,7 +128,7 @@ def test_previews_are_bounded_oriented_jpegs_cached_in_the_store(client: TestCli
     assert Image.open(io.BytesIO(r.content)).size == (1600, 1067)  # bounded, aspect kept, a JPEG whatever the original
     rotated = store.query(folder / "rotated.jpg", k=1)[0]
     assert Image.open(io.BytesIO(client.get(f"/api/images/{rotated.id}/preview").content)).size == (20, 40)  # never enlarged
-    assert len(list((store.root / "previews").glob("*.jpg"))) == 2
+    assert len(list((store.root / "previews").rglob("*.jpg"))) == 2
     assert client.get("/api/images/99999/preview").status_code == 404
 
 
@@ -349,3 +349,26 @@ def test_thumbnail_and_preview_follow_a_photo_that_changed(client: TestClient, f
     assert store.catalog.ids_for_paths([str(path)]) == [image_id]
     blue = [mean_colour(client.get(f"/api/images/{image_id}/{kind}")) for kind in ("thumbnail", "preview")]
     assert all(c[2] > 180 and c[0] < 70 for c in blue)
+    for kind in ("thumbnails", "previews"):  # the red ones went when the blue ones were made
+        assert len(list((store.root / kind).rglob(f"{image_id}-*.jpg"))) == 1
+
+
+def test_a_restarted_server_drops_the_renditions_of_photos_gone_from_the_store(
+        client: TestClient, folder: Path, store: simsearch.Store) -> None:
+    ids = sorted(int(i) for i in store.catalog.vector_ids())
+    for i in ids[:4]:
+        assert client.get(f"/api/images/{i}/thumbnail").status_code == 200
+    assert client.get(f"/api/images/{ids[0]}/preview").status_code == 200
+    legacy = store.root / "thumbnails" / f"{ids[5]}-0123456789abcdef.jpg"  # an earlier version's flat layout
+    legacy.write_bytes(b"old")
+    gone = [r["path"] for r in store.catalog.records(ids[:2]).values()]
+    assert store.remove(gone) == 2  # forgotten by the store; the photos stay on disk
+    restarted = create_app(store, preload=False)
+    restarted.state.pruning.join(30)
+
+    def cached(kind: str) -> set[int]:
+        return {int(p.name.split("-")[0]) for p in (store.root / kind).rglob("*.jpg")}
+
+    assert cached("thumbnails") == set(ids[2:4]) and cached("previews") == set()
+    assert all(Path(p).exists() for p in gone)
+    assert TestClient(restarted, base_url="http://localhost").get(f"/api/images/{ids[2]}/thumbnail").status_code == 200
