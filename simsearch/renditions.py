@@ -19,6 +19,8 @@ _NAME = re.compile(r"^(\d+)-([0-9a-fx]{1,16})\.jpg$")
 
 
 class RenditionCache:
+    """One folder of renditions of one size (the server keeps thumbnails and previews apart)."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
