@@ -234,10 +234,9 @@ def _db_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None)  # the driver's own error says it best, without the SQL
-            what = f"{orig.__class__.__name__}: {str(orig).strip()}" if orig is not None else f"{exc.__class__.__name__}: {exc}"
-            raise StoreError(f"catalog database error: {what}") from exc
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: lookups through its cursor (_rows_in)
+            orig = getattr(exc, "orig", None) or exc  # the driver's own error says it best, without the SQL
+            raise StoreError(f"catalog database error: {orig.__class__.__name__}: {str(orig).strip()}") from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -325,11 +324,9 @@ def _rows_in(conn: Any, table: Any, key: str, values: list[Any], *columns: str) 
     for part in _chunks(values):
         if conn.dialect.name == "sqlite":  # sqlite3's own cursor, in the same transaction: plain tuples, no
             # SQLAlchemy rows (480 vectors of a 1M-row catalog: 2.8 ms, through SQLAlchemy's result 3.5 ms)
-            cursor = conn.connection.driver_connection.cursor()
+            cursor = conn.connection.driver_connection.cursor()  # its errors: sqlite3's, see _db_errors
             try:
                 yield from cursor.execute(f"{what} IN ({', '.join('?' * len(part))})", part)
-            except sqlite3.Error as exc:
-                raise StoreError(f"catalog database error: {exc.__class__.__name__}: {exc}") from exc
             finally:
                 cursor.close()
         else:
@@ -352,8 +349,7 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
         existing[path] = i
         if sha:
             was.add(sha)
-    for part in _chunks(list(existing.values())):
-        had.update(conn.scalars(select(_VECTORS.c.image_id).where(_VECTORS.c.image_id.in_(part))))
+    had.update(i for (i,) in _rows_in(conn, _VECTORS, "image_id", list(existing.values())))
 
     def values(facts: ImageFields, vec: np.ndarray | None) -> dict[str, Any]:
         return {"size": facts.size, "mtime_ns": facts.mtime_ns, "sha256": facts.sha256, "width": facts.width,
