@@ -292,13 +292,12 @@ def _ray_off_stdout() -> Iterator[None]:
     a thread of its own, even after the run: while it runs they go to stderr, and a connection this command
     made is closed before the result is printed, so `--json` output stays JSON."""
     connected = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # a caller's own, in-process
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
             yield
-    finally:
-        ray = sys.modules.get("ray")
-        if ray is not None and not connected and ray.is_initialized():
-            with contextlib.redirect_stdout(sys.stderr):
+        finally:
+            ray = sys.modules.get("ray")
+            if ray is not None and not connected and ray.is_initialized():
                 ray.shutdown()
 
 
