@@ -39,12 +39,14 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.types import TypeDecorator
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from .errors import StoreError
+from .paths import from_catalog, to_catalog
 from .verify import phashes
 
 SCHEMA_VERSION = 1
@@ -53,7 +55,23 @@ OK, FAILED = "ok", "failed"
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite AUTOINCREMENT needs exactly INTEGER
 # Paths compare byte-wise everywhere: folder-prefix ranges must not follow a linguistic collation (glibc's
 # en_US ignores punctuation such as "/", ICU's en-US puts "/p/A/" inside "/p/a/"; tested on PostgreSQL).
-_Path = Text().with_variant(Text(collation="C"), "postgresql")
+class _Path(TypeDecorator[str]):
+    """A file path: compared byte-wise, and stored as valid Unicode whatever its bytes (simsearch.paths).
+    Statements sent through the driver itself encode with to_catalog / from_catalog as this does."""
+
+    impl = Text
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Any) -> Any:
+        return dialect.type_descriptor(Text(collation="C") if dialect.name == "postgresql" else Text())
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else to_catalog(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else from_catalog(value)
+
+
 _PG_CREATE_LOCK = 0x51D5EA  # pg_advisory_xact_lock key: two processes creating one catalog take turns
 
 
@@ -318,19 +336,27 @@ def _rows_in(conn: Any, table: Any, key: str, values: list[Any], *columns: str) 
     psycopg (one array parameter): compiling an IN of hundreds of parameters cost SQLAlchemy more than
     running it, on the bulk writes' and re-scoring's hot paths."""
     what = f"SELECT {', '.join((key, *columns))} FROM {table.name} WHERE {key}"
-    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
-        yield from conn.exec_driver_sql(f"{what} = ANY(%(values)s)", {"values": values})
+    if conn.dialect.name == "sqlite" or (conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg"):
+        # the driver's own statements: a path key is encoded as the column type would, and decoded back
+        stored = {to_catalog(v): v for v in values} if isinstance(table.c[key].type, _Path) else None
+        for row in _driver_rows_in(conn, what, list(stored) if stored is not None else values):
+            yield row if stored is None else (stored[row[0]], *row[1:])
         return
     for part in _chunks(values):
-        if conn.dialect.name == "sqlite":  # sqlite3's own cursor, in the same transaction: plain tuples, no
-            # SQLAlchemy rows (480 vectors of a 1M-row catalog: 2.8 ms, through SQLAlchemy's result 3.5 ms)
-            cursor = conn.connection.driver_connection.cursor()  # its errors: sqlite3's, see _db_errors
-            try:
-                yield from cursor.execute(f"{what} IN ({', '.join('?' * len(part))})", part)
-            finally:
-                cursor.close()
-        else:
-            yield from conn.execute(select(table.c[key], *(table.c[c] for c in columns)).where(table.c[key].in_(part)))
+        yield from conn.execute(select(table.c[key], *(table.c[c] for c in columns)).where(table.c[key].in_(part)))
+
+
+def _driver_rows_in(conn: Any, what: str, values: list[Any]) -> Iterator[Any]:
+    if conn.dialect.name == "postgresql":
+        yield from conn.exec_driver_sql(f"{what} = ANY(%(values)s)", {"values": values})
+        return
+    for part in _chunks(values):  # sqlite3's own cursor, in the same transaction: plain tuples, no
+        # SQLAlchemy rows (480 vectors of a 1M-row catalog: 2.8 ms, through SQLAlchemy's result 3.5 ms)
+        cursor = conn.connection.driver_connection.cursor()  # its errors: sqlite3's, see _db_errors
+        try:
+            yield from cursor.execute(f"{what} IN ({', '.join('?' * len(part))})", part)
+        finally:
+            cursor.close()
 
 
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
@@ -393,7 +419,9 @@ def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     by_column = list(zip(*(r.values() for r in rows)))  # column-wise: a batch shares its indexed_at
     for i, name in enumerate(columns):
-        if isinstance(table.c[name].type, DateTime):
+        if isinstance(table.c[name].type, _Path):
+            by_column[i] = tuple(None if v is None else to_catalog(v) for v in by_column[i])
+        elif isinstance(table.c[name].type, DateTime):
             text: dict[datetime, str] = {}
             by_column[i] = tuple(None if v is None else text.get(v) or text.setdefault(v, v.strftime(_SQLITE_DATETIME))
                                  for v in by_column[i])
@@ -411,7 +439,7 @@ def _pg_copy_images(conn: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
         ids = sorted(r[0] for r in cur.fetchall())
         with cur.copy(f"COPY images ({', '.join(_IMAGE_COLUMNS)}) FROM STDIN") as copy:
             for i, row in zip(ids, rows):
-                copy.write_row((i, *(row[c] for c in _IMAGE_COLUMNS[1:])))
+                copy.write_row((i, *(to_catalog(row[c]) if c == "path" else row[c] for c in _IMAGE_COLUMNS[1:])))
     return {row["path"]: i for i, row in zip(ids, rows)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from .config import (
 from .distributed import DEFAULT_SHARD_SIZE, RayOptions
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
 from .errors import SimsearchError
+from .paths import display, has_newline, json_text
 from .probes import is_url, read_stdin
 from .results import DuplicateGroup, IndexReport, Progress
 from .store import Store
@@ -74,10 +76,18 @@ def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 FORMATS = ("text", "json", "jsonl", "csv", "paths")
 
 
+def _null_flag(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    ctx.meta["null"] = value
+
+
 def _output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--null", "-0", is_flag=True, expose_value=False, callback=_null_flag,
+                      help="With -o paths: end each path with NUL instead of a newline (for xargs -0): any "
+                           "file name is safe.")(fn)
     fn = click.option("--output", "-o", "output", type=click.Choice(FORMATS),
                       help="Output: text, json (one document), jsonl (one object a line), csv, or paths (one "
-                           "path a line, for piping) [default: text]. --json is -o json.")(fn)
+                           "path a line, for piping; names holding a newline are refused there, use -0) "
+                           "[default: text]. --json is -o json.")(fn)
     return _json_option(fn)
 
 
@@ -94,18 +104,19 @@ def _emit(rows: list[dict[str, Any]], output: str, text: Callable[[], None], pat
         _print_json(rows)
     elif output == "jsonl":
         for row in rows:
-            click.echo(json.dumps(row, ensure_ascii=False, allow_nan=False))
+            click.echo(json_text(row))
     elif output == "csv":
         import csv as csv_module
 
-        out = csv_module.writer(sys.stdout)
+        buffer = io.StringIO()  # then out as click writes text: a name's undecodable bytes as they are
+        out = csv_module.writer(buffer)
         if rows:
             out.writerow(list(rows[0]))
         for row in rows:
             out.writerow(["" if v is None else v for v in row.values()])
+        click.echo(buffer.getvalue(), nl=False)
     elif output == "paths":
-        for row in rows:
-            click.echo(row[path_key])
+        _print_paths([row[path_key] for row in rows], null=click.get_current_context().meta.get("null", False))
     else:
         text()
 
@@ -156,8 +167,23 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 
 def _print_json(value: Any) -> None:
-    """Results' to_dict() holds no NaN or infinity; allow_nan=False makes sure JSON never gets one."""
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False, allow_nan=False))
+    """Results' to_dict() holds no NaN or infinity; JSON never gets one. Undecodable bytes of a file name
+    travel as \\udcNN escapes (simsearch.paths), so the output stays valid UTF-8."""
+    click.echo(json_text(value, indent=2))
+
+
+def _print_paths(paths: list[str], *, null: bool) -> None:
+    """Paths for a pipe, as the file system's bytes. A line per path cannot carry a name that holds a
+    newline (it would read as two paths, one of them anywhere): such output is refused, whole."""
+    out = click.get_binary_stream("stdout")
+    if null:
+        out.write(b"".join(os.fsencode(p) + b"\0" for p in paths))
+        return
+    split = [p for p in paths if has_newline(p)]
+    if split:
+        raise click.ClickException(f"{len(split)} of these paths hold a newline, e.g. {display(split[0])!r}: "
+                                   f"a line per path would split them; use -0 (--null) for NUL-separated paths")
+    out.write(b"".join(os.fsencode(p) + b"\n" for p in paths))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -608,15 +634,15 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
         click.echo(f"warning: serving on {host} without a token: anyone who can reach it may start re-indexing",
                    err=True)
     s = _open(store, model, db, create=True, runtime=runtime)
-    app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
-                     cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),
-                     max_upload_pixels=max_upload_pixels, watching=watch_folders)
+    watcher = None
     if watch_folders:
         from .watch import FolderWatcher
 
-        stop = threading.Event()
-        threading.Thread(target=FolderWatcher(s, on_report=_print_report).run, args=(stop,), name="simsearch-watch",
-                         daemon=True).start()
+        watcher = FolderWatcher(s, on_report=_print_report)
+        threading.Thread(target=watcher.run, args=(threading.Event(),), name="simsearch-watch", daemon=True).start()
+    app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
+                     cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),
+                     max_upload_pixels=max_upload_pixels, watching=watcher or False)
     if not s.folders():
         click.echo(f"store {s.root} is empty: index a folder with `simsearch index FOLDER {_hint_args(s, db)}`", err=True)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)

@@ -32,6 +32,7 @@ from .config import ModelSpec, Settings
 from .errors import SimsearchError, StoreError
 from .files import atomic_write
 from .images import ImageInfo
+from .paths import from_catalog, to_catalog
 from .prepare import Classifier, Decoded, Decoding, Prepared, SourceStats, Task, decode_file
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ def provenance_key(model: str, input_size: tuple[int, int], resize: str, max_pix
 def shard_name(files: list[FileKey]) -> str:
     h = hashlib.sha1()
     for path, size, mtime in files:
-        h.update(f"{path}\0{size}\0{mtime}\n".encode())
+        h.update(os.fsencode(path) + f"\0{size}\0{mtime}\n".encode())
     return h.hexdigest()[:24] + SHARD_SUFFIX
 
 
@@ -208,7 +209,8 @@ class _EmbedShards:
             vectors = iter(np.concatenate(vecs) if vecs else np.zeros((0, self.dim), np.float32))
             cols: dict[str, list[Any]] = {k: [] for k in self.schema.names}
             for m in meta:
-                for k in ("path", "size", "mtime_ns", "sha256", "error"):
+                cols["path"].append(to_catalog(m["path"]))  # Arrow strings are UTF-8: stored as the catalog does
+                for k in ("size", "mtime_ns", "sha256", "error"):
                     cols[k].append(m[k])
                 for k in ("width", "height", "format"):
                     cols[k].append(m.get(k))
@@ -279,8 +281,8 @@ class RaySource:
             except (OSError, ValueError) as exc:
                 log.warning("ignoring unreadable shard %s: %s", info.path, exc)
                 continue
-            for key in zip(*(t.column(c).to_pylist() for c in ("path", "size", "mtime_ns"))):
-                held[key] = info.base_name
+            for path, size, mtime in zip(*(t.column(c).to_pylist() for c in ("path", "size", "mtime_ns"))):
+                held[(from_catalog(path), size, mtime)] = info.base_name
         return held
 
     def results(self, files: list[FileKey]) -> Iterator[ShardRow]:
@@ -397,7 +399,7 @@ class RaySource:
         has_vector = vec.is_valid().to_numpy(zero_copy_only=False)
         c = {k: t.column(k).to_pylist() for k in t.column_names if k != "vector"}
         out: dict[FileKey, ShardRow] = {}
-        for i, path in enumerate(c["path"]):
+        for i, path in enumerate(map(from_catalog, c["path"])):
             info = None
             if c["error"][i] is None:
                 info = ImageInfo(c["width"][i], c["height"][i], c["format"][i], c["taken_at"][i])

@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, features
 
 from .errors import ImageError
+from .paths import to_catalog
 
 PILLOW_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
@@ -149,8 +150,8 @@ def find_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Itera
 def walk_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """(path, directory entry) of every photo file under root, in ascending order of the whole path string.
 
-    That order is the catalog's (paths compare by code point, as UTF-8 bytes do in SQLite and in
-    PostgreSQL's "C" collation), so a scan can merge the listing with the catalog's sorted rows and
+    That order is the catalog's (paths compare by code point of their stored text, simsearch.paths, as
+    UTF-8 bytes do in SQLite and in PostgreSQL's "C" collation), so a scan can merge the listing with the catalog's sorted rows and
     hold neither in memory. Within a folder a subfolder sorts as its name plus "/", and its files come
     out together, which keeps the whole sequence sorted (no file name contains "/").
 
@@ -184,7 +185,7 @@ def walk_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Itera
                     keyed.append((e.name + "/", e))
             elif options.keeps_file(prefix + e.name, e.name):
                 keyed.append((e.name, e))
-        keyed.sort(key=lambda k: k[0])
+        keyed.sort(key=lambda k: to_catalog(k[0]))
         for key, e in keyed:
             if key[-1] == "/":
                 yield from walk(e.path, prefix + key)

@@ -28,6 +28,7 @@ from .collection import Collection
 from .config import Settings
 from .errors import ImageError, StoreError
 from .formats import ScanOptions, walk_images
+from .paths import to_catalog
 from .prepare import Classifier, Kind, Prepared, Source, SourceStats, Task, decode_now
 from .provenance import StoreModel
 from .results import IndexReport, Progress
@@ -84,11 +85,12 @@ def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOp
     row = next(rows, None)
     last = ""
     for path, entry in walk_images(folder, options):
-        if path <= last:  # the merge's premise; never expected, and never worth a wrong deletion
+        key = to_catalog(path)  # the order both sides come in (simsearch.paths)
+        if key <= last:  # the merge's premise; never expected, and never worth a wrong deletion
             raise StoreError(f"folder listing out of order at {path!r} after {last!r}")
-        last = path
+        last = key
         out.seen += 1
-        while row is not None and row.path < path:
+        while row is not None and to_catalog(row.path) < key:
             out.missing[row.path] = row
             row = next(rows, None)
         old = None

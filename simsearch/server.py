@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
@@ -45,6 +45,7 @@ from .errors import (
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
+from .paths import json_text
 from .renditions import RenditionCache
 from .results import Hit, Progress
 from .store import Store
@@ -69,6 +70,12 @@ _STATUS: list[tuple[type[SimsearchError], int]] = [  # most specific first
 ]
 
 
+class Watching(Protocol):
+    """What follows the folders beside the server (simsearch.watch.FolderWatcher)."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
 class HTTPError(SimsearchError):
     """An error that already knows its status (bad token, oversize upload, busy)."""
 
@@ -77,11 +84,19 @@ class HTTPError(SimsearchError):
         self.status, self.headers = status, headers
 
 
+class PathSafeJSON(JSONResponse):
+    """JSON whose file names may hold bytes that are not UTF-8: they travel as \\udcNN escapes
+    (simsearch.paths), where plain JSONResponse would fail with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text(content, separators=(",", ":")).encode("utf-8")
+
+
 def error_response(exc: SimsearchError) -> JSONResponse:
     """The one place where an error becomes an HTTP status (the handler and the upload bound both use it)."""
     status = exc.status if isinstance(exc, HTTPError) else next(c for t, c in _STATUS if isinstance(exc, t))
     headers = exc.headers if isinstance(exc, HTTPError) else None
-    return JSONResponse({"error": str(exc)[:2000], "kind": type(exc).__name__}, status_code=status, headers=headers)
+    return PathSafeJSON({"error": str(exc)[:2000], "kind": type(exc).__name__}, status_code=status, headers=headers)
 
 
 def _validation_error(exc: RequestValidationError) -> JSONResponse:
@@ -203,7 +218,7 @@ def create_app(
     max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS,
     model_slots: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
-    watching: bool = False,
+    watching: bool | Watching = False,
 ) -> FastAPI:
     """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn.
 
@@ -212,11 +227,11 @@ def create_app(
     preload: load the model in a background thread now, rather than on the first upload."""
     store = store if isinstance(store, Store) else Store(store, create=False)
     app = FastAPI(title="simsearch", version=__import__("simsearch").__version__,
-                  description="Find similar photos in an indexed collection.")
+                  description="Find similar photos in an indexed collection.", default_response_class=PathSafeJSON)
     app.state.store = store
     app.state.job = IndexJob()
     app.state.model = ModelLoad()
-    app.state.watching = watching  # serve --watch: the page says the folders are followed
+    app.state.watching = watching  # serve --watch: the page says the folders are followed, /healthz whether still
     if preload:
         app.state.model.start(store)
     if cors_origins:
@@ -289,8 +304,9 @@ def _page_routes(app: FastAPI, store: Store) -> None:
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         """Liveness, and whether the model is ready ("loading" right after start)."""
-        return {"ok": True, "images": store.stats().images, "watching": app.state.watching,
-                **app.state.model.snapshot()}
+        w = app.state.watching
+        watch = w.snapshot() if not isinstance(w, bool) else {"watching": w, "watch_error": None}
+        return {"ok": True, "images": store.stats().images, **watch, **app.state.model.snapshot()}
 
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
@@ -397,7 +413,7 @@ def _image_routes(app: FastAPI, store: Store) -> None:
                 while chunk := f.read(1 << 20):
                     yield chunk
 
-        name = Path(rec["path"]).name.replace('"', "")
+        name = os.fsencode(Path(rec["path"]).name)  # the file system's bytes, percent-encoded whatever they are
         return StreamingResponse(chunks(), media_type=_media_type(rec), headers={
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
             "X-Content-Type-Options": "nosniff"})

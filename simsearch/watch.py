@@ -38,8 +38,26 @@ class FolderWatcher:
         self._wake = threading.Event()
         self._watched: dict[str, Any] = {}
         self.ready = threading.Event()  # set once the first pass is done and events are followed
+        self.running = False
+        self.error: str | None = None  # why it stopped, when something unforeseen stopped it
+
+    def snapshot(self) -> dict[str, Any]:
+        """For /healthz: whether the folders are followed now, and if not, why."""
+        return {"watching": self.running, "watch_error": self.error}
 
     def run(self, stop: threading.Event) -> None:
+        """Until stop is set. A failure nobody foresaw ends it, never silently: logged, and kept in `error`."""
+        self.running, self.error = True, None
+        try:
+            self._run(stop)
+        except BaseException as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("watching stopped: %s", self.error)
+            raise
+        finally:
+            self.running = False
+
+    def _run(self, stop: threading.Event) -> None:
         from watchdog.observers import Observer
 
         observer = Observer()

@@ -229,6 +229,7 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
     folder = tmp_path / "photos"
     for i in range(6):
         photo(folder / f"p{i}.jpg", seed=i)
+    photo(folder / os.fsdecode(b"caf\xe9.jpg"), seed=20)  # a name that is not UTF-8 (Arrow takes only UTF-8)
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not an image")
     data = (folder / "p0.jpg").read_bytes()
@@ -239,7 +240,7 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
     for name, ray in runs.items():
         with simsearch.open(tmp_path / name, model=tiny_module, create=True) as store:
             report = store.index(folder, ray=ray)
-            assert (report.added, report.failed) == (6, 3)
+            assert (report.added, report.failed) == (7, 3)
             reasons[name] = {Path(f.path).name: f.reason for f in store.failures()}
     assert reasons["ray"] == reasons["local"] and "truncated" in reasons["ray"]["half.jpg"]
 
@@ -256,7 +257,7 @@ def test_bad_files_and_folder_changes_are_handled_as_a_local_run_handles_them(tm
         with simsearch.open(tmp_path / name, model=tiny_module, create=True) as store:
             r = store.index(folder, ray=ray)
             results[name] = ((r.added, r.updated, r.moved, r.removed, r.unchanged, r.failed), _snapshot(store))
-    assert results["ray"][0] == results["local"][0] == (2, 1, 1, 2, 4, 0)
+    assert results["ray"][0] == results["local"][0] == (2, 1, 1, 2, 5, 0)
     assert results["ray"][1][0] == results["local"][1][0]  # same ids for the same paths
     np.testing.assert_allclose(results["ray"][1][1], results["local"][1][1], atol=1e-5)
 
