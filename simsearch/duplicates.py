@@ -27,8 +27,9 @@ import faiss
 import numpy as np
 
 from .collection import Collection
-from .errors import ImageError, NotFoundError, QueryError
+from .errors import ChangedError, ImageError, NotFoundError, QueryError
 from .files import move_to_trash
+from .paths import display
 from .results import DuplicateGroup, Progress
 from .verify import PHASH_LOOSE, Evidence, Fingerprint, compare
 
@@ -262,9 +263,13 @@ def listed_group(collection: Collection, group: str) -> DuplicateGroup:
 
 
 def resolve_group(collection: Collection, group: str, *, keep: int | None, trash_others: bool,
-                  forget: Callable[[list[str]], object]) -> DuplicateGroup:
+                  forget: Callable[[list[str]], object], verify: Callable[[dict[str, Any]], None]) -> DuplicateGroup:
     """Record "not duplicates" (keep None) or "keep this one" on a listed group; trash_others moves the
-    others to the platform's trash (never a deletion) and `forget`s them from the store."""
+    others to the platform's trash (never a deletion) and `forget`s them from the store.
+
+    Trash acts only on what was verified: every member's file must still hold the bytes the catalog
+    recorded (`verify`: SHA-256 and size, read now), the keeper's first of all, or nothing is moved. Each
+    photo is checked again just before it moves, so one changed meanwhile stays."""
     found = listed_group(collection, group)
     if keep is None:
         if trash_others:
@@ -274,10 +279,29 @@ def resolve_group(collection: Collection, group: str, *, keep: int | None, trash
     kept = [m["path"] for m in found.members if m["id"] == keep]
     if not kept:
         raise QueryError(f"image {keep} is not in group {group}")
-    others = [m["path"] for m in found.members if m["id"] != keep] if trash_others else []
-    for path in others:
-        move_to_trash(path)
+    others = [m for m in found.members if m["id"] != keep] if trash_others else []
     if others:
-        forget(others)
-    record_decision(collection, found, KEEP, keep=kept[0], trashed=others)
+        keeper = next(m for m in found.members if m["id"] == keep)
+        for m in [keeper, *others]:  # the keeper first: never trash the others of a photo that is gone
+            _still_verified(group, m, verify)
+    trashed = []
+    try:
+        for m in others:
+            _still_verified(group, m, verify, moved=len(trashed))
+            move_to_trash(m["path"])
+            trashed.append(m["path"])
+    finally:
+        if trashed:
+            forget(trashed)
+    record_decision(collection, found, KEEP, keep=kept[0], trashed=trashed)
     return found
+
+
+def _still_verified(group: str, member: dict[str, Any], verify: Callable[[dict[str, Any]], None], *,
+                    moved: int = 0) -> None:
+    try:
+        verify(member)
+    except (NotFoundError, ChangedError) as exc:
+        done = "nothing was moved to the trash" if not moved else f"{moved} moved to the trash before it, none after"
+        raise ChangedError(f"group {group}: {display(member['path'])} is not the photo that was verified ({exc}); "
+                           f"{done}. Run `simsearch index`, then `simsearch duplicates` again") from exc

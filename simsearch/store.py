@@ -282,7 +282,15 @@ class Store:
 
     def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False) -> DuplicateGroup:
         """Record a decision on a group as `duplicates` last listed it (keep None: not duplicates)."""
-        return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove)
+        return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove,
+                             verify=self._verify_content)
+
+    def _verify_content(self, member: dict[str, Any]) -> None:
+        """A member's file holds, read now, the bytes it was verified with (raises NotFoundError / ChangedError)."""
+        with open_verified(member["path"], self.folders(), size=member["size"], mtime_ns=None,
+                           sha256=member["sha256"], max_bytes=self.settings.max_file_bytes,
+                           what=f"image {member['id']}"):
+            pass
 
     def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
         """recall@k of the current index against exact search (see Collection.recall)."""

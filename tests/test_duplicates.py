@@ -209,6 +209,69 @@ def test_keep_with_trash_others_moves_files_to_the_trash_never_deletes(
         store.resolve("000000000000")
 
 
+@pytest.fixture()
+def trash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The platform's trash, faked: what was sent there, moved aside."""
+    moved: list[str] = []
+    (tmp_path / "trash").mkdir()
+
+    def fake_send2trash(path: str) -> None:
+        moved.append(path)
+        shutil.move(path, tmp_path / "trash" / Path(path).name)
+
+    monkeypatch.setattr("send2trash.send2trash", fake_send2trash)
+    return moved
+
+
+def test_trash_is_refused_when_a_member_was_overwritten_since_it_was_verified(store: simsearch.Store, tmp_path: Path,
+                                                                              trash: list[str]) -> None:
+    group = _group(store, "p01.jpg", "small-p01.jpg")
+    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p01.jpg")
+    other = tmp_path / "photos" / "small-p01.jpg"
+    st = other.stat()
+    unrelated = (tmp_path / "photos" / "p07.jpg").read_bytes()[: st.st_size]
+    unrelated += b"\0" * (st.st_size - len(unrelated))
+    other.write_bytes(unrelated)  # other bytes under the member's name, of its size and (below) its time
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))  # so the content is read, the time not trusted
+    with pytest.raises(simsearch.ChangedError, match="not the photo that was verified"):
+        store.resolve(group.id, keep=keep, trash_others=True)
+    other.write_bytes((tmp_path / "photos" / "p07.jpg").read_bytes())  # as a user would overwrite it
+    r = CliRunner().invoke(main, ["resolve", group.id, "--keep", str(keep), "--trash-others", "--store", str(store.root)])
+    assert r.exit_code != 0 and "small-p01.jpg" in r.output and "nothing was moved to the trash" in r.output
+    assert trash == [] and other.exists()
+
+
+def test_trash_is_refused_when_the_keeper_is_gone(store: simsearch.Store, tmp_path: Path, trash: list[str]) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    group = _group(store, "p00.jpg", "copy-of-p00.jpg")
+    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p00.jpg")
+    (tmp_path / "photos" / "p00.jpg").unlink()  # the keeper deleted: the copy is now the last one
+    client = TestClient(create_app(store, token="t0k", preload=False), base_url="http://localhost")
+    r = client.post(f"/api/duplicates/{group.id}/resolve", json={"keep": keep, "trash_others": True},
+                    headers={"Authorization": "Bearer t0k"})
+    assert r.status_code == 409 and "p00.jpg" in r.json()["error"]
+    assert trash == [] and (tmp_path / "photos" / "copy-of-p00.jpg").exists()
+    assert group.id in {g.id for g in store.duplicates()}  # no decision was recorded either
+
+
+def test_paths_for_pipes_never_split_a_name(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    photo(root / "a.jpg", seed=1, size=(320, 240), quality=95)
+    evil = root / "x\n/etc/passwd\n.jpg".replace("/", "_")  # a name that a line-reader would split
+    shutil.copy(root / "a.jpg", evil)
+    embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
+    with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
+        s.index(root)
+    args = ["duplicates", "--store", str(tmp_path / "store"), "-o", "paths"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "newline" in r.output and r.stdout == ""
+    r = CliRunner().invoke(main, [*args, "-0"])
+    assert r.exit_code == 0 and r.stdout_bytes.split(b"\0")[:-1] in ([os.fsencode(evil)], [os.fsencode(root / "a.jpg")])
+
+
 def test_duplicates_over_http_list_and_resolve_with_the_token(store: simsearch.Store) -> None:
     from fastapi.testclient import TestClient
 
