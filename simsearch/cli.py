@@ -609,9 +609,12 @@ def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str |
               help="Uploaded photos larger than this many pixels are refused (indexing allows more).")
 @click.option("--insecure-no-token", is_flag=True,
               help="Allow a --host other than loopback without a token: anyone who can reach it may re-index.")
+@click.option("--allow-private-urls", is_flag=True,
+              help="Let searches by URL fetch from loopback, private and link-local addresses (this machine and "
+                   "its network); by default only public internet addresses are fetched.")
 def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, host: str, port: int, token: str | None,
           max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool, allowed_hosts: tuple[str, ...],
-          max_upload_pixels: int, insecure_no_token: bool) -> None:
+          max_upload_pixels: int, insecure_no_token: bool, allow_private_urls: bool) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
 
     An empty (new) store is served too: the page says how to index a folder.
@@ -642,7 +645,8 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
         threading.Thread(target=watcher.run, args=(threading.Event(),), name="simsearch-watch", daemon=True).start()
     app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),
-                     max_upload_pixels=max_upload_pixels, watching=watcher or False)
+                     max_upload_pixels=max_upload_pixels, watching=watcher or False,
+                     allow_private_urls=allow_private_urls)
     if not s.folders():
         click.echo(f"store {s.root} is empty: index a folder with `simsearch index FOLDER {_hint_args(s, db)}`", err=True)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)

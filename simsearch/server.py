@@ -46,6 +46,7 @@ from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
 from .paths import json_text
+from .probes import URL_TIMEOUT_S, fetch_url
 from .renditions import RenditionCache
 from .results import Hit, Progress
 from .store import Store
@@ -54,6 +55,9 @@ DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000  # uploads decode under this; a 13000x13000 PNG bomb is 169 MP
 DEFAULT_BODY_TIMEOUT_S = 30.0
 QUEUE_TIMEOUT_S = 10.0  # an upload waits this long for a free model slot, then 503
+FETCH_SLOTS = 4  # URLs fetched at once; the next waits a second, then 503
+URL_FAILED = ("no image could be fetched from that URL: it did not answer in time, the connection failed, or "
+              "what came back is not an image within the limits")
 MAX_ID = 2**63 - 1  # the largest id the catalog can hold
 THUMBNAIL_SIZE = 256
 PREVIEW_SIZE = 1600  # the large view: sharp on a laptop, a few hundred kB
@@ -219,12 +223,16 @@ def create_app(
     model_slots: int | None = None,
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
     watching: bool | Watching = False,
+    allow_private_urls: bool = False,
+    url_timeout: float = URL_TIMEOUT_S,
 ) -> FastAPI:
     """The ASGI app for one store; tests run it in-process, `simsearch serve` under uvicorn.
 
     host, extra_hosts: the names requests may carry in Host (localhost names always). model_slots:
     uploads embedded at once (default: the cores); the rest wait in line, then get 503.
-    preload: load the model in a background thread now, rather than on the first upload."""
+    preload: load the model in a background thread now, rather than on the first upload.
+    allow_private_urls: let searches by URL reach loopback and private addresses (the server's own network).
+    url_timeout: seconds a search by URL may spend fetching, all of it (resolving, redirects, body)."""
     store = store if isinstance(store, Store) else Store(store, create=False)
     app = FastAPI(title="simsearch", version=__import__("simsearch").__version__,
                   description="Find similar photos in an indexed collection.", default_response_class=PathSafeJSON)
@@ -253,7 +261,7 @@ def create_app(
     slots = threading.BoundedSemaphore(model_slots or os.cpu_count() or 2)
     _page_routes(app, store)
     may_change = _change_guard(token, cors_origins or [])
-    _query_routes(app, store, max_upload, max_upload_pixels, slots, may_change)
+    _query_routes(app, store, max_upload, max_upload_pixels, slots, may_change, allow_private_urls, url_timeout)
     _image_routes(app, store)
     _index_routes(app, store, may_change)
     return app
@@ -319,7 +327,7 @@ def _page_routes(app: FastAPI, store: Store) -> None:
 
 
 def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, slots: threading.BoundedSemaphore,
-                  may_change: Any) -> None:
+                  may_change: Any, allow_private_urls: bool, url_timeout: float) -> None:
     @app.post("/api/query")
     def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
                      f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
@@ -340,15 +348,30 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
                  f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         return _hits(store.query(id, k=k, where=f))
 
+    fetches = threading.BoundedSemaphore(FETCH_SLOTS)  # apart from the model's slots: uploads never wait on them
+
     @app.post("/api/query/url", dependencies=[Depends(may_change)])
     def query_url(body: UrlQuery, f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
-        """Neighbours of the photo at an http(s) address, fetched by the server (bounded in size and time,
-        decoded under the upload pixel limit); guarded like changes, since it makes the server reach out."""
+        """Neighbours of the photo at an http(s) address, fetched by the server (public addresses only unless
+        started with --allow-private-urls; one deadline for the whole fetch; bounded in size, decoded under
+        the upload pixel limit); guarded like changes, since it makes the server reach out. Every failure
+        to get an image reads the same, so answers cannot tell an open port from a closed one."""
+        if not fetches.acquire(timeout=1.0):
+            raise HTTPError(503, "busy: too many URLs being fetched at once, try again shortly",
+                            headers={"Retry-After": "5"})
+        try:
+            data = fetch_url(body.url, max_bytes=max_upload, public_only=not allow_private_urls, timeout=url_timeout)
+        except ImageError as exc:
+            raise ImageError(None, URL_FAILED) from exc
+        finally:
+            fetches.release()
         if not slots.acquire(timeout=QUEUE_TIMEOUT_S):
             raise HTTPError(503, "busy: too many photos being searched at once, try again shortly",
                             headers={"Retry-After": "5"})
         try:
-            return _hits(store.query(body.url, k=body.k, where=f, max_pixels=max_pixels))
+            return _hits(store.query(data, k=body.k, where=f, max_pixels=max_pixels))
+        except ImageError as exc:
+            raise ImageError(None, URL_FAILED) from exc
         finally:
             slots.release()
 
