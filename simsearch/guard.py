@@ -5,6 +5,9 @@
   127.0.0.1 (DNS rebinding) sends its own name as Host and is refused, so it cannot read photos.
 - Bodies: read whole before the endpoint sees them, within a size bound and a time limit, so a slow
   client (a byte every second) is cut off rather than holding a worker forever.
+- Every response says how a browser may use it: never inside a frame of another page (clickjacking: a
+  page elsewhere framing the duplicates view and luring two clicks), never sniffed as another type, and
+  no Referer sent on. The page itself loads nothing from elsewhere (its Content-Security-Policy).
 Origin checks for state-changing requests and the bearer token live with the endpoints (simsearch.server).
 """
 
@@ -17,6 +20,15 @@ from typing import Any
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
+PAGE_POLICY = (b"default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+               b"script-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; "
+               b"frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -56,6 +68,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        await self._checked(scope, receive, _with_security_headers(send, page=scope.get("path") == "/"))
+
+    async def _checked(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = hostname(headers.get("host", ""))
         if host not in self.hosts:
@@ -94,6 +109,19 @@ class Guard:
             chunks.append(chunk)
             more = message.get("more_body", False)
         return b"".join(chunks)
+
+
+def _with_security_headers(send: Send, *, page: bool) -> Send:
+    """send, with SECURITY_HEADERS added to the response's start (the page's own policy on the page)."""
+    extra = [(k, PAGE_POLICY if page and k == b"content-security-policy" else v) for k, v in SECURITY_HEADERS]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            names = {k.lower() for k, _ in message.get("headers", [])}
+            message = message | {"headers": [*message.get("headers", []), *((k, v) for k, v in extra if k not in names)]}
+        await send(message)
+
+    return sending
 
 
 class _TooLarge(Exception):

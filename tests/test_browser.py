@@ -40,13 +40,14 @@ def need_chromium() -> None:
 
 @contextmanager
 def serving(store: simsearch.Store) -> Iterator[str]:
+    """The app under uvicorn on loopback; searches by URL may reach it (the photos it serves are on loopback)."""
     need_chromium()
     import uvicorn
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(store, allow_private_urls=True), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -243,6 +244,13 @@ def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Pat
         expect(page.locator("#dup-status")).to_contain_text("marked as not duplicates")
         turned = page.locator(".group", has=page.locator(".path", has_text="db_120-turned.jpg"))
         expect(turned.locator(".why").first).to_contain_text("rotated")
+        page.locator("#trash").check()  # moving photos to the trash asks first; saying no changes nothing
+        asked: list[str] = []
+        page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+        turned.locator(".member", has_text="db_120-turned.jpg").locator(".keep-this").click()
+        expect(page.locator("#dup-status")).to_contain_text("nothing changed")
+        assert len(asked) == 1 and "trash" in asked[0]
+        page.locator("#trash").uncheck()
         turned.locator(".member", has_text="db_120-turned.jpg").locator(".keep-this").click()
         expect(page.locator("#dup-status")).to_contain_text("keeping")
         expect(groups).to_have_count(0)

@@ -277,3 +277,20 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory, tiny_embedder: HubEmbe
         client = TestClient(create_app(store, preload=False), base_url="http://localhost",
                             raise_server_exceptions=False)
         yield client, {hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_every_response_forbids_framing_and_sniffing(tmp_path: Path, tiny_embedder: HubEmbedder) -> None:
+    """A page elsewhere that frames the duplicates view could lure clicks on its buttons (clickjacking)."""
+    photo(tmp_path / "photos" / "a.jpg", seed=1)
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
+        store.index(tmp_path / "photos")
+        client = TestClient(create_app(store, preload=False), base_url="http://localhost")
+        responses = [client.get("/"), client.get("/healthz"), client.get("/api/images/1/thumbnail"),
+                     client.get("/api/images/999/file"), client.get("/", headers={"Host": "evil.example"}),
+                     client.post("/api/query/vector", json={"vector": [1.0]})]
+        for r in responses:
+            assert "frame-ancestors 'none'" in r.headers["content-security-policy"], r.request.url
+            assert r.headers["x-frame-options"] == "DENY"
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'self'" in responses[0].headers["content-security-policy"]  # the page loads nothing else
