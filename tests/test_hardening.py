@@ -294,3 +294,46 @@ def test_every_response_forbids_framing_and_sniffing(tmp_path: Path, tiny_embedd
             assert r.headers["x-content-type-options"] == "nosniff"
             assert r.headers["referrer-policy"] == "no-referrer"
         assert "default-src 'self'" in responses[0].headers["content-security-policy"]  # the page loads nothing else
+
+
+def test_connections_that_never_finish_their_headers_lock_nobody_out(tmp_path: Path, tiny_embedder: HubEmbedder) -> None:
+    """200 clients that open a connection and send half a request line: /healthz still answers at once, and
+    the half-open connections are closed at the header deadline (uvicorn's own limit of 128 had answered
+    every request 503 for as long as they stayed)."""
+    import uvicorn
+
+    from simsearch.transport import CONCURRENCY, server_config
+
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(server_config(create_app(store, preload=False), "127.0.0.1", port, header_timeout=2.0))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        stalled = []
+        try:
+            for _ in range(200):
+                c = socket.create_connection(("127.0.0.1", port), timeout=5)
+                c.sendall(b"GET /healthz HTTP/1.1\r\nHost: local")  # and never the rest
+                stalled.append(c)
+            assert len(stalled) > CONCURRENCY
+            t0 = time.monotonic()
+            for _ in range(3):
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                    c.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                    assert c.recv(100).startswith(b"HTTP/1.1 200"), "healthz not answered"
+            assert time.monotonic() - t0 < 2.0
+            time.sleep(2.5)  # past the header deadline: the server has closed every stalled connection
+            for c in stalled:
+                c.settimeout(2)
+                assert c.recv(100) == b""
+        finally:
+            for c in stalled:
+                c.close()
+            server.should_exit = True
+            thread.join(10)
