@@ -224,8 +224,12 @@ def _filter_conditions(f: ImageFilter) -> list[Any]:
         conds.append(ImageRecord.taken_at >= (start if isinstance(start, datetime) else datetime.combine(start, midnight)))
     if f.taken_until:
         end = f.taken_until
-        conds.append(ImageRecord.taken_at <= end if isinstance(end, datetime) else
-                     ImageRecord.taken_at < datetime.combine(end + timedelta(days=1), midnight))  # the whole day
+        if isinstance(end, datetime):
+            conds.append(ImageRecord.taken_at <= end)
+        elif end < date.max:  # the whole day
+            conds.append(ImageRecord.taken_at < datetime.combine(end + timedelta(days=1), midnight))
+        else:  # the last day there is: every dated photo
+            conds.append(ImageRecord.taken_at.is_not(None))
     if f.formats:
         conds.append(func.upper(ImageRecord.format).in_([x.upper() for x in f.formats]))
     if f.min_pixels:

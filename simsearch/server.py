@@ -393,7 +393,10 @@ def _after(cursor: str | None) -> BrowseKey | None:
         return None
     try:
         taken, mtime, image_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-        return BrowseKey(datetime.fromisoformat(taken) if taken else None, int(mtime), int(image_id))
+        key = BrowseKey(datetime.fromisoformat(taken) if taken else None, int(mtime), int(image_id))
+        if not (-MAX_ID - 1 <= key.mtime_ns <= MAX_ID and 0 <= key.id <= MAX_ID):  # what the catalog can hold
+            raise ValueError("out of range")
+        return key
     except (ValueError, UnicodeDecodeError) as exc:
         raise QueryError("cursor is not one this server gave: pass the `next` of the previous page") from exc
 

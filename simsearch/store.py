@@ -209,7 +209,7 @@ class Store:
 
     def remove(self, paths: Iterable[str | os.PathLike[str]]) -> int:
         """Forget files (or everything under folders) without touching them on disk; returns how many."""
-        resolved = [str(Path(p).expanduser().resolve()) for p in paths]
+        resolved = [absolute(p) for p in paths]
         unknown = [p for p in resolved if not self.catalog.ids_for_paths([p])]
         if unknown:
             raise NotFoundError(f"not in the store: {', '.join(unknown)}")
@@ -268,7 +268,7 @@ class Store:
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         if where and where.folder:
-            where = replace(where, folder=str(Path(where.folder).expanduser().resolve()))
+            where = replace(where, folder=absolute(where.folder))
         vec = self.query_vector(probe, max_pixels=max_pixels)  # decoding and the model run outside the lock
         return self.collection.search(vec, k, where)
 
@@ -311,7 +311,7 @@ class Store:
     def browse(self, where: ImageFilter | None = None, after: BrowseKey | None = None,
                limit: int = 60) -> tuple[list[dict[str, Any]], int | None]:
         """A page of the collection, newest first, and on the first page how many pass `where` (Catalog.browse)."""
-        where = replace(where, folder=str(Path(where.folder).expanduser().resolve())) if where and where.folder else where
+        where = replace(where, folder=absolute(where.folder)) if where and where.folder else where
         return self.catalog.browse(where or ImageFilter(), after, limit)
 
     def get(self, image_id: int) -> dict[str, Any]:
@@ -363,3 +363,11 @@ def _store_folder(root: Path, *, create: bool, has_db: bool) -> Path:
 
 
 open = Store  # `simsearch.open(...)`: the store is its own factory, with one signature to keep
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    """A path as the catalog holds it (links resolved); a link loop is the caller's error, not a crash."""
+    try:
+        return str(Path(path).expanduser().resolve())
+    except (RuntimeError, OSError) as exc:  # RuntimeError: Python < 3.13's "Symlink loop"
+        raise QueryError(f"{path}: cannot follow this path ({exc})") from exc

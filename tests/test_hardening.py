@@ -337,3 +337,34 @@ def test_connections_that_never_finish_their_headers_lock_nobody_out(tmp_path: P
                 c.close()
             server.should_exit = True
             thread.join(10)
+
+
+def test_far_dates_huge_cursors_and_link_loops_are_clear_errors_not_500s(tmp_path: Path,
+                                                                        tiny_module: Path) -> None:
+    import base64
+
+    photo(tmp_path / "photos" / "a.jpg", seed=1)
+    photo(tmp_path / "photos" / "b.jpg", seed=2)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # a link to itself
+    store = ["--store", str(tmp_path / "store")]
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(tmp_path / "photos"), *store, "--model", str(tiny_module)]).exit_code == 0
+    probe = str(tmp_path / "photos" / "a.jpg")
+    r = runner.invoke(main, ["query", probe, *store, "--taken-until", "9999-12-31"])
+    assert r.exit_code == 0 and r.exception is None, r.output
+    for args in (["query", probe, *store, "--folder", str(loop)], ["remove", str(loop), *store]):
+        r = runner.invoke(main, args)
+        assert r.exit_code in (1, 2) and isinstance(r.exception, SystemExit), r.output
+        assert "loop" in r.output and "Traceback" not in r.output
+    with simsearch.open(tmp_path / "store") as s:
+        client = TestClient(create_app(s, preload=False), base_url="http://localhost")
+        assert client.get("/api/photos", params={"taken_until": "9999-12-31"}).json()["total"] == 0  # undated
+        assert client.get("/api/query", params={"id": 1, "taken_until": "9999-12-31"}).status_code == 200
+        for raw in (f"|{2**64}|1", f"|1|{2**64}", f"|{-2**64}|1", "|1|-1"):
+            cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+            r = client.get("/api/photos", params={"cursor": cursor})
+            assert r.status_code == 422 and "cursor" in r.json()["error"], raw
+        for where in ({"folder": str(loop)}, {"folder": str(loop), "id": 1}):
+            r = client.get("/api/query" if "id" in where else "/api/photos", params=where)
+            assert r.status_code == 422 and "loop" in r.json()["error"].lower(), r.text
