@@ -22,7 +22,7 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .results import DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
+from .results import CheckReport, DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Problem, Progress, StoreStats
 from .store import Store, open
 
 __version__ = "0.1.0"
@@ -37,6 +37,8 @@ __all__ = [
     "DuplicateGroup",
     "StoreStats",
     "OptimizeReport",
+    "CheckReport",
+    "Problem",
     "Settings",
     "ImageFilter",
     "BrowseKey",

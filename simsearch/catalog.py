@@ -460,6 +460,26 @@ _ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_
           ImageRecord.status)  # the columns of an Entry, in its field order
 
 
+SQLITE_HEADER = b"SQLite format 3\0"
+
+
+def _refuse_a_file_that_is_not_sqlite(engine: Engine) -> None:
+    """SQLite takes an empty file for a new database and would make a new, empty store of a catalog that
+    was truncated or overwritten; such a file is an error to look into, never a fresh start."""
+    name = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not name or name == ":memory:" or not os.path.isfile(name):
+        return
+    try:
+        with open(name, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"cannot read catalog {name}: {exc.strerror or exc}") from exc
+    if head != SQLITE_HEADER:
+        what = "is empty (0 bytes)" if not head else "is not a SQLite database"
+        raise StoreError(f"catalog {name} {what}: it is not a catalog simsearch wrote. If the store is new, delete "
+                         f"the file and index again; otherwise restore it from a backup")
+
+
 class Catalog:
     """Rows, vectors and provenance. Every public method is one transaction, except the iterators
     (iter_vectors), which read one transaction per chunk so that writers are never held up."""
@@ -467,6 +487,7 @@ class Catalog:
     def __init__(self, db: str | Engine) -> None:
         self.engine = make_engine(db) if isinstance(db, str) else db
         self.url = self.engine.url.render_as_string(hide_password=True)
+        _refuse_a_file_that_is_not_sqlite(self.engine)
         self._create()
 
     @_db_errors
@@ -700,6 +721,37 @@ class Catalog:
                              .where(FingerprintRecord.sha256.in_(select(ImageRecord.sha256)
                                                                   .where(ImageRecord.status == OK)))).all()
         return [r[0] for r in rows], np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(len(rows), 4, 8)
+
+    @_db_errors
+    def integrity(self) -> list[str]:
+        """What the database's own check finds wrong (SQLite's integrity_check; PostgreSQL checks its pages
+        as it reads them, so nothing is asked of it here)."""
+        if self.engine.dialect.name != "sqlite":
+            return []
+        with self.engine.connect() as conn:
+            found = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check(20)")]
+        return [] if found == ["ok"] else found
+
+    @_db_errors
+    def iter_fingerprints(self, chunk: int = 2000) -> Iterator[tuple[str, bytes]]:
+        """(content hash, fingerprint) of every stored fingerprint, a chunk per transaction."""
+        last = ""
+        while True:
+            with self._session() as s:
+                rows = s.execute(select(FingerprintRecord.sha256, FingerprintRecord.data)
+                                 .where(FingerprintRecord.sha256 > last).order_by(FingerprintRecord.sha256)
+                                 .limit(chunk)).all()
+            yield from ((sha, data) for sha, data in rows)
+            if len(rows) < chunk:
+                return
+            last = rows[-1][0]
+
+    @_db_errors
+    def drop_fingerprints(self, hashes: Iterable[str]) -> None:
+        """Forget these fingerprints; duplicates takes them again from the photos when it needs them."""
+        with self._session() as s:
+            for part in _chunks(sorted(set(hashes))):
+                s.execute(delete(FingerprintRecord).where(FingerprintRecord.sha256.in_(part)))
 
     @_db_errors
     def add_fingerprints(self, fingerprints: dict[str, bytes]) -> None:

@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable, Iterator
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,11 +29,11 @@ from .config import (
 )
 from .distributed import DEFAULT_SHARD_SIZE, RayOptions
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
-from .errors import SimsearchError
+from .errors import SimsearchError, StoreError
 from .paths import display, has_newline, json_text
 from .probes import is_url, read_stdin
 from .results import DuplicateGroup, IndexReport, Progress
-from .store import Store
+from .store import CATALOG_FILE, Store
 
 
 class _Group(click.Group):
@@ -395,6 +396,42 @@ def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -
     width = max(len(k) for k in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
+
+
+@main.command()
+@_store_options
+@click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt from the catalog (the vector index, "
+                                             "fingerprints, cached thumbnails) and remove killed runs' temp files.")
+@_json_option
+def check(store: str | None, model: str | None, db: str | None, repair: bool, as_json: bool) -> None:
+    """Check the store for damage: the catalog database, the vector index against it, duplicate
+    fingerprints, cached thumbnails and previews, and temp files left by killed runs. Exits 1 while
+    anything is wrong (after --repair: anything it could not mend).
+
+    \b
+      simsearch check
+      simsearch check --repair
+    """
+    from .check import check_unopened
+
+    try:
+        with _open(store, model, db) as s:
+            report = s.check(repair=repair)
+    except StoreError as exc:  # too damaged to open: say what the database's own check finds
+        root = Path(store).expanduser() if store else default_store_dir()
+        report = check_unopened(root, db or f"sqlite:///{root / CATALOG_FILE}", exc)
+    if as_json:
+        _print_json(report.to_dict() | {"healthy": report.healthy})
+    else:
+        click.echo(f"checked {', '.join(report.checked)} of {report.store}")
+        for p in report.problems:
+            click.echo(f"  {p.part}: {p.detail}" + (" (repaired)" if p.repaired else ""))
+        if not report.problems:
+            click.echo("no problems found")
+        elif not report.healthy and not repair:
+            click.echo("run `simsearch check --repair` with the same options to mend what can be mended")
+    if not report.healthy:
+        sys.exit(1)
 
 
 @main.command()

@@ -162,6 +162,20 @@ class Collection:
             elif int(self.catalog.get_meta("vectors_version") or 0) != self.version:
                 self.open(dim)
 
+    def checkpoint_problem(self, dim: int) -> str | None:
+        """Why the index file does not mirror the catalog (stale, corrupt, missing), or None when it does."""
+        if not (self.root / INDEX_FILE).exists() and not len(self.catalog.vector_ids()):
+            return None  # an empty store needs no file
+        with self._lock:
+            self.version = int(self.catalog.get_meta("vectors_version") or 0)
+            return self._checkpoint(dim)[1] or None
+
+    def rebuild(self, dim: int) -> None:
+        """The index again from the catalog's vectors, and its file written (as a writer)."""
+        with self.writer(), self._lock:
+            (self.root / INDEX_FILE).unlink(missing_ok=True)
+            self._load(dim)
+
     def _checkpoint(self, dim: int) -> tuple[VectorIndex | None, str]:
         """The index file if it mirrors the catalog, else None and why not."""
         path, state_path = self.root / INDEX_FILE, self.root / INDEX_STATE_FILE
@@ -169,7 +183,9 @@ class Collection:
             return None, "no index file"
         try:
             state = json.loads(state_path.read_text())
-            index = VectorIndex.load(path, dim)
+            if not state.get("sha256"):
+                return None, "index file has no checksum (an earlier simsearch wrote it)"
+            index = VectorIndex.load(path, dim, state["sha256"])
         except (ValueError, OSError, StoreError) as exc:
             return None, f"unreadable index file ({exc})"
         ids, settings = self.catalog.vector_ids(), self.settings
@@ -209,10 +225,21 @@ class Collection:
         with self._lock:
             if self._saved is not None and self._saved[0] == self.version and self._saved[1]() is self._index:
                 return
-            self._index.save(self.root / INDEX_FILE)
+            sha256 = self._index.save(self.root / INDEX_FILE)
             atomic_write(self.root / INDEX_STATE_FILE,
-                         json.dumps({"version": self.version, "count": len(self._index)}).encode())
+                         json.dumps({"version": self.version, "count": len(self._index), "sha256": sha256}).encode())
             self._saved = (self.version, weakref.ref(self._index))
+
+    def stale_temp_files(self) -> list[Path]:
+        """Half-written checkpoints of a run that was killed (atomic_write's temp files, never renamed)."""
+        return sorted(p for name in (INDEX_FILE, INDEX_STATE_FILE, TEMPLATE_FILE) for p in self.root.glob(f".{name}.*.tmp"))
+
+    def remove_stale_temp_files(self) -> int:
+        """Only while holding the write lock: no other process can be writing one of them then."""
+        found = self.stale_temp_files()
+        for path in found:
+            path.unlink(missing_ok=True)
+        return len(found)
 
     @contextmanager
     def try_writer(self) -> Iterator[bool]:
@@ -235,6 +262,7 @@ class Collection:
             if not got:
                 raise StoreError(f"store {self.root} is being updated by another simsearch process; "
                                  f"try again when it has finished")
+            self.remove_stale_temp_files()
             try:
                 yield
             finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -164,14 +166,26 @@ class VectorIndex:
         keep = a != found
         return a[keep], found[keep].astype(np.int64), scores[keep]
 
-    def save(self, path: Path) -> None:
-        atomic_write(path, faiss.serialize_index(self._index).tobytes())
+    def save(self, path: Path) -> str:
+        """Written atomically; returns the SHA-256 of what was written, to be checked on load."""
+        data = faiss.serialize_index(self._index)
+        atomic_write(path, data.tobytes())
+        return hashlib.sha256(data).hexdigest()
 
     @classmethod
-    def load(cls, path: Path, dim: int) -> VectorIndex:
+    def load(cls, path: Path, dim: int, sha256: str | None = None) -> VectorIndex:
+        """sha256: what save returned; bytes changed on disk since (bad sectors, a stray write) are refused
+        here, since FAISS reads garbage vectors without complaint and every query would be silently wrong."""
         try:
+            if sha256 is not None:
+                digest = hashlib.sha256()
+                with path.open("rb") as f:  # streamed: a large index is not held twice
+                    while chunk := f.read(1 << 22):
+                        digest.update(chunk)
+                if digest.hexdigest() != sha256:
+                        raise StoreError(f"vector index {path} is corrupt: its checksum is not the one it was saved with")
             index = faiss.read_index(str(path))
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             raise StoreError(f"cannot read vector index {path}: {exc}") from exc
         return cls(dim, index)
 

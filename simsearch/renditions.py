@@ -16,6 +16,7 @@ from .catalog import Catalog
 from .files import atomic_write
 
 _NAME = re.compile(r"^(\d+)-([0-9a-fx]{1,16})\.jpg$")
+FOLDERS = ("thumbnails", "previews")  # in the store's folder, one cache each
 
 
 class RenditionCache:
@@ -41,6 +42,22 @@ class RenditionCache:
             if old != path:
                 old.unlink(missing_ok=True)
         return data
+
+    def damaged(self) -> list[Path]:
+        """Cached files that are not whole JPEGs (start and end markers): served as they are, they would
+        show as broken pictures until the photo changes."""
+        bad = []
+        for path in self.folder.rglob("*.jpg") if self.folder.is_dir() else ():
+            try:
+                with path.open("rb") as f:
+                    head = f.read(3)
+                    f.seek(-2, 2)
+                    whole = head == b"\xff\xd8\xff" and f.read(2) == b"\xff\xd9"
+            except OSError:
+                whole = False
+            if not whole:
+                bad.append(path)
+        return bad
 
     def prune(self, catalog: Catalog, chunk: int = 500) -> int:
         """Drop the renditions of photos the catalog no longer holds, or holds with other content, and any

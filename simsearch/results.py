@@ -149,3 +149,24 @@ class StoreStats(Result):
     nlist: int | None = None
     nprobe: int | None = None
     recall_at_10: float | None = None
+
+
+@dataclass(frozen=True)
+class Problem(Result):
+    """One thing `simsearch check` found wrong: in which part, what, and whether --repair mended it."""
+
+    part: str  # catalog | index | fingerprints | renditions | temp-files
+    detail: str
+    repaired: bool = False
+
+
+@dataclass(frozen=True)
+class CheckReport(Result):
+    store: str
+    checked: list[str]
+    problems: list[Problem]
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing wrong, or everything wrong mended."""
+        return all(p.repaired for p in self.problems)

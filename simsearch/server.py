@@ -47,6 +47,7 @@ from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
 from .paths import json_text
 from .probes import URL_TIMEOUT_S, fetch_url
+from .renditions import FOLDERS as RENDITION_FOLDERS
 from .renditions import RenditionCache
 from .results import Hit, Progress
 from .store import Store
@@ -402,8 +403,8 @@ def _after(cursor: str | None) -> BrowseKey | None:
 
 
 def _image_routes(app: FastAPI, store: Store) -> None:
-    caches = {THUMBNAIL_SIZE: RenditionCache(store.root / "thumbnails"),
-              PREVIEW_SIZE: RenditionCache(store.root / "previews")}
+    caches = {THUMBNAIL_SIZE: RenditionCache(store.root / RENDITION_FOLDERS[0]),
+              PREVIEW_SIZE: RenditionCache(store.root / RENDITION_FOLDERS[1])}
 
     def prune() -> None:
         """Renditions of photos deleted or changed since the last start go, in the background."""

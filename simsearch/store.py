@@ -29,13 +29,14 @@ from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates,
 from .embedder import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
+from .check import check_store
 from .errors import NotFoundError, QueryError, SimsearchError, StoreError
 from .images import array_to_image
 from .indexing import IndexRun
 from .prepare import LocalSource, Source
 from .probes import fetch_url, is_url
 from .provenance import StoreModel
-from .results import DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
+from .results import CheckReport, DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,11 @@ class Store:
             self._sync()
             self.collection.delete(ids)
         return len(ids)
+
+    def check(self, *, repair: bool = False) -> CheckReport:
+        """Every part of the store checked against the catalog (simsearch.check); repair: rebuild what can be."""
+        self._sync()
+        return check_store(self.root, self.collection, self.model.dim if self.model.recorded else None, repair=repair)
 
     def optimize(self, **options: Any) -> OptimizeReport:
         """Move to an approximate index tuned to a recall target; options: Collection.optimize's."""

@@ -1,0 +1,88 @@
+"""Silent corruption made loud: bytes changed on disk in the vector index or the catalog are found, and
+what can be rebuilt from the catalog is (`simsearch check --repair`); a catalog file that is not one is
+an error, never a fresh empty store."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import simsearch
+from simsearch.cli import main
+from simsearch.embedder import HubEmbedder
+
+from .conftest import photo
+
+
+@pytest.fixture()
+def built(tmp_path: Path, tiny_module: Path) -> Path:
+    for i in range(40):
+        photo(tmp_path / "photos" / f"p{i:02d}.jpg", seed=i)
+    r = CliRunner().invoke(main, ["index", str(tmp_path / "photos"), "--store", str(tmp_path / "store"),
+                                  "--model", str(tiny_module)])
+    assert r.exit_code == 0, r.output
+    return tmp_path / "store"
+
+
+def _scribble(path: Path, at: float, size: int) -> None:
+    """Garbage over `size` bytes from `at` (a fraction of the file) on: what a bad sector or a stray write does."""
+    data = bytearray(path.read_bytes())
+    start = int(len(data) * at)
+    data[start : start + size] = np.random.default_rng(0).integers(0, 256, min(size, len(data) - start),
+                                                                    dtype=np.uint8).tobytes()
+    with path.open("r+b") as f:  # in place: the file's size and name stay, as corruption leaves them
+        f.write(bytes(data))
+
+
+def test_garbage_inside_the_index_file_is_found_on_open_and_rebuilt(built: Path, tmp_path: Path,
+                                                                    tiny_embedder: HubEmbedder) -> None:
+    with simsearch.open(built) as store:
+        before = store.query(tmp_path / "photos" / "p03.jpg", k=5)
+    _scribble(built / "index.faiss", 0.5, 4096)  # inside the vectors: FAISS itself reads it without complaint
+    r = CliRunner().invoke(main, ["check", "--store", str(built)])
+    assert r.exit_code == 1 and "index" in r.output and "checksum" in r.output
+    with simsearch.open(built) as store:
+        after = store.query(tmp_path / "photos" / "p03.jpg", k=5)
+        assert store.rebuilt_index
+    assert [h.id for h in after] == [h.id for h in before]
+    np.testing.assert_allclose([h.score for h in after], [h.score for h in before], atol=1e-6)
+    assert CliRunner().invoke(main, ["check", "--store", str(built)]).exit_code == 0  # the rebuild was saved
+
+
+def test_check_repair_mends_what_can_be_made_again(built: Path) -> None:
+    _scribble(built / "index.faiss", 0.6, 2048)
+    (built / ".index.faiss.killed.tmp").write_bytes(b"half a checkpoint")
+    (built / "thumbnails" / "05").mkdir(parents=True)
+    (built / "thumbnails" / "05" / "5-0123456789abcdef.jpg").write_bytes(b"\xff\xd8\xff half a JPEG")
+    r = CliRunner().invoke(main, ["check", "--store", str(built), "--json"])
+    report = json.loads(r.stdout)
+    assert r.exit_code == 1 and {p["part"] for p in report["problems"]} == {"index", "temp-files", "renditions"}
+    r = CliRunner().invoke(main, ["check", "--store", str(built), "--repair"])
+    assert r.exit_code == 0 and r.output.count("(repaired)") == 3, r.output
+    assert not (built / ".index.faiss.killed.tmp").exists()
+    assert CliRunner().invoke(main, ["check", "--store", str(built)]).output.strip().endswith("no problems found")
+
+
+def test_a_damaged_catalog_is_reported_and_not_claimed_repaired(built: Path) -> None:
+    catalog = built / "catalog.sqlite"
+    _scribble(catalog, 0.5, 8192)  # garbage in the middle of the database file
+    r = CliRunner().invoke(main, ["check", "--store", str(built), "--repair"])
+    assert r.exit_code == 1, r.output
+    assert "catalog" in r.output and "integrity" in r.output and "backup" in r.output and "(repaired)" not in r.output
+
+
+@pytest.mark.parametrize("content", [b"", b"these are not the bytes of a database" * 100])
+def test_a_catalog_file_that_is_not_sqlite_is_an_error_not_a_new_store(built: Path, content: bytes) -> None:
+    (built / "catalog.sqlite").write_bytes(content)
+    for name in ("catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (built / name).unlink(missing_ok=True)
+    for args in (["stats"], ["index", str(built.parent / "photos")]):
+        r = CliRunner().invoke(main, [*args, "--store", str(built)])
+        assert r.exit_code != 0 and "not a catalog simsearch wrote" in r.output, r.output
+    assert (built / "catalog.sqlite").read_bytes() == content  # left as it was, for the user to look at
+    assert os.path.getsize(built / "catalog.sqlite") == len(content)
