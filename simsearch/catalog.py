@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -257,6 +258,10 @@ def _db_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's own: lookups through its cursor (_rows_in)
+            full = _full_disk(args[0].engine) if args and isinstance(args[0], Catalog) else None
+            if full is not None:
+                raise StoreError(f"no space left on the disk of {full} while writing the catalog; nothing "
+                                 f"committed is lost (free some space, then run again)") from exc
             orig = getattr(exc, "orig", None) or exc  # the driver's own error says it best, without the SQL
             raise StoreError(f"catalog database error: {orig.__class__.__name__}: {str(orig).strip()}") from exc
 
@@ -265,6 +270,35 @@ def _db_errors(fn: F) -> F:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+FULL_BELOW = 1 << 20  # bytes free under which a failing SQLite write is taken for a full disk
+
+
+def _sqlite_file(engine: Engine) -> str | None:
+    """The catalog's file, for SQLite on disk (a read_only_engine's URI form too)."""
+    name = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not name or name == ":memory:":
+        return None
+    return name[len("file:"):].split("?", 1)[0] if name.startswith("file:") else name
+
+
+def _full_disk(engine: Engine) -> str | None:
+    """The SQLite catalog file, if the disk it is on is (nearly) full: SQLite says only "disk I/O error"
+    or "database or disk is full", and either may hide ENOSPC."""
+    name = _sqlite_file(engine)
+    if name is None:
+        return None
+    try:
+        return name if shutil.disk_usage(os.path.dirname(os.path.abspath(name))).free < FULL_BELOW else None
+    except OSError:
+        return None
+
+
+def read_only_engine(path: str) -> Engine:
+    """The catalog file opened read-only and immutable: SQLite then needs no -shm or -wal file, so reads
+    work on a full disk (the WAL's own files cannot be created there). Only for a file whose WAL is empty."""
+    return create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
 
 
 def make_engine(url: str) -> Engine:
@@ -488,7 +522,17 @@ class Catalog:
         self.engine = make_engine(db) if isinstance(db, str) else db
         self.url = self.engine.url.render_as_string(hide_password=True)
         _refuse_a_file_that_is_not_sqlite(self.engine)
-        self._create()
+        self.read_only = False
+        try:
+            self._create()
+        except StoreError:
+            name = _full_disk(self.engine)
+            wal = f"{name}-wal"
+            if name is None or (os.path.exists(wal) and os.path.getsize(wal) > 0):
+                raise  # not a full disk, or commits still in the WAL that an immutable reader would miss
+            self.engine.dispose()
+            self.engine, self.read_only = read_only_engine(name), True  # reads go on; writes say the disk is full
+            self._create()
 
     @_db_errors
     def _create(self) -> None:

@@ -265,8 +265,13 @@ class Collection:
             self.remove_stale_temp_files()
             try:
                 yield
-            finally:
-                self.checkpoint()
+            except BaseException:
+                try:  # what was committed is safe in the catalog; a failing checkpoint must not hide why
+                    self.checkpoint()
+                except (StoreError, OSError) as exc:
+                    log.warning("could not save the vector index file (it is rebuilt on the next open): %s", exc)
+                raise
+            self.checkpoint()
 
     # reading ----------------------------------------------------------------------------------
     def exact_vectors(self, ids: np.ndarray) -> np.ndarray:

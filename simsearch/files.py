@@ -3,6 +3,7 @@ or the new, never half), and opening a catalogued file only while it is still wh
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import ChangedError, ImageError, NotFoundError
+from .errors import ChangedError, ImageError, NotFoundError, StoreError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -25,8 +26,19 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename, fsync the folder."""
+    """Temp file in the same folder, fsync, rename, fsync the folder. A full disk is a StoreError that
+    says so; the old content stays."""
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"no space left on the disk of {path.parent} while writing {path.name}; "
+                             f"its earlier content is kept (free some space, then run again)") from exc
+        raise
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

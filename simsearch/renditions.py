@@ -8,12 +8,16 @@ drops those of photos the store no longer holds. These are the store's own cache
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from .catalog import Catalog
+from .errors import StoreError
 from .files import atomic_write
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d+)-([0-9a-fx]{1,16})\.jpg$")
 FOLDERS = ("thumbnails", "previews")  # in the store's folder, one cache each
@@ -36,8 +40,12 @@ class RenditionCache:
         except FileNotFoundError:
             pass
         data = make()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, data)
+        except (StoreError, OSError) as exc:  # a full or read-only disk: served all the same, made again next time
+            log.warning("could not cache %s: %s", path.name, exc)
+            return data
         for old in path.parent.glob(f"{image_id}-*.jpg"):
             if old != path:
                 old.unlink(missing_ok=True)

@@ -86,3 +86,64 @@ def test_a_catalog_file_that_is_not_sqlite_is_an_error_not_a_new_store(built: Pa
         assert r.exit_code != 0 and "not a catalog simsearch wrote" in r.output, r.output
     assert (built / "catalog.sqlite").read_bytes() == content  # left as it was, for the user to look at
     assert os.path.getsize(built / "catalog.sqlite") == len(content)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Path:
+    """A 16 MB tmpfs of its own, to fill up (needs root, as CI runs)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill up here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> None:
+    with (disk / "filler").open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    with (disk / "filler-small").open("wb", buffering=0) as f:  # the last few kilobytes too
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+
+
+def test_a_full_disk_is_one_clear_line_and_reads_go_on(small_disk: Path, tmp_path: Path, tiny_module: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    photos = tmp_path / "photos"
+    for i in range(6):
+        photo(photos / f"p{i}.jpg", seed=i)
+    store = ["--store", str(small_disk / "store")]
+    runner = CliRunner()
+    assert runner.invoke(main, ["index", str(photos), *store, "--model", str(tiny_module)]).exit_code == 0
+    for i in range(6, 60):
+        photo(photos / f"p{i}.jpg", seed=i)
+    _fill(small_disk)
+    r = runner.invoke(main, ["index", str(photos), *store])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "no space left" in r.output and "nothing committed is lost" in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    r = runner.invoke(main, ["stats", *store, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["images"] == 6, r.output
+    r = runner.invoke(main, ["query", str(photos / "p1.jpg"), *store, "-k", "1", "-o", "paths"])
+    assert r.exit_code == 0 and r.stdout.strip() == str(photos / "p1.jpg"), r.output
+    with simsearch.open(small_disk / "store") as s:
+        client = TestClient(create_app(s, preload=False), base_url="http://localhost")
+        page = client.get("/api/photos").json()["photos"]
+        assert len(page) == 6 and client.get(page[0]["thumbnail"]).status_code == 200  # made, just not kept
+    (small_disk / "filler").unlink()
+    r = runner.invoke(main, ["index", str(photos), *store])
+    assert r.exit_code == 0 and "54 added" in r.output and "6 unchanged" in r.output, r.output
