@@ -147,17 +147,20 @@ def find_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Itera
         yield Path(path)
 
 
-def walk_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Iterator[tuple[str, os.DirEntry[str]]]:
+def walk_images(root: str | Path, options: ScanOptions = ScanOptions(),
+                unreadable: dict[str, str] | None = None) -> Iterator[tuple[str, os.DirEntry[str]]]:
     """(path, directory entry) of every photo file under root, in ascending order of the whole path string.
 
     That order is the catalog's (paths compare by code point of their stored text, simsearch.paths, as
-    UTF-8 bytes do in SQLite and in PostgreSQL's "C" collation), so a scan can merge the listing with the catalog's sorted rows and
-    hold neither in memory. Within a folder a subfolder sorts as its name plus "/", and its files come
+    UTF-8 bytes do in SQLite and in PostgreSQL's "C" collation), so a scan can merge the listing with the
+    catalog's sorted rows and hold neither in memory. Within a folder a subfolder sorts as its name plus "/", and its files come
     out together, which keeps the whole sequence sorted (no file name contains "/").
 
     Symlinked folders are followed once each (by device and inode), so a link loop ends the descent
     instead of recursing forever. Anything with a photo extension is yielded, even if it turns out
-    unreadable: the indexer records why rather than silently skipping it.
+    unreadable: the indexer records why rather than silently skipping it. Folders that are there but
+    cannot be listed (permission denied) go into `unreadable` (path -> reason) as the walk meets them,
+    so that their photos are kept rather than taken for deleted.
     """
     top = os.fspath(root)
     if not os.path.isdir(top):
@@ -172,8 +175,12 @@ def walk_images(root: str | Path, options: ScanOptions = ScanOptions()) -> Itera
             seen.add((st.st_dev, st.st_ino))
             with os.scandir(folder) as it:
                 entries = list(it)
-        except OSError:
-            return  # a folder that vanished or may not be listed holds nothing we can index
+        except FileNotFoundError:
+            return  # a folder that vanished: its photos are gone
+        except OSError as exc:  # there, but not listable now: nothing in it may count as deleted
+            if unreadable is not None:
+                unreadable[folder] = f"cannot list this folder: {exc.strerror or exc}; its photos are kept"
+            return
         keyed = []
         for e in entries:
             try:

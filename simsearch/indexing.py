@@ -15,6 +15,7 @@ Every file gets a row, a failure included, so one bad photo never stops a run an
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -84,14 +85,20 @@ def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOp
     rows = iter(entries)
     row = next(rows, None)
     last = ""
-    for path, entry in walk_images(folder, options):
+    unreadable: dict[str, str] = {}  # filled by the walk as it meets them, before the rows under them
+
+    def gone(entry: Entry) -> None:
+        if not any(entry.path == f or entry.path.startswith(f + os.sep) for f in unreadable):
+            out.missing[entry.path] = entry
+
+    for path, entry in walk_images(folder, options, unreadable):
         key = to_catalog(path)  # the order both sides come in (simsearch.paths)
         if key <= last:  # the merge's premise; never expected, and never worth a wrong deletion
             raise StoreError(f"folder listing out of order at {path!r} after {last!r}")
         last = key
         out.seen += 1
         while row is not None and to_catalog(row.path) < key:
-            out.missing[row.path] = row
+            gone(row)
             row = next(rows, None)
         old = None
         if row is not None and row.path == path:
@@ -106,8 +113,10 @@ def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOp
         else:
             out.tasks.append(Task(path, st.st_size, st.st_mtime_ns, old))
     while row is not None:
-        out.missing[row.path] = row
+        gone(row)
         row = next(rows, None)
+    for f, reason in unreadable.items():  # a recorded failure, which goes once the folder lists again
+        out.unreadable.upserts.append((ImageFields(f, None, None, None, error=reason), None))
     return out
 
 

@@ -360,3 +360,39 @@ def test_two_stores_write_one_catalog_at_once(tmp_path: Path, tiny_embedder: Hub
             other = "b" if side == "a" else "a"
             probe = (tmp_path / other / f"{other}05.jpg").read_bytes()
             assert s.query(probe, k=1)[0].path == str(tmp_path / other / f"{other}05.jpg")
+
+
+def test_a_folder_that_cannot_be_listed_is_a_failure_and_its_photos_stay(tmp_path: Path, tiny_embedder: HubEmbedder,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Permission denied on a subfolder (a mount gone stale, a chmod): before, a first run skipped it
+    silently and a later run removed every photo it held, with nothing in failures."""
+    import os
+
+    for i in range(3):
+        photo(tmp_path / "photos" / f"p{i}.jpg", seed=i)
+        photo(tmp_path / "photos" / "locked" / f"q{i}.jpg", seed=10 + i)
+    locked = str(tmp_path / "photos" / "locked")
+    real = os.scandir
+
+    def scandir(path: object = ".") -> object:
+        if os.fspath(path) == locked:  # as the file system answers a user who may not list it
+            raise PermissionError(13, "Permission denied", locked)
+        return real(path)
+
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store:
+        assert store.index(tmp_path / "photos").added == 6
+        monkeypatch.setattr(os, "scandir", scandir)
+        report = store.index(tmp_path / "photos")
+        assert (report.removed, report.failed) == (0, 1)
+        assert store.stats().images == 6  # the locked folder's photos are kept
+        [failure] = store.failures()
+        assert failure.path == locked and "Permission denied" in failure.reason
+        again = store.index(tmp_path / "photos")
+        assert (again.removed, store.stats().images) == (0, 6)
+        monkeypatch.setattr(os, "scandir", real)
+        back = store.index(tmp_path / "photos")
+        assert (back.added, back.failed, store.stats().images, store.failures()) == (0, 0, 6, [])
+    with simsearch.open(tmp_path / "fresh", model=tiny_embedder, create=True) as fresh:  # a first run says so too
+        monkeypatch.setattr(os, "scandir", scandir)
+        report = fresh.index(tmp_path / "photos")
+        assert (report.added, report.failed) == (3, 1)
