@@ -497,9 +497,11 @@ _ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_
 SQLITE_HEADER = b"SQLite format 3\0"
 
 
-def _refuse_a_file_that_is_not_sqlite(engine: Engine) -> None:
+def _refuse_a_file_that_is_not_sqlite(engine: Engine, empty_ok: bool) -> None:
     """SQLite takes an empty file for a new database and would make a new, empty store of a catalog that
-    was truncated or overwritten; such a file is an error to look into, never a fresh start."""
+    was truncated or overwritten; such a file is an error to look into, never a fresh start. empty_ok: a
+    0-byte file may be one that another process is creating this very moment (SQLite makes the file
+    before it writes to it), so a new store allows it."""
     name = engine.url.database if engine.dialect.name == "sqlite" else None
     if not name or name == ":memory:" or not os.path.isfile(name):
         return
@@ -508,7 +510,7 @@ def _refuse_a_file_that_is_not_sqlite(engine: Engine) -> None:
             head = f.read(len(SQLITE_HEADER))
     except OSError as exc:
         raise StoreError(f"cannot read catalog {name}: {exc.strerror or exc}") from exc
-    if head != SQLITE_HEADER:
+    if head != SQLITE_HEADER and not (empty_ok and not head):
         what = "is empty (0 bytes)" if not head else "is not a SQLite database"
         raise StoreError(f"catalog {name} {what}: it is not a catalog simsearch wrote. If the store is new, delete "
                          f"the file and index again; otherwise restore it from a backup")
@@ -518,10 +520,11 @@ class Catalog:
     """Rows, vectors and provenance. Every public method is one transaction, except the iterators
     (iter_vectors), which read one transaction per chunk so that writers are never held up."""
 
-    def __init__(self, db: str | Engine) -> None:
+    def __init__(self, db: str | Engine, *, new: bool = True) -> None:
+        """new: the catalog may be a new one (an empty file is then one being made, not one truncated)."""
         self.engine = make_engine(db) if isinstance(db, str) else db
         self.url = self.engine.url.render_as_string(hide_password=True)
-        _refuse_a_file_that_is_not_sqlite(self.engine)
+        _refuse_a_file_that_is_not_sqlite(self.engine, empty_ok=new)
         self.read_only = False
         try:
             self._create()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -59,6 +60,16 @@ def read_file(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byte
 
     Opened without blocking (a FIFO named like a photo cannot hang a job), links followed but only to a
     regular file (a link to /dev/zero is refused, not read without end), and the read is bounded."""
+    with open_file(path, max_bytes) as f:
+        try:
+            return read_bounded(f, path, max_bytes)  # bounded again: it may grow while being read
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def open_file(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> BinaryIO:
+    """A regular file of at most max_bytes, opened as read_file opens it, for a caller that streams it
+    (a file too large to hold twice in memory); the caller closes it."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
@@ -70,22 +81,27 @@ def read_file(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byte
             raise ImageError(path, f"not a regular file: {kind}, refused")
         if st.st_size > max_bytes:
             raise ImageError(path, f"file is {st.st_size} bytes, over the limit of {max_bytes} bytes")
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            return read_bounded(f, path, max_bytes)  # bounded again: it may grow while being read
+        return os.fdopen(fd, "rb")
     except OSError as exc:
-        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
-    finally:
         os.close(fd)
+        raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+    except BaseException:
+        os.close(fd)
+        raise
 
 
-def _open(source: str | Path | bytes | Image.Image, name: str | None = None,
+def _open(source: str | Path | bytes | BinaryIO | Image.Image, name: str | None = None,
           draft_to: tuple[int, int] = (0, 0)) -> tuple[Image.Image, str | None]:
     """Open lazily (header only; RAW decodes at once); returns the image and a name for error messages.
     name: the file's name when source is its bytes (RAW and missing decoders are told by extension)."""
     if isinstance(source, Image.Image):
         return source, None
+    data: bytes | BinaryIO
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+    elif isinstance(source, io.IOBase):  # an open file, read as Pillow needs it rather than held whole
+        source.seek(0)
+        data = source if os.fstat(source.fileno()).st_size else b""
     else:
         name = str(source)
         data = read_file(source)
@@ -94,12 +110,12 @@ def _open(source: str | Path | bytes | Image.Image, name: str | None = None,
     family = check_decoder(name)
     register_decoders()
     if family == "raw":
-        return _open_raw(data, name, draft_to), name
+        return _open_raw(data if isinstance(data, bytes) else data.read(), name, draft_to), name
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                return Image.open(io.BytesIO(data)), name
+                return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data), name
             except Image.DecompressionBombError:
                 return _open_unchecked(data), name  # refused or not by our own max_pixels, with its message
     except UnidentifiedImageError as exc:
@@ -154,18 +170,21 @@ def _raw_preview(raw: object, draft_to: tuple[int, int]) -> Image.Image | None:
     return img if min(img.size) >= min(draft_to) else None
 
 
-def _open_unchecked(data: bytes) -> Image.Image:
+def _open_unchecked(data: bytes | BinaryIO) -> Image.Image:
     """Open a header that Pillow's Image.open refuses over its global MAX_IMAGE_PIXELS. simsearch applies
     its own limit (max_pixels, per call, with a message that gives the dimensions), so it asks the format
     plugins directly, as Image.open does, rather than change Pillow's global setting for the whole process."""
     Image.init()
-    prefix = data[:16]
+    fp = io.BytesIO(data) if isinstance(data, bytes) else data
+    fp.seek(0)
+    prefix = fp.read(16)
     for fmt in Image.ID:
         factory, accept = Image.OPEN[fmt]
         if accept is not None and accept(prefix) is not True:
             continue
         try:
-            return factory(io.BytesIO(data), None)
+            fp.seek(0)
+            return factory(fp, None)
         except (SyntaxError, IndexError, TypeError, ValueError, OSError, struct.error):
             continue
     raise UnidentifiedImageError("cannot identify image file")
@@ -251,7 +270,7 @@ def _decode_errors(name: str | None) -> Iterator[None]:
 
 
 def _decode(
-    source: str | Path | bytes | Image.Image, draft_to: tuple[int, int], max_pixels: int, name: str | None = None
+    source: str | Path | bytes | BinaryIO | Image.Image, draft_to: tuple[int, int], max_pixels: int, name: str | None = None
 ) -> tuple[Image.Image, ImageInfo, str | None]:
     """Open, refuse bombs, take the first frame, decode JPEGs reduced to no less than draft_to
     (width, height as displayed), apply EXIF orientation and convert to RGB."""
@@ -286,7 +305,7 @@ def _decode(
 
 
 def load_image(
-    source: str | Path | bytes | Image.Image,
+    source: str | Path | bytes | BinaryIO | Image.Image,
     size: tuple[int, int],
     *,
     policy: str = "whole",
@@ -303,7 +322,7 @@ def load_image(
 
 
 def load_photo(
-    source: str | Path | bytes | Image.Image,
+    source: str | Path | bytes | BinaryIO | Image.Image,
     size: tuple[int, int],
     *,
     policy: str = "whole",

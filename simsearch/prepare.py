@@ -19,16 +19,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
 from .catalog import OK, Entry, ImageFields
 from .config import DEFAULT_MAX_FILE_BYTES, Settings
 from .errors import ImageError
-from .images import ImageInfo, load_image, load_photo, read_file
+from .images import ImageInfo, load_image, load_photo, open_file, read_file
 from .verify import DECODE_SIDE, FingerprintError
 from .verify import fingerprint as take_fingerprint
+
+
+STREAM_ABOVE = 64 << 20  # bytes: a file larger than this is streamed (see decode_file)
 
 
 class Kind(Enum):
@@ -62,6 +65,7 @@ class Decoding:
     resize: str
     max_pixels: int
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    stream_above: int = STREAM_ABOVE  # larger files are hashed and decoded from the file, never held whole
 
     @classmethod
     def of(cls, input_size: tuple[int, int], settings: Settings) -> Decoding:
@@ -71,13 +75,13 @@ class Decoding:
     def read(self, path: str | os.PathLike[str]) -> bytes:
         return read_file(path, self.max_file_bytes)
 
-    def load(self, source: str | bytes | object, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
+    def load(self, source: str | bytes | BinaryIO | object, name: str | None = None) -> tuple[np.ndarray, ImageInfo]:
         if isinstance(source, (str, os.PathLike)):
             source, name = self.read(source), str(source)
         return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
                           name=name)
 
-    def load_with_fingerprint(self, source: str | bytes,
+    def load_with_fingerprint(self, source: str | bytes | BinaryIO,
                               name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes | None]:
         """Model input and the duplicate fingerprint (simsearch.verify), from one decode when the model
         takes DECODE_SIDE or more (a second, larger decode for a smaller model: the fingerprint must not
@@ -117,21 +121,55 @@ class Decoded:
 def decode_file(path: str, decoding: Decoding, wanted: Callable[[str], bool] = lambda sha: True, *,
                 fingerprint: bool = True) -> Decoded:
     """Read and hash a file, and decode it when `wanted(sha256)` (with its duplicate fingerprint unless
-    told not to); a bad file is an error, never an exception."""
+    told not to); a bad file is an error, never an exception. A file over decoding.stream_above is
+    hashed a chunk at a time and decoded from the file itself: a 500 MB file is not held in memory beside
+    its pixels."""
     try:
+        large = os.stat(path).st_size > decoding.stream_above
+    except OSError:
+        large = False  # read_file says why
+    try:
+        if large:
+            return _decode_large(path, decoding, wanted, fingerprint)
         data = decoding.read(path)
     except ImageError as exc:
         return Decoded(None, error=exc.reason)
     sha = hashlib.sha256(data).hexdigest()
     if not wanted(sha):
         return Decoded(sha)
+    return _decoded(sha, data, path, decoding, fingerprint)
+
+
+def _decoded(sha: str, source: bytes | BinaryIO, path: str, decoding: Decoding, fingerprint: bool) -> Decoded:
     try:
         if not fingerprint:
-            return Decoded(sha, *decoding.load(data, name=path))
-        pixels, info, fp = decoding.load_with_fingerprint(data, name=path)
+            return Decoded(sha, *decoding.load(source, name=path))
+        pixels, info, fp = decoding.load_with_fingerprint(source, name=path)
     except ImageError as exc:
         return Decoded(sha, error=exc.reason)
     return Decoded(sha, pixels, info, fingerprint=fp)
+
+
+def _decode_large(path: str, decoding: Decoding, wanted: Callable[[str], bool], fingerprint: bool) -> Decoded:
+    with open_file(path, decoding.max_file_bytes) as f:
+        before = os.fstat(f.fileno())
+        digest, size = hashlib.sha256(), 0
+        try:
+            while chunk := f.read(1 << 22):
+                size += len(chunk)
+                if size > decoding.max_file_bytes:
+                    raise ImageError(path, f"file is over the limit of {decoding.max_file_bytes} bytes")
+                digest.update(chunk)
+        except OSError as exc:
+            raise ImageError(path, f"cannot read file: {exc.strerror or exc}") from exc
+        sha = digest.hexdigest()
+        if not wanted(sha):
+            return Decoded(sha)
+        decoded = _decoded(sha, f, path, decoding, fingerprint)
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        return Decoded(sha, error="the file changed while it was read; it is read again on the next run")
+    return decoded
 
 
 @dataclass(frozen=True)

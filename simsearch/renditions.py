@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d+)-([0-9a-fx]{1,16})\.jpg$")
 FOLDERS = ("thumbnails", "previews")  # in the store's folder, one cache each
+STALE_TEMP_S = 3600.0
 
 
 class RenditionCache:
@@ -68,8 +70,8 @@ class RenditionCache:
         return bad
 
     def prune(self, catalog: Catalog, chunk: int = 500) -> int:
-        """Drop the renditions of photos the catalog no longer holds, or holds with other content, and any
-        file not in this layout (an earlier version's); returns how many went. The catalog is read a chunk
+        """Drop the renditions of photos the catalog no longer holds, or holds with other content, any file
+        not in this layout (an earlier version's) and temp files of killed writes; returns how many went. The catalog is read a chunk
         of ids at a time, so memory follows the chunk, not the collection."""
         removed = 0
         batch: list[tuple[Path, int, str]] = []
@@ -82,6 +84,13 @@ class RenditionCache:
             batch.clear()
             return len(gone)
 
+        for tmp in self.folder.rglob(".*.tmp") if self.folder.is_dir() else ():
+            try:  # a write killed half-way; an hour old, so no live write is taken
+                if time.time() - tmp.stat().st_mtime > STALE_TEMP_S:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:
+                pass
         for path in self.folder.rglob("*.jpg") if self.folder.is_dir() else ():
             found = _NAME.match(path.name)
             if found is None or path.parent != self.path(int(found[1]), found[2]).parent:

@@ -60,6 +60,7 @@ FETCH_SLOTS = 4  # URLs fetched at once; the next waits a second, then 503
 URL_FAILED = ("no image could be fetched from that URL: it did not answer in time, the connection failed, or "
               "what came back is not an image within the limits")
 MAX_ID = 2**63 - 1  # the largest id the catalog can hold
+RENDITION_SLOTS = os.cpu_count() or 2  # thumbnails and previews decoded at once
 THUMBNAIL_SIZE = 256
 PREVIEW_SIZE = 1600  # the large view: sharp on a laptop, a few hundred kB
 _STATUS: list[tuple[type[SimsearchError], int]] = [  # most specific first
@@ -445,11 +446,25 @@ def _image_routes(app: FastAPI, store: Store) -> None:
             "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
             "X-Content-Type-Options": "nosniff"})
 
+    decodes = threading.BoundedSemaphore(RENDITION_SLOTS)  # a 169 MP photo takes ~800 MB to decode
+
     def rendition(image_id: int, size: int) -> Response:
-        """An EXIF-oriented JPEG at most size pixels across, made once per content and kept in the store."""
+        """An EXIF-oriented JPEG at most size pixels across, made once per content and kept in the store.
+        At most one decode per core at a time (the rest wait their turn, then 503), each under the store's
+        pixel limit: six thumbnails of a huge photo at once cannot take the server's memory."""
         rec, f = store.open_indexed(image_id)
+
+        def make() -> bytes:
+            if not decodes.acquire(timeout=QUEUE_TIMEOUT_S * 3):
+                raise HTTPError(503, "busy: too many thumbnails being made at once, try again shortly",
+                                headers={"Retry-After": "5"})
+            try:
+                return thumbnail_jpeg(f.read(), size, max_pixels=store.settings.max_pixels, name=rec["path"])
+            finally:
+                decodes.release()
+
         with f:
-            data = caches[size].get(image_id, rec["sha256"], lambda: thumbnail_jpeg(f.read(), size, name=rec["path"]))
+            data = caches[size].get(image_id, rec["sha256"], make)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/images/{image_id}/thumbnail")

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from .catalog import OK, BrowseKey, Catalog, Changes, ImageFilter
-from .collection import INDEX_FILE, LOCK_FILE, Collection
+from .collection import INDEX_FILE, INDEX_STATE_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions, check_reachable
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group
@@ -68,7 +68,9 @@ class Store:
         # what this open made, so that a first run that fails before anything is written leaves no store behind
         self._made = (not folder.exists(), db is None and not (folder / CATALOG_FILE).exists())
         self.root = _store_folder(folder, create=create, has_db=db is not None)
-        self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}")
+        # a store that already has an index file, or is opened to read, cannot have a new catalog
+        self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}",
+                               new=create and not (self.root / INDEX_STATE_FILE).exists())
         try:
             self.model = StoreModel(self.root, self.catalog, model, settings or Settings())
         except SimsearchError:

@@ -82,7 +82,8 @@ def test_meta_roundtrip_and_schema_guard(db_url: str) -> None:
 
 
 def test_database_errors_become_store_errors(tmp_path) -> None:
-    (tmp_path / "notadb.sqlite").write_bytes(b"this is not a database" * 100)
+    # SQLite's header, then garbage: past simsearch's own look at the header, SQLite itself must refuse it
+    (tmp_path / "notadb.sqlite").write_bytes(b"SQLite format 3\0" + b"this is not a database" * 100)
     with pytest.raises(StoreError, match="catalog database error"):
         Catalog(f"sqlite:///{tmp_path / 'notadb.sqlite'}")
 

@@ -277,3 +277,33 @@ def test_reduced_size_jpeg_decoding_applies_every_exif_orientation(tmp_path: Pat
     assert (info.width, info.height) == (2400, 1600)
     want = np.asarray(Image.fromarray(upright).resize((224, 224), Image.Resampling.BILINEAR), np.float32)
     assert np.abs(arr.astype(np.float32) - want).mean() < 8
+
+
+def test_a_file_too_large_to_hold_twice_is_hashed_and_decoded_from_the_file(tmp_path: Path) -> None:
+    """A 500 MB file cost about 1 GB while indexing (its bytes, then its pixels): past stream_above it is
+    hashed a chunk at a time and decoded from the file, with the same result."""
+    import hashlib
+    import tracemalloc
+
+    from simsearch.prepare import Decoding, decode_file
+
+    big = tmp_path / "big.bmp"  # uncompressed: 27 MB of file for 27 MB of pixels
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (3000, 3000, 3), dtype=np.uint8)).save(big)
+    whole = Decoding((64, 64), "whole", 10**9)
+    streamed = Decoding((64, 64), "whole", 10**9, stream_above=1 << 20)
+    results = {}
+    for name, decoding in (("whole", whole), ("streamed", streamed)):
+        tracemalloc.start()
+        results[name] = decode_file(str(big), decoding)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        results[name + "-peak"] = peak
+    a, b = results["whole"], results["streamed"]
+    assert a.error is None and b.error is None
+    assert a.sha256 == b.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()
+    np.testing.assert_array_equal(a.pixels, b.pixels)
+    assert a.fingerprint == b.fingerprint and a.info == b.info
+    assert results["whole-peak"] > big.stat().st_size  # the file's bytes were held ...
+    assert results["streamed-peak"] < big.stat().st_size / 2  # ... and here only a few chunks of them
+    skipped = decode_file(str(big), streamed, lambda sha: False)  # content known: hashed, never decoded
+    assert skipped.sha256 == a.sha256 and skipped.pixels is None
