@@ -666,7 +666,7 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
     import uvicorn
 
     from .server import create_app
-    from .transport import server_config
+    from .transport import server_options
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         if not insecure_no_token:
@@ -688,7 +688,7 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
     if not s.folders():
         click.echo(f"store {s.root} is empty: index a folder with `simsearch index FOLDER {_hint_args(s, db)}`", err=True)
     click.echo(f"simsearch on http://{host}:{port}/ (API docs: /docs)", err=True)
-    uvicorn.Server(server_config(app, host, port)).run()  # slow clients' limits: simsearch.transport
+    uvicorn.run(app, host=host, port=port, **server_options())  # slow clients' limits: simsearch.transport
 
 
 @main.command()

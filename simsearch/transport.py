@@ -66,9 +66,13 @@ def with_header_timeout(seconds: float) -> type[HeaderTimeoutProtocol]:
     return type("HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": seconds})
 
 
-def server_config(app: Any, host: str, port: int, *, header_timeout: float = HEADER_TIMEOUT_S,
-                  log_level: str = "warning") -> uvicorn.Config:
-    """How `simsearch serve` runs the app: bounded requests in progress, idle keep-alives closed, and
-    connections that never finish their headers closed too."""
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=with_header_timeout(header_timeout),
-                          limit_concurrency=CONCURRENCY, timeout_keep_alive=int(KEEP_ALIVE_S))
+def server_options(*, header_timeout: float = HEADER_TIMEOUT_S) -> dict[str, Any]:
+    """How `simsearch serve` runs the app under uvicorn (uvicorn.run's keywords): bounded requests in
+    progress, idle keep-alives closed, and connections that never finish their headers closed too."""
+    return {"http": with_header_timeout(header_timeout), "limit_concurrency": CONCURRENCY,
+            "timeout_keep_alive": int(KEEP_ALIVE_S), "log_level": "warning"}
+
+
+def server_config(app: Any, host: str, port: int, *, header_timeout: float = HEADER_TIMEOUT_S) -> uvicorn.Config:
+    """The same as a uvicorn.Config, for a server run in a thread (tests, embedding)."""
+    return uvicorn.Config(app, host=host, port=port, **server_options(header_timeout=header_timeout))
