@@ -227,10 +227,12 @@ class Store:
         self._sync()
         return check_store(self.root, self.collection, self.model.dim if self.model.recorded else None, repair=repair)
 
-    def optimize(self, **options: Any) -> OptimizeReport:
-        """Move to an approximate index tuned to a recall target; options: Collection.optimize's."""
+    def optimize(self, *, target_recall: float = 0.95, nlist: int | None = None, seed: int = 0,
+                 kind: str = "auto") -> OptimizeReport:
+        """Move to an approximate index tuned to target_recall: kind ivf-sq8, ivf-pq or auto (see
+        Collection.optimize)."""
         self._sync()
-        return self.collection.optimize(**options)
+        return self.collection.optimize(target_recall=target_recall, nlist=nlist, seed=seed, kind=kind)
 
     # reading ----------------------------------------------------------------------------------
     def query_vector(self, probe: Any, *, max_pixels: int | None = None) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import math
@@ -22,7 +21,6 @@ from simsearch.results import Result, StoreStats
 
 from .conftest import photo
 
-PACKAGE = Path(simsearch.__file__).parent
 
 
 def test_an_unindexed_home_relative_probe_is_decoded_from_the_expanded_path(
@@ -120,26 +118,6 @@ def test_importing_simsearch_leaves_pillow_settings_alone(tmp_path: Path) -> Non
     assert pixels.shape == (8, 8, 3) and (info.width, info.height) == (14_000, 13_000)
     with pytest.raises(simsearch.ImageError, match="14000x13000"):
         load_image(big, (8, 8), max_pixels=100_000_000)
-
-
-def _sizes() -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    classes, functions = [], []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            where = f"{path.relative_to(PACKAGE)}:{node.lineno} {getattr(node, 'name', '')}" if hasattr(node, "lineno") else ""
-            if isinstance(node, ast.ClassDef):
-                classes.append((where, node.end_lineno - node.lineno + 1))  # type: ignore[operator]
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                functions.append((where, node.end_lineno - node.lineno + 1))  # type: ignore[operator]
-    return classes, functions
-
-
-def test_no_class_over_300_lines_and_no_function_over_60() -> None:
-    classes, functions = _sizes()
-    assert len(classes) > 20 and len(functions) > 200  # the walk found the package
-    assert [c for c in classes if c[1] > 300] == []
-    assert [f for f in functions if f[1] > 60] == []
 
 
 def test_opening_a_store_that_does_not_exist_raises_unless_asked_to_create_it(tmp_path: Path) -> None:
