@@ -10,7 +10,8 @@
 from .catalog import BrowseKey, Changes, ImageFields, ImageFilter
 from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .distributed import RayOptions
-from .embedder import CallableEmbedder, Embedder, HubEmbedder
+from .embedding import CallableEmbedder, Embedder
+from .hub import HubEmbedder
 from .errors import (
     ChangedError,
     EmptyStoreError,

@@ -32,7 +32,7 @@ from .runtimes import (
 )
 
 if TYPE_CHECKING:
-    from .embedder import HubEmbedder
+    from .hub import HubEmbedder
 
 COMPILED_MIN_COSINE = 0.99999  # against TensorFlow on the check images, or the compiled model is not used
 ONNX_OPSET = 17

@@ -50,7 +50,7 @@ def tfhub_module_dir(handle: str) -> Path:
 
 def tfhub_cache() -> Path:
     """$TFHUB_CACHE_DIR, else tfhub_modules in simsearch's cache folder (not the temp folder, which a reboot
-    empties); simsearch.embedder hands it to tensorflow-hub before importing it."""
+    empties); simsearch.hub hands it to tensorflow-hub before importing it."""
     return Path(os.environ.get("TFHUB_CACHE_DIR") or cache_dir() / "tfhub_modules")
 
 

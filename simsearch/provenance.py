@@ -31,7 +31,8 @@ from .config import (
     Settings,
     user_default,
 )
-from .embedder import Embedder, load_embedder
+from .embedder import load_embedder
+from .embedding import Embedder
 from .errors import ImageError, ModelMismatchError, SimsearchError, StoreError
 from .handles import local_fingerprint, normalize_handle
 from .formats import find_images

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import ModelSpec
-from .embedder import BatchingEmbedder
+from .embedding import BatchingEmbedder
 from .errors import ModelError
 from .handles import cache_dir
 

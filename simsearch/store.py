@@ -26,7 +26,7 @@ from .collection import INDEX_FILE, INDEX_STATE_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions, check_reachable
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group
-from .embedder import Embedder, l2_normalize
+from .embedding import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
 from .check import check_store
