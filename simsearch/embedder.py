@@ -24,6 +24,7 @@ from .handles import local_fingerprint, normalize_handle
 from .hub import HubEmbedder, check_local, import_tensorflow
 from .runtimes import Variant, failure_marker, find_compiled, known_failure, open_compiled
 
+
 __all__ = ["BatchingEmbedder", "CallableEmbedder", "Embedder", "HubEmbedder", "import_tensorflow", "l2_normalize",
            "load_embedder"]
 

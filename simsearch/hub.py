@@ -26,6 +26,7 @@ from .handles import is_remote, local_module_dir, normalize_handle, tfhub_cache
 
 log = logging.getLogger(__name__)
 
+
 _SIGNATURE_PREFERENCE = ("image_feature_vector", "default", "serving_default")
 DOWNLOAD_TIMEOUT_ENV = "SIMSEARCH_DOWNLOAD_TIMEOUT"
 DEFAULT_DOWNLOAD_TIMEOUT = 60.0  # seconds a model server may stay silent before the fetch gives up

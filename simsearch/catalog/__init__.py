@@ -39,6 +39,7 @@ from .schema import (
 )
 from .writes import Changes, Writes, Written
 
+
 __all__ = ["Catalog", "Changes", "Written", "Entry", "ImageFields", "ImageFilter", "BrowseKey", "parse_when",
            "OK", "FAILED", "SCHEMA_VERSION", "Base", "ImageRecord", "VectorRecord", "FingerprintRecord",
            "MetaRecord", "make_engine", "read_only_engine", "Database", "Meta", "Reads", "Writes", "FULL_BELOW",

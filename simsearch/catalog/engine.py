@@ -27,6 +27,7 @@ from .schema import _Path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 def _db_errors(fn: F) -> F:
     """Database failures surface as StoreError, with the original chained."""
 
@@ -44,10 +45,13 @@ def _db_errors(fn: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
+
 FULL_BELOW = 1 << 20  # bytes free under which a failing SQLite write is taken for a full disk
+
 
 def _sqlite_file(engine: Engine) -> str | None:
     """The catalog's file, for SQLite on disk (a read_only_engine's URI form too)."""
@@ -55,6 +59,7 @@ def _sqlite_file(engine: Engine) -> str | None:
     if not name or name == ":memory:":
         return None
     return name[len("file:"):].split("?", 1)[0] if name.startswith("file:") else name
+
 
 def _full_disk(engine: Engine) -> str | None:
     """The SQLite catalog file, if the disk it is on is (nearly) full: SQLite says only "disk I/O error"
@@ -67,10 +72,12 @@ def _full_disk(engine: Engine) -> str | None:
     except OSError:
         return None
 
+
 def read_only_engine(path: str) -> Engine:
     """The catalog file opened read-only and immutable: SQLite then needs no -shm or -wal file, so reads
     work on a full disk (the WAL's own files cannot be created there). Only for a file whose WAL is empty."""
     return create_engine(f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true")
+
 
 def make_engine(url: str) -> Engine:
     """SQLite gets WAL, full fsync on commit and a busy timeout; in-memory SQLite one shared connection."""
@@ -92,7 +99,9 @@ def make_engine(url: str) -> Engine:
 
     return engine
 
+
 SQLITE_HEADER = b"SQLite format 3\0"
+
 
 def _refuse_a_file_that_is_not_sqlite(engine: Engine, empty_ok: bool) -> None:
     """SQLite takes an empty file for a new database and would make a new, empty store of a catalog that
@@ -112,9 +121,11 @@ def _refuse_a_file_that_is_not_sqlite(engine: Engine, empty_ok: bool) -> None:
         raise StoreError(f"catalog {name} {what}: it is not a catalog simsearch wrote. If the store is new, delete "
                          f"the file and index again; otherwise restore it from a backup")
 
+
 def _chunks(items: list[Any], size: int = 500) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
 
 def _rows_in(conn: Any, table: Any, key: str, values: list[Any], *columns: str) -> Iterator[Any]:
     """(key, *columns) of the rows whose key is among values. Through the driver on SQLite (an IN of ?) and
@@ -129,6 +140,7 @@ def _rows_in(conn: Any, table: Any, key: str, values: list[Any], *columns: str) 
         return
     for part in _chunks(values):
         yield from conn.execute(select(table.c[key], *(table.c[c] for c in columns)).where(table.c[key].in_(part)))
+
 
 def _driver_rows_in(conn: Any, what: str, values: list[Any]) -> Iterator[Any]:
     if conn.dialect.name == "postgresql":

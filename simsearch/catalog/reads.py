@@ -33,6 +33,7 @@ class ImageFilter:
         return any(v not in (None, ()) for v in (self.folder, self.taken_from, self.taken_until, self.formats,
                                                   self.min_pixels))
 
+
 @dataclass(frozen=True)
 class BrowseKey:
     """Where a page of browsing ended: the last photo's date taken (None: among the undated), file time, id."""
@@ -56,6 +57,7 @@ class BrowseKey:
         t = ImageRecord.taken_at
         return (t < self.taken_at) | ((t == self.taken_at) & later)
 
+
 def _filter_conditions(f: ImageFilter) -> list[Any]:
     conds = [ImageRecord.status == OK]
     if f.folder:
@@ -78,6 +80,7 @@ def _filter_conditions(f: ImageFilter) -> list[Any]:
         conds.append(cast(ImageRecord.width, BigInteger) * ImageRecord.height >= f.min_pixels)
     return conds
 
+
 def parse_when(text: str) -> date:
     """A filter's date as people write it: YYYY-MM-DD is a whole day (a date); with a time, that moment."""
     try:
@@ -86,10 +89,12 @@ def parse_when(text: str) -> date:
     except ValueError as exc:
         raise ValueError(f"not a date: {text!r} (expected YYYY-MM-DD, or YYYY-MM-DDTHH:MM[:SS])") from exc
 
+
 def _prefix_filter(prefix: str) -> Any:
     folder = prefix.rstrip(os.sep) + os.sep
     # LIKE with escaping would be dialect-dependent; a range on the sorted text is exact and uses the index.
     return (ImageRecord.path >= folder) & (ImageRecord.path < folder[:-1] + chr(ord(os.sep) + 1))
+
 
 def _row_dict(r: ImageRecord) -> dict[str, Any]:
     return {
@@ -107,6 +112,7 @@ def _row_dict(r: ImageRecord) -> dict[str, Any]:
         "status": r.status,
         "error": r.error,
     }
+
 
 _ENTRY = (ImageRecord.id, ImageRecord.path, ImageRecord.size, ImageRecord.mtime_ns, ImageRecord.sha256,
           ImageRecord.status)  # the columns of an Entry, in its field order

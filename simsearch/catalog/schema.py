@@ -36,15 +36,19 @@ from ..paths import from_catalog, to_catalog
 
 SCHEMA_VERSION = 1
 
+
 OK, FAILED = "ok", "failed"
+
 
 _Id = BigInteger().with_variant(Integer, "sqlite")  # SQLite AUTOINCREMENT needs exactly INTEGER
 
-# Paths compare byte-wise everywhere: folder-prefix ranges must not follow a linguistic collation (glibc's
-# en_US ignores punctuation such as "/", ICU's en-US puts "/p/A/" inside "/p/a/"; tested on PostgreSQL).
+
 class _Path(TypeDecorator[str]):
     """A file path: compared byte-wise, and stored as valid Unicode whatever its bytes (simsearch.paths).
-    Statements sent through the driver itself encode with to_catalog / from_catalog as this does."""
+    Statements sent through the driver itself encode with to_catalog / from_catalog as this does.
+
+    Byte-wise everywhere: folder-prefix ranges must not follow a linguistic collation (glibc's en_US
+    ignores punctuation such as "/", ICU's en-US puts "/p/A/" inside "/p/a/"; tested on PostgreSQL)."""
 
     impl = Text
     cache_ok = True
@@ -58,10 +62,13 @@ class _Path(TypeDecorator[str]):
     def process_result_value(self, value: str | None, dialect: Any) -> str | None:
         return None if value is None else from_catalog(value)
 
+
 _PG_CREATE_LOCK = 0x51D5EA  # pg_advisory_xact_lock key: two processes creating one catalog take turns
+
 
 class Base(DeclarativeBase):
     pass
+
 
 class ImageRecord(Base):
     __tablename__ = "images"
@@ -81,11 +88,13 @@ class ImageRecord(Base):
     status: Mapped[str] = mapped_column(String(8), index=True)
     error: Mapped[str | None] = mapped_column(Text)
 
+
 class VectorRecord(Base):
     __tablename__ = "vectors"
 
     image_id: Mapped[int] = mapped_column(_Id, ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
+
 
 class FingerprintRecord(Base):
     """A photo's duplicate fingerprint (simsearch.verify), by content: copies and moves share it."""
@@ -96,15 +105,19 @@ class FingerprintRecord(Base):
     phash: Mapped[bytes] = mapped_column(LargeBinary)  # the four rotations' pHashes: read alone to find candidates
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
+
 class MetaRecord(Base):
     __tablename__ = "meta"
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
 
+
 _IMAGES, _VECTORS, _FINGERPRINTS = ImageRecord.__table__, VectorRecord.__table__, FingerprintRecord.__table__
 
+
 _IMAGE_COLUMNS = tuple(c.name for c in _IMAGES.columns)  # id first: COPY writes every column the table has
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -116,6 +129,7 @@ class Entry:
     mtime_ns: int | None
     sha256: str | None
     status: str
+
 
 @dataclass(frozen=True)
 class ImageFields:

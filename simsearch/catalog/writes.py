@@ -44,6 +44,7 @@ class Changes:
     def __len__(self) -> int:
         return len(self.upserts) + len(self.moves) + len(self.touches) + len(self.deletes)
 
+
 @dataclass(frozen=True)
 class Written:
     """What a write did to vectors, so the caller can mirror it in FAISS."""
@@ -53,6 +54,7 @@ class Written:
     removed_ids: np.ndarray  # ids whose old vector must leave the index first
     version: int
 
+
 def _put_fingerprints(conn: Any, fingerprints: dict[str, bytes]) -> None:
     """Store fingerprints by content, replacing any of another version."""
     for part in _chunks(list(fingerprints)):
@@ -60,11 +62,13 @@ def _put_fingerprints(conn: Any, fingerprints: dict[str, bytes]) -> None:
     conn.execute(insert(_FINGERPRINTS), [{"sha256": sha, "phash": phashes(data), "data": data}
                                          for sha, data in fingerprints.items()])
 
+
 def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
     """Fingerprints of these contents that no row has any more (a file deleted or changed) leave too."""
     for part in _chunks(sorted(hashes)):
         used = select(_IMAGES.c.sha256).where(_IMAGES.c.sha256.in_(part))
         conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part), _FINGERPRINTS.c.sha256.not_in(used)))
+
 
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
                    now: datetime) -> tuple[list[int], list[np.ndarray], list[int], set[str]]:
@@ -112,7 +116,9 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
         _insert_many(conn, _VECTORS, [{"image_id": i, "data": v.tobytes()} for i, v in added])
     return [i for i, _ in added], [v for _, v in added], removed, was
 
+
 _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"  # SQLAlchemy's own storage format for DateTime on SQLite
+
 
 def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
     """INSERT of many rows. On SQLite straight through the driver's executemany: SQLAlchemy's per-value
@@ -132,6 +138,7 @@ def _insert_many(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
                                  for v in by_column[i])
     conn.exec_driver_sql(sql, list(zip(*by_column)))
 
+
 def _pg_copy_images(conn: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
     """New rows through COPY, in this transaction: ids are drawn from the table's sequence first (ascending,
     in the rows' order, as INSERT would give them), so no row needs RETURNING. path -> id."""
@@ -142,6 +149,7 @@ def _pg_copy_images(conn: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
             for i, row in zip(ids, rows):
                 copy.write_row((i, *(to_catalog(row[c]) if c == "path" else row[c] for c in _IMAGE_COLUMNS[1:])))
     return {row["path"]: i for i, row in zip(ids, rows)}
+
 
 def _pg_copy_vectors(conn: Any, added: list[tuple[int, np.ndarray]]) -> None:
     """Vectors through binary COPY: 4 KB of float32 each, sent as raw bytes."""

@@ -1,0 +1,100 @@
+"""Commands for copies: duplicates (groups verified on the pixels) and resolve (decisions, the trash)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ..duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
+from ..results import DuplicateGroup
+from .common import _emit, _open, _output, _output_option, _print_json, _progress_bar, _store_options, main
+
+
+def _reason(group: DuplicateGroup, image_id: int) -> str:
+    """How a member is linked to the group: the reasons of the verified pairs it is in."""
+    return ", ".join(sorted({p["reason"] for p in group.pairs if image_id in (p["a"], p["b"])}))
+
+
+@main.command()
+@click.option("--min-cosine", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_MIN_COSINE,
+              show_default=True, help="Candidates: neighbours at least this similar (loose; every pair is "
+                                      "then checked on the pixels).")
+@click.option("--neighbours", type=click.IntRange(1, 100), default=DEFAULT_NEIGHBOURS, show_default=True,
+              help="Candidates: this many nearest neighbours of each photo.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV (-o csv).")
+@click.option("--all", "include_resolved", is_flag=True, help="Also list the groups already resolved.")
+@_store_options
+@_output_option
+@click.pass_obj
+def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: bool, include_resolved: bool,
+               store: str | None, model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
+    """Group copies: same bytes, resized, recompressed, re-encoded, rotated, cropped or edited.
+
+    Candidates come from the embedding; each pair is verified on the photos themselves (perceptual
+    hashes, then local features) and says why it matched. Each group has an id (for `simsearch
+    resolve`) and names the photo to keep: the largest resolution, then an original format, then the
+    oldest. Resolved groups are left out (--all lists them) until a new photo joins one.
+    -o paths prints the others, one a line; -o csv and jsonl give one row per photo.
+
+    \b
+      simsearch duplicates --store data/photos
+      simsearch duplicates -o csv > duplicates.csv
+    """
+    out = _output(output, as_json, as_csv)
+    progress, close = _progress_bar(obj["quiet"], "duplicates", "photo")  # photos' candidates, twice over
+    with _open(store, model, db) as s:
+        try:
+            groups = s.duplicates(min_cosine, neighbours=neighbours, include_resolved=include_resolved,
+                                  progress=progress)
+        finally:
+            close()
+    if out == "json":
+        _print_json([g.to_dict() for g in groups])
+        return
+    rows = [{"group": g.id, "kind": g.kind, "keep": int(m["path"] == g.keep), "id": m["id"], "path": m["path"],
+             "size": m["size"], "width": m["width"], "height": m["height"], "taken_at": m["taken_at"],
+             "new": int(m["new"]), "resolution": g.resolution, "reason": _reason(g, m["id"])}
+            for g in groups for m in g.members]
+
+    def text() -> None:
+        for g in groups:
+            state = f", resolved: {g.resolution}" if g.resolution else ""
+            click.echo(f"group {g.id}: {g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}{state}):")
+            for m in g.members:
+                mark = "keep" if m["path"] == g.keep else " new" if m["new"] else "    "
+                why = _reason(g, m["id"])
+                click.echo(f"  {mark}  {m['id']:>7}  {m['width']}x{m['height']}  {m['path']}" + (f"  ({why})" if why else ""))
+        click.echo(f"{len(groups)} groups", err=True)
+
+    _emit([r for r in rows if not r["keep"]] if out == "paths" else rows, out, text)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--not-duplicates", is_flag=True, help="These photos are not copies of each other.")
+@click.option("--keep", "keep", type=int, metavar="IMAGE_ID", help="Keep this photo (its id in the group).")
+@click.option("--trash-others", is_flag=True,
+              help="With --keep: move the others to the trash (never deleted) and forget them.")
+@_store_options
+def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bool,
+            store: str | None, model: str | None, db: str | None) -> None:
+    """Record a decision on duplicate group GROUP, as `simsearch duplicates` last listed it, so it is
+    not listed again until a new photo joins it.
+
+    \b
+      simsearch resolve 3f2a9c81d0e4 --not-duplicates
+      simsearch resolve 3f2a9c81d0e4 --keep 42
+      simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
+    """
+    if not_duplicates == (keep is not None):
+        raise click.UsageError("give either --not-duplicates or --keep IMAGE_ID")
+    if trash_others and keep is None:
+        raise click.UsageError("--trash-others goes with --keep")
+    with _open(store, model, db) as s:
+        found = s.resolve(group, keep=keep, trash_others=trash_others)
+    others = [m["path"] for m in found.members if m["id"] != keep]
+    if not_duplicates:
+        click.echo(f"group {group}: marked as not duplicates ({len(found.members)} photos)")
+    else:
+        click.echo(f"group {group}: keeping {keep}" + (f"; moved to the trash: {', '.join(others)}" if trash_others else ""))

@@ -1,0 +1,117 @@
+"""Commands that search: query (a file, a URL, standard input or an indexed photo) and eval."""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from typing import Any
+
+import click
+
+from ..catalog import ImageFilter
+from ..probes import is_url, read_stdin
+from .common import (
+    _WHEN,
+    _emit,
+    _json_option,
+    _open,
+    _output,
+    _output_option,
+    _print_json,
+    _runtime_option,
+    _store_options,
+    main,
+)
+
+
+def _probe(image: str) -> Any:
+    """A path, an http(s) URL (fetched by the store) or - for standard input."""
+    if image == "-":
+        return read_stdin(click.get_binary_stream("stdin"))
+    if not is_url(image) and not os.path.exists(image):
+        raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+    return image
+
+
+@main.command()
+@click.argument("image", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--id", "image_id", type=int, help="Query by the id of an indexed image instead of a file.")
+@click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="How many neighbours to return.")
+@click.option("--folder", type=click.Path(file_okay=False), help="Only photos under this folder.")
+@click.option("--taken-from", type=_WHEN, help="Only photos taken on or after this date (EXIF).")
+@click.option("--taken-until", type=_WHEN, help="Only photos taken on or before this date (EXIF; a date is the whole day).")
+@click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this format, e.g. JPEG (repeatable).")
+@click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
+@_store_options
+@_runtime_option
+@_output_option
+def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: date | None,
+          taken_until: date | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
+          model: str | None, db: str | None, runtime: str | None, output: str | None, as_json: bool) -> None:
+    """Print the photos most similar to IMAGE (a file, an http(s) URL, or - for standard input), or to an
+    indexed photo with --id.
+
+    Filters narrow the candidates first, so the k shown are the true top k among matching photos.
+
+    \b
+      simsearch query probe.jpg -k 10
+      simsearch query https://example.com/cat.jpg -o paths | xargs open
+      simsearch query - < probe.jpg
+      simsearch query --id 42 --json
+      simsearch query probe.jpg --folder ~/Pictures/2023 --taken-from 2023-06-01 --format JPEG
+    """
+    if (image is None) == (image_id is None):
+        raise click.UsageError("give either IMAGE or --id")
+    out = _output(output, as_json)
+    probe = _probe(image) if image is not None else image_id
+    where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
+                        min_pixels=min_pixels)
+    with _open(store, model, db, runtime=runtime) as s:
+        hits = s.query(probe, k=k, where=where or None)
+
+    def text() -> None:
+        for h in hits:
+            click.echo(f"{h.score:.4f}  {h.id:>7}  {h.path}")
+
+    _emit([h.to_dict() for h in hits], out, text)
+
+
+@main.command("eval")
+@click.argument("labels", type=click.Path(exists=True), required=False)
+@click.option("-k", "--top", "k", type=click.IntRange(1, 1000), default=10, show_default=True, help="k of precision@k.")
+@click.option("--ann", is_flag=True, help="Also print recall@k of the store's index against exact search.")
+@_store_options
+@_json_option
+def eval_(labels: str | None, k: int, ann: bool, store: str | None, model: str | None, db: str | None,
+          as_json: bool) -> None:
+    """Measure retrieval quality: mean average precision and precision@k on labelled photos.
+
+    LABELS is a folder with one subfolder per class, or a CSV with columns file, class and optionally
+    split (db / query), like corel1k's labels.csv. Index the photos into the store first.
+
+    \b
+      simsearch index ../shared/data/corel1k/images --store data/corel
+      simsearch eval ../shared/data/corel1k/labels.csv --store data/corel
+      simsearch eval --ann --store data/photos
+    """
+    from ..evaluate import Labels, evaluate
+
+    if labels is None and not ann:
+        raise click.UsageError("give LABELS, --ann, or both")
+    result: dict[str, Any] = {}
+    with _open(store, model, db) as s:
+        if labels is not None:
+            parsed = Labels.from_folder(labels) if os.path.isdir(labels) else Labels.from_csv(labels)
+            result = evaluate(s, parsed, k=k).to_dict()
+        if ann:
+            result |= {"index_kind": s.stats().index_kind, "ann_recall_at_k": s.ann_recall(k=k), "k": k}
+    if as_json:
+        _print_json(result)
+        return
+    if labels is not None:
+        click.echo(f"mAP {result['mean_average_precision']:.4f}   P@{k} {result['precision_at_k']:.4f}   "
+                   f"({result['queries']} queries, {result['database']} in the database"
+                   + (f", {result['missing']} labelled photos not indexed)" if result["missing"] else ")"))
+    if ann:
+        click.echo(f"recall@{k} of the {result['index_kind']} index against exact search: {result['ann_recall_at_k']:.4f}")

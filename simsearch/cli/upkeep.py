@@ -1,0 +1,98 @@
+"""Commands that look after a store: stats, check (and repair), optimize (the approximate index)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..config import default_store_dir
+from ..errors import StoreError
+from ..store import CATALOG_FILE
+from .common import _json_option, _open, _print_json, _store_options, main
+
+
+@main.command()
+@_store_options
+@_json_option
+def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
+    """Show what the store holds and which model built it."""
+    with _open(store, model, db) as s:
+        info = s.stats().to_dict()
+    if as_json:
+        _print_json(info)
+        return
+    if info["index_kind"] == "flat":  # the IVF settings mean nothing for exact search
+        info = {k: v for k, v in info.items() if k not in ("nlist", "nprobe", "recall_at_10")}
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
+
+
+@main.command()
+@_store_options
+@click.option("--repair", is_flag=True, help="Rebuild what can be rebuilt from the catalog (the vector index, "
+                                             "fingerprints, cached thumbnails) and remove killed runs' temp files.")
+@_json_option
+def check(store: str | None, model: str | None, db: str | None, repair: bool, as_json: bool) -> None:
+    """Check the store for damage: the catalog database, the vector index against it, duplicate
+    fingerprints, cached thumbnails and previews, and temp files left by killed runs. Exits 1 while
+    anything is wrong (after --repair: anything it could not mend).
+
+    \b
+      simsearch check
+      simsearch check --repair
+    """
+    from ..check import check_unopened
+
+    try:
+        with _open(store, model, db) as s:
+            report = s.check(repair=repair)
+    except StoreError as exc:  # too damaged to open: say what the database's own check finds
+        root = Path(store).expanduser() if store else default_store_dir()
+        report = check_unopened(root, db or f"sqlite:///{root / CATALOG_FILE}", exc)
+    if as_json:
+        _print_json(report.to_dict() | {"healthy": report.healthy})
+    else:
+        click.echo(f"checked {', '.join(report.checked)} of {report.store}")
+        for p in report.problems:
+            click.echo(f"  {p.part}: {p.detail}" + (" (repaired)" if p.repaired else ""))
+        if not report.problems:
+            click.echo("no problems found")
+        elif not report.healthy and not repair:
+            click.echo("run `simsearch check --repair` with the same options to mend what can be mended")
+    if not report.healthy:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--recall", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
+              help="Recall@10 against exact search that the tuned index must reach.")
+@click.option("--nlist", type=click.IntRange(16), help="Inverted lists [default: about 2 x sqrt(photos)].")
+@click.option("--kind", type=click.Choice(["auto", "ivf-sq8", "ivf-pq"]), default="auto", show_default=True,
+              help="ivf-sq8: 8-bit vectors (a quarter of exact search's memory); ivf-pq: dim/8-byte codes (a "
+                   "32nd), for stores too large for ivf-sq8 in memory; auto: ivf-sq8 while it takes under a "
+                   "quarter of this machine's memory.")
+@_store_options
+@_json_option
+def optimize(recall: float, nlist: int | None, kind: str, store: str | None, model: str | None, db: str | None,
+             as_json: bool) -> None:
+    """Move the store to an approximate index (IVF over compressed vectors) for fast search at large sizes.
+
+    `index` does this by itself past 200,000 photos. Candidates are re-scored with the exact vectors from
+    the catalog; ivf-pq is refused if it cannot reach --recall on the store's own vectors. Removal and
+    filters keep working; filters that match few photos are still searched exactly.
+
+    \b
+      simsearch optimize --store data/photos
+      simsearch optimize --kind ivf-pq --recall 0.9 --store data/photos
+    """
+    with _open(store, model, db) as s:
+        result = s.optimize(target_recall=recall, nlist=nlist, kind=kind)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        click.echo(f"{result.kind}: {result.vectors} vectors in {result.nlist} lists, nprobe "
+                   f"{result.nprobe}, {result.refine} x k re-scored, recall@10 {result.recall_at_10:.3f}, "
+                   f"{result.seconds} s")
