@@ -75,6 +75,10 @@ class Scan:
     unreadable: Changes = field(default_factory=Changes)  # files that cannot even be stat'ed
 
 
+def _key(entry: Entry | None) -> str:
+    return "" if entry is None else to_catalog(entry.path)
+
+
 def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOptions) -> Scan:
     """Compare the folder with its catalog entries by size and mtime; nothing is read here.
 
@@ -84,6 +88,7 @@ def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOp
     out = Scan()
     rows = iter(entries)
     row = next(rows, None)
+    row_key = _key(row)  # each row's key computed once
     last = ""
     unreadable: dict[str, str] = {}  # filled by the walk as it meets them, before the rows under them
 
@@ -97,12 +102,14 @@ def scan(folder: Path, entries: Iterable[Entry], counts: Counts, options: ScanOp
             raise StoreError(f"folder listing out of order at {path!r} after {last!r}")
         last = key
         out.seen += 1
-        while row is not None and to_catalog(row.path) < key:
+        while row is not None and row_key < key:
             gone(row)
             row = next(rows, None)
+            row_key = _key(row)
         old = None
         if row is not None and row.path == path:
             old, row = row, next(rows, None)
+            row_key = _key(row)
         try:
             st = entry.stat()
         except OSError as exc:

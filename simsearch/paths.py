@@ -22,6 +22,8 @@ _RESERVED = chr(_BASE + 0x80)  # code points from here up stand for single bytes
 
 def _plain(text: str) -> bool:
     """No surrogate and no reserved code point: the common case, stored and shown as it is."""
+    if text.isascii():  # most paths, and the cheapest test there is: the scan asks for every file
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -31,7 +33,7 @@ def _plain(text: str) -> bool:
 
 def to_catalog(path: str) -> str:
     """The text a database stores for a path (valid Unicode, one text per name)."""
-    if _plain(path):
+    if path.isascii() or _plain(path):  # isascii first: the scan asks this of every file, thrice
         return path
     out = []
     for ch in path:
@@ -46,7 +48,7 @@ def to_catalog(path: str) -> str:
 
 def from_catalog(text: str) -> str:
     """The path a catalog's text stands for (the inverse of to_catalog)."""
-    if not text or max(text) < _RESERVED:
+    if text.isascii() or max(text) < _RESERVED:
         return text
     data = b"".join(bytes([ord(ch) - _BASE]) if ch >= _RESERVED else ch.encode("utf-8") for ch in text)
     return os.fsdecode(data)
