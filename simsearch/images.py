@@ -26,6 +26,7 @@ from .errors import ImageError
 from .files import read_bounded
 from .formats import check_decoder, register_decoders
 
+SCALED_DECODE = frozenset({"JPEG", "HEIF"})  # formats whose decoders can give a smaller picture (Image.draft)
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
@@ -272,8 +273,8 @@ def _decode_errors(name: str | None) -> Iterator[None]:
 def _decode(
     source: str | Path | bytes | BinaryIO | Image.Image, draft_to: tuple[int, int], max_pixels: int, name: str | None = None
 ) -> tuple[Image.Image, ImageInfo, str | None]:
-    """Open, refuse bombs, take the first frame, decode JPEGs reduced to no less than draft_to
-    (width, height as displayed), apply EXIF orientation and convert to RGB."""
+    """Open, refuse bombs, take the first frame, decode JPEGs reduced (and HEICs from their thumbnail) to
+    no less than draft_to (width, height as displayed), apply EXIF orientation and convert to RGB."""
     img, name = _open(source, name, draft_to)
     with _decode_errors(name):
         w, h = img.size
@@ -289,8 +290,10 @@ def _decode(
         fmt = img.format
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
-        if fmt == "JPEG":
-            # DCT-domain downscale by 1/2, 1/4 or 1/8 while keeping both sides >= the target.
+        if fmt in SCALED_DECODE:
+            # the smallest picture the file holds with both sides >= the target: a JPEG scaled in the DCT
+            # domain by 1/2, 1/4 or 1/8; a HEIC's embedded thumbnail (phones write 320x240), if it is a
+            # scaled copy of the photo that large (pillow-heif checks), else the full decode
             img.draft("RGB", draft_to if orientation < 5 else (draft_to[1], draft_to[0]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -30,6 +30,7 @@ from . import modules  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COREL = ROOT.parent / "shared" / "data" / "corel1k"
+TRAINED = ROOT.parent / "shared" / "data" / "mobilenet_v2_trained"
 TINY_SIZE = (64, 64)
 # A PostgreSQL server for the catalog suite: an URL whose role may CREATE DATABASE (.ci/run starts one).
 POSTGRES_ENV = "SIMSEARCH_TEST_POSTGRES"
@@ -102,6 +103,18 @@ def corel_images() -> Path:
             pytest.fail(reason)  # CI has ../shared beside the clone: never let the Corel tests pass by skipping
         pytest.skip(reason)
     return images.resolve()  # the store records resolved paths; ../shared may be a symlink
+
+
+@pytest.fixture(scope="session")
+def trained_embedder() -> HubEmbedder:
+    """A trained network in the TF-Hub format (../shared): the judge of fidelity, where random weights see
+    every photo alike. Never the product's model: its figures are not Inception V2's."""
+    if not (TRAINED / "saved_model.pb").is_file():
+        reason = f"the trained stand-in was not found at {TRAINED} (expected ../shared beside the checkout)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return HubEmbedder(TRAINED.resolve())
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (160, 120), fmt: str | None = None, **save: object) -> Path:
