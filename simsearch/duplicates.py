@@ -3,8 +3,10 @@
 Candidates are exact copies (same SHA-256), each photo's nearest neighbours above a loose cosine, and
 photos with close perceptual hashes (at any rotation by 90 degrees), found a chunk of photos at a time,
 so memory follows the number of candidate pairs, never N x N. Each
-candidate pair is then checked on the photos' stored fingerprints (simsearch.verify: perceptual hashes,
-ORB features with RANSAC), on a thread pool; only verified pairs are linked (union-find) into groups,
+candidate pair is then checked on the photos' stored fingerprints (simsearch.verify): perceptual hashes
+first, then, for the pairs those do not settle, ORB features with RANSAC, taken now from a fresh decode of
+each photo in such a pair that has none yet (and stored: later runs have them), on a thread pool. Only
+verified pairs are linked (union-find) into groups,
 and each pair says why it matched. So the cosine threshold only bounds the work: precision does not
 hang on a number that cannot be calibrated for every model.
 
@@ -31,7 +33,7 @@ from .errors import ChangedError, ImageError, NotFoundError, QueryError
 from .files import move_to_trash
 from .paths import display
 from .results import DuplicateGroup, Progress
-from .verify import PHASH_LOOSE, Evidence, Fingerprint, compare
+from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, whole_picture
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
 DEFAULT_NEIGHBOURS = 10
@@ -102,27 +104,37 @@ def keeper(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 class Verifier:
     """Checks candidate pairs on their fingerprints: read from the catalog, or taken now (and stored) for
-    photos indexed before fingerprints existed or on a Ray cluster."""
+    photos indexed without one (`--no-fingerprints`, a Ray cluster, an older fingerprint version) and for
+    the keypoints of photos in pairs that the hashes do not settle."""
 
     def __init__(self, collection: Collection, fingerprint_of: FingerprintOf | None, workers: int) -> None:
         self.catalog, self.fingerprint_of, self.workers = collection.catalog, fingerprint_of, workers
         self.cache: dict[str, Fingerprint | None] = {}
+        self.taken = 0  # fingerprints taken from a fresh decode in this run
 
     def _load(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
         todo = {r["sha256"]: r for r in rows if r["sha256"] not in self.cache}
         if len(self.cache) + len(todo) > _CACHE:
-            self.cache.clear()
+            self.cache.clear()  # and this batch's photos all read again: each pair needs both its photos
+            todo = {r["sha256"]: r for r in rows}
         parsed = {sha: _parse(fp) for sha, fp in self.catalog.fingerprints(todo).items()}
         missing = [r for sha, r in todo.items() if parsed.get(sha) is None]  # or of another fingerprint version
-        if missing and self.fingerprint_of is not None:
-            with ThreadPoolExecutor(self.workers) as pool:
-                taken = dict(zip([r["sha256"] for r in missing], pool.map(self._take, missing)))
-            fresh = {sha: data for sha, data in taken.items() if data is not None}
-            if fresh:
-                self.catalog.add_fingerprints(fresh)
-            parsed |= {sha: _parse(data) for sha, data in fresh.items()}
+        parsed |= self._take_all(missing)
         for sha in todo:
             self.cache[sha] = parsed.get(sha)
+
+    def _take_all(self, rows: list[dict[str, Any]]) -> dict[str, Fingerprint | None]:
+        """Whole fingerprints (keypoints too) of these photos from a fresh decode, stored for later runs."""
+        if not rows or self.fingerprint_of is None:
+            return {}
+        with ThreadPoolExecutor(self.workers) as pool:  # Pillow's decoders and OpenCV release the GIL
+            taken = dict(zip([r["sha256"] for r in rows], pool.map(self._take, rows)))
+        fresh = {sha: data for sha, data in taken.items() if data is not None}
+        if fresh:
+            self.catalog.add_fingerprints(fresh)
+        self.taken += len(fresh)
+        return {sha: _parse(data) for sha, data in fresh.items()}
 
     def _take(self, row: dict[str, Any]) -> bytes | None:
         assert self.fingerprint_of is not None
@@ -132,15 +144,30 @@ class Verifier:
             return None
 
     def check(self, pairs: list[tuple[int, int, float]], records: dict[int, dict[str, Any]]) -> list[Evidence | None]:
+        """Each pair's evidence, or None: the hashes first; keypoints only for the pairs they leave open."""
         self._load(records.values())
+        found: list[Evidence | None] = []
+        open_pairs: list[int] = []
+        for n, (a, b, _) in enumerate(pairs):
+            fa, fb = self.cache.get(records[a]["sha256"]), self.cache.get(records[b]["sha256"])
+            found.append(None if fa is None or fb is None else whole_picture(fa, fb, records[a], records[b]))
+            if found[-1] is None and fa is not None and fb is not None:
+                open_pairs.append(n)
+        need = {records[x]["sha256"]: records[x] for n in open_pairs for x in pairs[n][:2]}
+        lacking = [r for sha, r in need.items() if not self.cache[sha].has_keypoints]  # type: ignore[union-attr]
+        for sha, fp in self._take_all(lacking).items():
+            self.cache[sha] = fp
 
-        def one(pair: tuple[int, int, float]) -> Evidence | None:
-            ra, rb = records[pair[0]], records[pair[1]]
-            fa, fb = self.cache.get(ra["sha256"]), self.cache.get(rb["sha256"])
-            return None if fa is None or fb is None else compare(fa, fb, ra, rb)
+        def one(n: int) -> Evidence | None:
+            fa, fb = (self.cache.get(records[x]["sha256"]) for x in pairs[n][:2])
+            if fa is None or fb is None or not fa.has_keypoints or not fb.has_keypoints:
+                return None  # gone or changed since it was indexed: the pair cannot be verified now
+            return geometric(fa, fb)
 
         with ThreadPoolExecutor(self.workers) as pool:  # OpenCV's matching and RANSAC release the GIL
-            return list(pool.map(one, pairs))
+            for n, evidence in zip(open_pairs, pool.map(one, open_pairs)):
+                found[n] = evidence
+        return found
 
 
 def _parse(data: bytes | None) -> Fingerprint | None:

@@ -81,12 +81,12 @@ class Decoding:
         return load_image(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,  # type: ignore[arg-type]
                           name=name)
 
-    def load_with_fingerprint(self, source: str | bytes | BinaryIO,
-                              name: str | None = None) -> tuple[np.ndarray, ImageInfo, bytes | None]:
-        """Model input and the duplicate fingerprint (simsearch.verify), from one decode when the model
-        takes DECODE_SIDE or more (a second, larger decode for a smaller model: the fingerprint must not
-        shrink with it, nor the model's pixels change for it). A photo the model can take but the
-        fingerprint cannot (OpenCV refused it) is indexed without one."""
+    def load_with_fingerprint(self, source: str | bytes | BinaryIO, name: str | None = None, *,
+                              keypoints: bool = False) -> tuple[np.ndarray, ImageInfo, bytes | None]:
+        """Model input and the duplicate fingerprint (simsearch.verify; its hashes alone unless keypoints),
+        from one decode when the model takes DECODE_SIDE or more (a second, larger decode for a smaller
+        model: the fingerprint must not shrink with it, nor the model's pixels change for it). A photo the
+        model can take but the fingerprint cannot (OpenCV refused it) is indexed without one."""
         if isinstance(source, (str, os.PathLike)):
             source, name = self.read(source), str(source)
         pixels, info, rgb = load_photo(source, self.input_size, policy=self.resize, max_pixels=self.max_pixels,
@@ -94,13 +94,13 @@ class Decoding:
         if min(self.input_size) < DECODE_SIDE:
             rgb = load_photo(source, (DECODE_SIDE, DECODE_SIDE), max_pixels=self.max_pixels, name=name)[2]
         try:
-            return pixels, info, take_fingerprint(rgb).to_bytes()
+            return pixels, info, take_fingerprint(rgb, keypoints=keypoints).to_bytes()
         except FingerprintError:
             return pixels, info, None
 
     def fingerprint(self, path: str) -> bytes:
-        """A file's duplicate fingerprint alone (raises ImageError)."""
-        found = self.load_with_fingerprint(path)[2]
+        """A file's whole duplicate fingerprint, keypoints too, from a fresh decode (raises ImageError)."""
+        found = self.load_with_fingerprint(path, keypoints=True)[2]
         if found is None:
             raise ImageError(path, "cannot take its duplicate fingerprint")
         return found

@@ -11,8 +11,11 @@ does not depend on the model's calibration:
   image must correlate with the region it maps to (so a burst of the same scene, with the subject moved,
   or a second photo of the same monument, is not a copy).
 
-A photo's `Fingerprint` (hashes, up to 160 ORB keypoints and a 48 x 48 grey thumbnail, about 8 KB) is
-computed once, when the photo is decoded for indexing, and stored in the catalog by content hash.
+A photo's `Fingerprint` is taken in two parts, each once, stored in the catalog by content hash:
+its hashes and a 48 x 48 grey thumbnail (under 1 ms, about 2.4 KB) from the decode that feeds the model
+at index time; its ORB keypoints (up to 160, about 5 KB; 2 ms more) only when `duplicates` needs them, for
+a photo in a candidate pair that the hashes did not settle, from a fresh decode. Most photos are never in
+such a pair, and none pays for keypoints while it is being indexed.
 The thresholds were set on real photos (Corel-1k, bench/duplicates.py), not on the embedding.
 """
 
@@ -26,10 +29,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-VERSION = 1  # bumped when a fingerprint's computation changes: older ones are recomputed
+VERSION = 2  # bumped when a fingerprint's computation changes: older ones are recomputed
 SIDE = 256  # fingerprints are taken on the photo fitted within SIDE x SIDE, in grey
 DECODE_SIDE = 224  # decoded with each side at least this (a JPEG at reduced size), whatever the model's input
 THUMB = 48
+HASH_SIDE = 64  # hashes and the thumbnail come from the grey photo squashed to this square
+NO_KEYPOINTS = 0xFFFF  # keypoint count of a fingerprint whose keypoints are not taken yet
 FEATURES = 160
 _HEADER = struct.Struct("<BHHH")  # version, width, height, keypoints
 
@@ -61,13 +66,20 @@ class Fingerprint:
     phash: np.ndarray  # uint8 [4, 8]: the photo rotated by 0, 90, 180 and 270 degrees (counter-clockwise)
     dhash: np.ndarray  # uint8 [4, 8]
     thumb: np.ndarray  # uint8 [THUMB, THUMB], the whole photo squashed
-    points: np.ndarray  # float32 [n, 2], keypoints in the fingerprint image's pixels
-    descriptors: np.ndarray  # uint8 [n, 32], ORB
+    points: np.ndarray | None = None  # float32 [n, 2], keypoints in the fingerprint image's pixels
+    descriptors: np.ndarray | None = None  # uint8 [n, 32], ORB; None for both: not taken yet
+
+    @property
+    def has_keypoints(self) -> bool:
+        return self.points is not None and self.descriptors is not None
 
     def to_bytes(self) -> bytes:
+        head = [self.phash.tobytes(), self.dhash.tobytes(), self.thumb.tobytes()]
+        if self.points is None or self.descriptors is None:
+            return b"".join([_HEADER.pack(VERSION, self.width, self.height, NO_KEYPOINTS), *head])
         pts = np.round(self.points * 64).astype("<u2")
-        return b"".join([_HEADER.pack(VERSION, self.width, self.height, len(self.points)), self.phash.tobytes(),
-                         self.dhash.tobytes(), self.thumb.tobytes(), pts.tobytes(), self.descriptors.tobytes()])
+        return b"".join([_HEADER.pack(VERSION, self.width, self.height, len(self.points)), *head, pts.tobytes(),
+                         self.descriptors.tobytes()])
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Fingerprint:
@@ -75,8 +87,14 @@ class Fingerprint:
         if version != VERSION:
             raise ValueError(f"fingerprint version {version}, expected {VERSION}")
         buf = np.frombuffer(data, np.uint8, offset=_HEADER.size)
+        taken = n != NO_KEYPOINTS
+        n = n if taken else 0
         cut = np.cumsum([32, 32, THUMB * THUMB, 4 * n, 32 * n])
-        ph, dh, th, pts, desc, _ = np.split(buf, cut)
+        ph, dh, th, pts, desc, rest = np.split(buf, cut)
+        if len(rest) or len(desc) != 32 * n:
+            raise ValueError(f"fingerprint of {len(data)} bytes does not match its header")
+        if not taken:
+            return cls(w, h, ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB))
         return cls(w, h, ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB),
                    pts.view("<u2").reshape(n, 2).astype(np.float32) / 64, desc.reshape(n, 32))
 
@@ -96,37 +114,56 @@ def _dct_matrix(n: int) -> np.ndarray:
 _DCT32 = _dct_matrix(32)
 
 
-def _phash(grey32: np.ndarray) -> np.ndarray:
-    """pHash as imagehash computes it: the 8 x 8 lowest frequencies of a 32 x 32 DCT, above their median."""
-    low = (_DCT32 @ grey32 @ _DCT32.T)[:8, :8]
-    return np.packbits(low > np.median(low))
+# The DCT of a picture turned by 90 degrees is the transposed DCT with the odd rows' signs flipped (a flip
+# along an axis negates that axis's odd frequencies): one DCT gives the four rotations' pHashes.
+_ODD = (-1.0) ** np.arange(8)
 
 
-def _dhash(grey: Image.Image) -> np.ndarray:
-    px = np.asarray(grey.resize((9, 8), Image.Resampling.LANCZOS), np.int16)
-    return np.packbits(px[:, 1:] > px[:, :-1])
+def _phashes(grey32: np.ndarray) -> np.ndarray:
+    """pHash as imagehash computes it (the 8 x 8 lowest frequencies of a 32 x 32 DCT, above their median),
+    of the picture turned by 0, 90, 180 and 270 degrees counter-clockwise (np.rot90)."""
+    low = (_DCT32[:8] @ grey32 @ _DCT32[:8].T)
+    turned = [low, _ODD[:, None] * low.T, _ODD[:, None] * _ODD[None, :] * low, _ODD[None, :] * low.T]
+    return np.stack([np.packbits(t > np.median(t)) for t in turned])
 
 
-def fingerprint(image: Image.Image) -> Fingerprint:
-    """The fingerprint of a decoded, upright photo (reduced decodes are fine, down to DECODE_SIDE a side)."""
+def _dhashes(grey: Image.Image) -> np.ndarray:
+    """dHash (is each pixel brighter than its left neighbour, on a 9 x 8 picture) of the four rotations:
+    resizing commutes with turning by 90 degrees, so two resizes serve all four."""
+    wide, tall = (np.asarray(grey.resize(s, Image.Resampling.LANCZOS), np.int16) for s in ((9, 8), (8, 9)))
+    turned = (np.rot90(wide if k % 2 == 0 else tall, k) for k in range(4))
+    return np.stack([np.packbits(px[:, 1:] > px[:, :-1]) for px in turned])
+
+
+def _fitted(width: int, height: int) -> tuple[int, int]:
+    """The size of a photo fitted within SIDE x SIDE, as Image.thumbnail makes it."""
+    scale = min(1.0, SIDE / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def fingerprint(image: Image.Image, *, keypoints: bool = True) -> Fingerprint:
+    """The fingerprint of a decoded, upright photo (reduced decodes are fine, down to DECODE_SIDE a side);
+    keypoints False: the hashes and thumbnail alone (under 1 ms), what indexing takes."""
+    grey = image.convert("L")
+    square = grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    phash = _phashes(np.asarray(square.resize((32, 32), Image.Resampling.LANCZOS), np.float64))
+    dhash = _dhashes(square)
+    thumb = np.asarray(square.resize((THUMB, THUMB), Image.Resampling.BILINEAR), np.uint8)
+    if not keypoints:
+        return Fingerprint(*_fitted(*grey.size), phash, dhash, thumb)
     import cv2
 
-    grey = image.convert("L")
     grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=3.0)
     g = np.asarray(grey)
-    small = np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS), np.float64)
-    phash = np.stack([_phash(np.rot90(small, k)) for k in range(4)])
-    dhash = np.stack([_dhash(Image.fromarray(np.ascontiguousarray(np.rot90(g, k)))) for k in range(4)])
-    thumb = np.asarray(grey.resize((THUMB, THUMB), Image.Resampling.BILINEAR), np.uint8)
     orb = cv2.ORB_create(nfeatures=FEATURES, edgeThreshold=15, patchSize=31, fastThreshold=10)
     try:
-        keypoints, desc = orb.detectAndCompute(g, None)
+        found, desc = orb.detectAndCompute(g, None)
     except cv2.error as exc:
         raise FingerprintError(f"ORB failed: {exc}") from exc
     if desc is None:
         points, desc = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     else:
-        points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
+        points = np.array([kp.pt for kp in found], np.float32).reshape(-1, 2)
     return Fingerprint(g.shape[1], g.shape[0], phash, dhash, thumb, points, np.asarray(desc, np.uint8))
 
 
@@ -161,7 +198,15 @@ def _same_shape(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
 def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
             facts_b: dict[str, Any] | None = None) -> Evidence | None:
     """Evidence that a and b are the same picture, or None. facts: the photos' catalog rows (width,
-    height, format) to name the change; the verdict itself comes from the pixels."""
+    height, format) to name the change; the verdict itself comes from the pixels. Both need keypoints
+    unless the whole pictures settle it (see whole_picture and geometric)."""
+    return whole_picture(a, b, facts_a, facts_b) or geometric(a, b)
+
+
+def whole_picture(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
+                  facts_b: dict[str, Any] | None = None) -> Evidence | None:
+    """Evidence from the hashes and thumbnails alone (a resize, recompression, format change, turn by 90
+    degrees or colour edit of the whole picture), or None: then only geometric can tell."""
     fa, fb = facts_a or {}, facts_b or {}
     ph, dh, k = hash_distance(a, b)
     if ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k), b.thumb) >= THUMB_CORRELATION:
@@ -172,12 +217,17 @@ def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = Non
         else:
             reason = "recompressed" if ph <= PHASH_RECOMPRESSED else "edited"
         return Evidence(reason, hash_distance=ph, rotation=90 * k)
-    return _geometric(a, b, ph)
+    return None
 
 
-def _geometric(a: Fingerprint, b: Fingerprint, ph: int) -> Evidence | None:
+def geometric(a: Fingerprint, b: Fingerprint) -> Evidence | None:
+    """Evidence that one picture lies inside the other (a crop, border, overlay or rotation), from both
+    fingerprints' keypoints (ValueError if either has none taken)."""
     import cv2
 
+    if a.points is None or a.descriptors is None or b.points is None or b.descriptors is None:
+        raise ValueError("geometric verification needs both fingerprints' keypoints")
+    ph = hash_distance(a, b)[0]
     if len(a.descriptors) < MIN_MATCHES or len(b.descriptors) < MIN_MATCHES:
         return None
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)

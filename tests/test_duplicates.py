@@ -332,3 +332,45 @@ def test_keep_ties_go_to_the_oldest_photo_then_the_path(tmp_path: Path) -> None:
         s.index(root)
         keep = {Path(g.members[0]["path"]).parent.name: Path(g.keep).name for g in s.duplicates()}
     assert keep == {"a": "z-taken-2019.jpg", "b": "z-old-file.jpg", "c": "a.jpg"}
+
+
+def _texture(x: np.ndarray) -> np.ndarray:
+    """A crude texture classifier: busy pictures at [1, 0], smooth ones at [0, 1]."""
+    busy = np.abs(np.diff(x.mean(axis=3), axis=2)).mean(axis=(1, 2)) > 0.066  # tiles 0.084-0.10, smooth 0.049
+    return np.stack([busy, ~busy], axis=1).astype(np.float32)
+
+
+def test_indexing_takes_only_hashes_and_duplicates_takes_keypoints_where_they_decide(tmp_path: Path) -> None:
+    """ORB keypoints cost about 2 ms a photo, four times the hashes: indexing takes the hashes alone, and
+    `duplicates` takes keypoints from the files only for photos in pairs the hashes leave open, and keeps
+    them, so that a later run decides from the catalog alone."""
+    from simsearch.verify import Fingerprint
+
+    root = tmp_path / "photos"
+    photo(root / "smooth.jpg", seed=1, size=(320, 240), quality=95)
+    Image.open(root / "smooth.jpg").resize((200, 150)).save(root / "small-smooth.jpg", quality=80)
+    texture = np.random.default_rng(5).integers(0, 256, (15, 20, 3), dtype=np.uint8)  # tiles: corners for ORB
+    Image.fromarray(texture).resize((320, 240), Image.Resampling.NEAREST).save(root / "tiles.jpg", quality=95)
+    Image.open(root / "tiles.jpg").crop((40, 30, 290, 220)).save(root / "crop-tiles.png")
+    embedder = CallableEmbedder(_texture, name="texture", input_size=(32, 32))
+    store = simsearch.open(tmp_path / "store", model=embedder, create=True)
+    store.index(root)
+    rows = store.catalog.records(store.catalog.vector_ids()).values()
+    name_of = {r["sha256"]: Path(r["path"]).name for r in rows}
+
+    def with_keypoints() -> set[str]:
+        stored = store.catalog.fingerprints(name_of)
+        assert set(stored) == set(name_of)
+        return {name_of[sha] for sha, fp in stored.items() if Fingerprint.from_bytes(fp).has_keypoints}
+
+    def verdicts() -> set[tuple[str, ...]]:
+        return {(p["reason"], *sorted(Path(m["path"]).name for m in g.members)) for g in store.duplicates()
+                for p in g.pairs}
+
+    assert with_keypoints() == set()  # indexing took hashes and thumbnails alone
+    first = verdicts()
+    assert first == {("resized", "small-smooth.jpg", "smooth.jpg"), ("cropped", "crop-tiles.png", "tiles.jpg")}
+    assert with_keypoints() == {"tiles.jpg", "crop-tiles.png"}  # the smooth pair was settled by its hashes
+    shutil.move(root, tmp_path / "elsewhere")  # no file to decode any more
+    assert verdicts() == first  # the same verdicts, from the stored keypoints
+    store.close()
