@@ -31,16 +31,22 @@ RUNTIMES = ("onnxruntime", "openvino", "tensorflow")
 DEFAULT_RUNTIME = "onnxruntime"
 RUNTIME_ENV = "SIMSEARCH_RUNTIME"
 MODEL_ENV = "SIMSEARCH_MODEL"
+PRECISION_ENV = "SIMSEARCH_PRECISION"
+DEVICE_ENV = "SIMSEARCH_DEVICE"
 STORE_ENV = "SIMSEARCH_STORE"
 DB_ENV = "SIMSEARCH_DB"
 CONFIG_ENV = "SIMSEARCH_CONFIG"
 # config-file key -> (environment variable, type)
 CONFIG_KEYS: dict[str, tuple[str | None, type]] = {
     "store": (STORE_ENV, str), "model": (MODEL_ENV, str), "db": (DB_ENV, str), "runtime": (RUNTIME_ENV, str),
+    "precision": (PRECISION_ENV, str), "device": (DEVICE_ENV, str),
     "exclude": (None, list), "include_hidden": (None, bool),
 }
-PRECISIONS = ("fp32", "int8")
-DEFAULT_PRECISION = "fp32"
+STORE_PRECISIONS = ("fp32", "bf16", "int8")  # what a store is made in
+PRECISIONS = ("auto", *STORE_PRECISIONS)  # what can be asked for: auto chooses at store creation
+DEFAULT_PRECISION = "auto"
+DEVICES = ("auto", "cpu", "gpu")  # where a compiled model runs (simsearch.devices)
+DEFAULT_DEVICE = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class ModelSpec:
     dim: int
     fingerprint: str | None = None  # the module's content (simsearch.handles.fingerprint); None: not a module
     runtime: str = "tensorflow"  # where it runs: not provenance, every runtime gives the same vectors
-    precision: str = DEFAULT_PRECISION
+    precision: str = "fp32"
 
     def as_meta(self) -> dict[str, object]:
         return {"model": self.handle, "fingerprint": self.fingerprint, "input_size": list(self.input_size),
@@ -77,9 +83,10 @@ class Settings:
     # Past this many vectors `index` moves the store to an approximate IVF-SQ8 index (see Store.optimize).
     ann_threshold: int = 200_000
     runtime: str | None = None  # None: $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME
-    precision: str | None = None  # None: the store's own, or DEFAULT_PRECISION for a new store
-    # Duplicate fingerprints taken from the decode that feeds the model (about 8 ms a photo). False: taken
-    # by the first `duplicates` run instead, which decodes those photos again; for indexing with a fast model.
+    precision: str | None = None  # None or auto: the store's own; for a new store $SIMSEARCH_PRECISION or auto
+    device: str | None = None  # auto, cpu or gpu (simsearch.devices); None: $SIMSEARCH_DEVICE, else auto
+    # Duplicate fingerprints' hashes taken from the decode that feeds the model (about 0.5 ms a photo; the
+    # keypoints wait for `duplicates`). False: all taken by the first `duplicates` run, decoding again.
     fingerprints: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +94,8 @@ class Settings:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.device is not None and self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 1:

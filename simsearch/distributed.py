@@ -187,7 +187,7 @@ class _EmbedShards:
 
         # the driver's runtime, compiled once per node into that node's cache
         self.embedder = load_embedder(spec.handle, runtime=spec.runtime, fingerprint=spec.fingerprint,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, precision="bf16" if spec.precision == "bf16" else "fp32")
         got = self.embedder.spec
         if got.dim != spec.dim or (spec.fingerprint and got.fingerprint and got.fingerprint != spec.fingerprint):
             raise StoreError(f"model {spec.handle} on this worker is not the store's: {got.dim} dimensions, "

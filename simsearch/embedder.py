@@ -41,6 +41,8 @@ def load_embedder(
     output: str | None = None,
     input_size: tuple[int, int] | None = None,
     batch_size: int = 32,
+    precision: str = "fp32",
+    device: str = "auto",
 ) -> Embedder:
     """A handle (URL or folder) becomes an embedder on `runtime`; an Embedder is used as it is.
 
@@ -49,6 +51,9 @@ def load_embedder(
     $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME. If compiling fails the reason is logged and the module
     runs on TensorFlow. fingerprint: the content the caller expects (a store's), so that a compiled
     model is found even when the module's files are gone from the TF-Hub cache (a cleared temp folder).
+    precision "bf16": the compiled model run in BF16 on OpenVINO (runtime must be openvino); never on
+    TensorFlow, so a model that cannot be compiled is an error rather than FP32 in disguise. device:
+    auto, cpu or gpu for the compiled model (simsearch.devices); TensorFlow places itself.
     """
     if isinstance(model, Embedder):
         return model
@@ -60,13 +65,18 @@ def load_embedder(
     check_local(handle)
     hub_args: dict[str, Any] = dict(tags=tags, signature=signature, output=output, input_size=input_size,
                                     batch_size=batch_size)
+    if precision != "fp32" and (runtime != "openvino" or tags):
+        raise ModelError(f"precision {precision} runs the compiled model on OpenVINO (got runtime {runtime})")
     if runtime == "tensorflow" or tags:  # the {"train"} graph is for fine-tuning: TensorFlow's own
         return HubEmbedder(handle, **hub_args)
     variant = Variant(signature, output, tuple(input_size) if input_size else None)
     content = local_fingerprint(handle) or fingerprint
     if content is not None and (found := find_compiled(content, variant)) is not None:
-        return open_compiled(found, runtime, handle, batch_size=batch_size)
+        return open_compiled(found, runtime, handle, batch_size=batch_size, precision=precision, device=device)
     if content is not None and (why := known_failure(content, variant, runtime)) is not None:
+        if precision != "fp32":
+            raise ModelError(f"model {handle} could not be compiled for {runtime} ({why}), so it cannot run in "
+                             f"{precision}; delete {failure_marker(content, variant, runtime)} to try again")
         log.warning("model %s runs on TensorFlow: it could not be compiled for %s (%s); delete %s to try again",
                     handle, runtime, why, failure_marker(content, variant, runtime))
         return HubEmbedder(handle, **hub_args)
@@ -76,7 +86,9 @@ def load_embedder(
         log.info("compiling model %s for this CPU (once) ...", handle)
     try:
         compiled = compile_module(reference, variant, runtime=runtime)
-        return open_compiled(compiled, runtime, handle, batch_size=batch_size)
+        return open_compiled(compiled, runtime, handle, batch_size=batch_size, precision=precision, device=device)
     except (ModelError, ImportError, OSError) as exc:  # OSError: a cache folder we may not write
+        if precision != "fp32" or device == "gpu":
+            raise ModelError(f"model {handle} cannot run in {precision} on {device}: {exc}") from exc
         log.warning("cannot run model %s on %s (%s): running it on TensorFlow", handle, runtime, exc)
         return reference

@@ -22,9 +22,12 @@ import numpy as np
 from .catalog import Catalog
 from .config import (
     DEFAULT_MODEL,
+    DEFAULT_DEVICE,
     DEFAULT_PRECISION,
+    DEVICES,
     DEFAULT_RESIZE,
     DEFAULT_RUNTIME,
+    PRECISIONS,
     RUNTIME_ENV,
     RUNTIMES,
     ModelSpec,
@@ -37,6 +40,7 @@ from .errors import ImageError, ModelMismatchError, SimsearchError, StoreError
 from .handles import local_fingerprint, normalize_handle
 from .formats import find_images
 from .prepare import Decoding
+from . import cpu, precision as precisions
 from .quantize import CALIBRATION_PHOTOS, INT8_DIR, open_int8, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -46,14 +50,24 @@ def resolve_settings(settings: Settings, recorded: dict[str, Any] | None) -> Set
     """Fill what the caller left open from the store's record, the environment, then the defaults."""
     rec = recorded or {}
     resize = settings.resize or rec.get("resize") or DEFAULT_RESIZE
-    # stores made before precision was recorded are fp32
-    precision = settings.precision or (rec.get("precision", "fp32") if rec else DEFAULT_PRECISION)
+    asked = settings.precision
+    if rec:  # stores made before precision was recorded are fp32; auto asks for the store's own
+        precision = rec.get("precision", "fp32") if asked in (None, "auto") else asked
+    else:  # a user's default applies to new stores only; auto is settled when the store is made (record)
+        precision = asked or user_default("precision") or DEFAULT_PRECISION
+        if precision not in PRECISIONS:
+            raise SimsearchError(f"precision {precision!r} (from SIMSEARCH_PRECISION or the config file) is not "
+                                 f"one of {', '.join(PRECISIONS)}")
     runtime = settings.runtime or user_default("runtime") or DEFAULT_RUNTIME
     if runtime not in RUNTIMES:
         raise SimsearchError(f"runtime {runtime!r} (from {RUNTIME_ENV} or the config file) is not one of {', '.join(RUNTIMES)}")
-    if precision == "int8":
-        runtime = "openvino"  # the only runtime that runs the quantized model (simsearch.quantize)
-    return replace(settings, resize=resize, precision=precision, runtime=runtime)
+    if precision in ("int8", "bf16"):
+        runtime = "openvino"  # the only runtime that runs them (simsearch.quantize, simsearch.runtimes)
+    device = settings.device or user_default("device") or DEFAULT_DEVICE
+    if device not in DEVICES:
+        raise SimsearchError(f"device {device!r} (from SIMSEARCH_DEVICE or the config file) is not one of "
+                             f"{', '.join(DEVICES)}")
+    return replace(settings, resize=resize, precision=precision, runtime=runtime, device=device)
 
 
 class StoreModel:
@@ -69,6 +83,7 @@ class StoreModel:
         self._embedder: Embedder | None = None
         self._lock = threading.Lock()
         self.load_seconds = 0.0  # time spent loading it from its handle (0 when handed in ready)
+        self._int8_sha256 = ""  # of the INT8 model quantized for this new store, once it is
         self._check()
         self._record_fingerprint()
 
@@ -216,9 +231,10 @@ class StoreModel:
         if s.precision == "int8" and rec:
             return open_int8(self.root / INT8_DIR, self.handle, sha256=rec.get("int8_sha256", ""),
                              batch_size=s.batch_size)
-        # fp32, or a new int8 store's starting point (see record)
+        # fp32 or bf16; or a new int8 or auto store's starting point (see record)
         return load_embedder(self.handle, runtime=s.runtime, fingerprint=rec.get("fingerprint"),
-                             batch_size=s.batch_size)
+                             batch_size=s.batch_size, precision="bf16" if s.precision == "bf16" else "fp32",
+                             device=str(s.device))
 
     # a new store ------------------------------------------------------------------------------
     def record(self, folder: Path | None = None) -> bool:
@@ -227,7 +243,15 @@ class StoreModel:
         if self.recorded:
             return False
         extra: dict[str, Any] = {}
-        if self.settings.precision == "int8":
+        if self.settings.precision == "auto":
+            choice = self._choose(folder)
+            extra["precision_choice"] = choice.as_meta()
+            self.settings = replace(self.settings, precision=choice.precision,
+                                    runtime="openvino" if choice.precision != "fp32" else self.settings.runtime)
+            log.info("precision %s for this store: %s", choice.precision, choice.reason)
+            if choice.precision == "int8":
+                extra["int8_sha256"] = self._int8_sha256
+        elif self.settings.precision == "int8":
             if folder is None:
                 raise SimsearchError("an int8 store is created by indexing a folder: its photos calibrate the model")
             extra["int8_sha256"] = self._quantize(folder)
@@ -239,6 +263,65 @@ class StoreModel:
         self.recorded = rec
         return True
 
+    def _sample(self, folder: Path, n: int) -> np.ndarray:
+        """Model inputs of up to n photos spread over the folder (by path order)."""
+        files = sorted(find_images(folder))
+        step = max(1, len(files) // n)
+        photos = []
+        for path in files[::step][:n]:
+            try:
+                photos.append(self.decoding.load(str(path))[0])
+            except ImageError:
+                continue  # recorded as a failure when it is indexed
+        h, w = self.input_size
+        return np.stack(photos) if photos else np.zeros((0, h, w, 3), np.uint8)
+
+    def _choose(self, folder: Path | None) -> precisions.Choice:
+        """auto: the fastest precision that passes the gate on the folder's photos (simsearch.precision);
+        the embedder becomes the chosen one."""
+        if not self.from_handle:
+            return precisions.Choice("fp32", 0, [], "the model was handed in as an object: it runs as it is")
+        if folder is None:
+            return precisions.Choice("fp32", 0, [], "no folder to measure on")
+        fp32 = self.embedder
+        if getattr(fp32, "compiled", None) is None:
+            return precisions.Choice("fp32", 0, [], "the model runs on TensorFlow here, not compiled")
+        s, rec_fp = self.settings, fp32.spec.fingerprint
+        candidates: dict[str, Any] = {}
+        if cpu.has_bf16():
+            candidates["bf16"] = lambda: load_embedder(self.handle, runtime="openvino", fingerprint=rec_fp,
+                                                       batch_size=s.batch_size, precision="bf16")
+        if cpu.has_int8():
+            candidates["int8"] = lambda: self._int8_candidate(folder)
+        sample = self._sample(folder, precisions.SAMPLE_PHOTOS)
+        log.info("choosing this store's precision: fp32 against %s on %d photos of %s (once) ...",
+                 ", ".join(candidates) or "nothing faster on this CPU", len(sample), folder)
+        choice = precisions.auto(sample, fp32, candidates)
+        chosen = choice.precision
+        if chosen == "bf16":
+            emb = candidates["bf16"]()
+        elif chosen == "int8":
+            emb = open_int8(self.root / INT8_DIR, self.handle, sha256=self._int8_sha256, batch_size=s.batch_size)
+        else:
+            emb = fp32
+        if chosen != "int8" and (self.root / INT8_DIR).exists():
+            import shutil
+
+            shutil.rmtree(self.root / INT8_DIR, ignore_errors=True)  # a candidate that was not kept
+        with self._lock:
+            self._embedder = emb
+        return choice
+
+    def _int8_candidate(self, folder: Path) -> Embedder:
+        import importlib.util
+
+        if importlib.util.find_spec("nncf") is None:
+            from .errors import ModelError
+
+            raise ModelError("NNCF is not installed (pip install 'simsearch[int8]')")
+        self._int8_sha256 = self._quantize(folder)
+        return self.embedder
+
     def _quantize(self, folder: Path) -> str:
         """Quantize the compiled fp32 model on photos spread over the folder; the embedder becomes the
         int8 one. Returns the int8 model's sha256."""
@@ -246,17 +329,9 @@ class StoreModel:
         if compiled is None:
             raise SimsearchError("precision int8 needs the compiled model, but it runs on TensorFlow here "
                                  "(see the warning above, or drop --runtime tensorflow)")
-        files = sorted(find_images(folder))
-        step = max(1, len(files) // CALIBRATION_PHOTOS)
-        photos = []
-        for path in files[::step][:CALIBRATION_PHOTOS]:
-            try:
-                photos.append(self.decoding.load(str(path))[0])
-            except ImageError:
-                continue  # recorded as a failure when it is indexed
+        photos = self._sample(folder, CALIBRATION_PHOTOS)
         log.info("quantizing the model to int8 on %d photos of %s (once for this store) ...", len(photos), folder)
-        model = quantize_int8(compiled, np.stack(photos) if photos else np.zeros((0, 1, 1, 3), np.uint8),
-                              self.root / INT8_DIR)
+        model = quantize_int8(compiled, photos, self.root / INT8_DIR)
         with self._lock:
             self._embedder = open_int8(self.root / INT8_DIR, self.handle, sha256=model.meta["sha256"],
                                        batch_size=self.settings.batch_size)

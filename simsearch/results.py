@@ -149,6 +149,8 @@ class StoreStats(Result):
     nlist: int | None = None
     nprobe: int | None = None
     recall_at_10: float | None = None
+    # how `--precision auto` chose, when it did: the trials measured on the folder's photos (simsearch.precision)
+    precision_choice: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import cpu, devices
 from .config import ModelSpec
 from .embedding import BatchingEmbedder
 from .errors import ModelError
@@ -28,6 +30,9 @@ from .handles import cache_dir
 
 MODEL_FILE = "model.onnx"
 META_FILE = "meta.json"
+_OPENVINO_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,19 +101,24 @@ def known_failure(fingerprint: str, variant: Variant, runtime: str) -> str | Non
 
 
 class OnnxRuntimeEmbedder(BatchingEmbedder):
-    """The compiled model on ONNX Runtime's CPU provider."""
+    """The compiled model on ONNX Runtime: its CUDA provider where one is installed and starts (see
+    simsearch.devices), else the CPU."""
 
-    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32) -> None:
+    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32, device: str = "auto") -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise ModelError("runtime onnxruntime is not installed: pip install onnxruntime") from exc
+        providers = devices.onnxruntime_providers(device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(str(model.path), options, providers=providers)
         except Exception as exc:  # a corrupt cache file: say which, the user can delete it
             raise ModelError(f"cannot load compiled model {model.path}: {exc}") from exc
+        self.device = devices.onnxruntime_device(device, self._session.get_providers())
+        if self.device == "gpu":
+            log.info("model %s runs on the GPU (ONNX Runtime %s)", handle, self._session.get_providers()[0])
         self._input = self._session.get_inputs()[0].name
         self.compiled = model
         self.batch_size = batch_size
@@ -119,25 +129,37 @@ class OnnxRuntimeEmbedder(BatchingEmbedder):
 
 
 class OpenVinoEmbedder(BatchingEmbedder):
-    """The compiled model on OpenVINO's CPU plugin, in FP32 (its default on CPUs with BF16 units is
-    BF16, which moves vectors by about 1e-5 in cosine: not the same model)."""
+    """The compiled model on OpenVINO's CPU plugin, in the arithmetic asked for: FP32 by default (the
+    plugin's own default on CPUs with BF16 units is BF16, which is another store's model), BF16 for a
+    BF16 store. Where the CPU has no BF16 units a BF16 store's model runs in FP32, which the store's
+    gate (simsearch.precision) kept within cosine 0.99 of its vectors; a warning says so."""
 
-    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32) -> None:
+    def __init__(self, model: CompiledModel, handle: str, *, batch_size: int = 32,
+                 precision: str | None = None, device: str = "cpu") -> None:
         try:
             import openvino as ov
         except ImportError as exc:
             raise ModelError("runtime openvino is not installed: pip install openvino") from exc
+        precision = precision or str(model.meta["precision"])
+        hint = _OPENVINO_HINTS.get(precision)
+        if precision == "bf16" and not cpu.has_bf16():
+            hint = "f32"  # said once: an embedder is made once per store opened
+            log.warning("this store's model runs in BF16, which this CPU lacks (no AVX512_BF16 or AMX): "
+                        "running it in FP32, within cosine 0.99 of the store's vectors")
+        core = ov.Core()
+        target = devices.openvino_device(device, core.available_devices, precision)
         try:
-            core = ov.Core()
             config = {"PERFORMANCE_HINT": "LATENCY"}
-            if model.meta["precision"] == "fp32":
-                config["INFERENCE_PRECISION_HINT"] = "f32"
-            self._compiled = core.compile_model(core.read_model(str(model.path)), "CPU", config)
+            if hint is not None and target == "CPU":  # INT8 keeps the plugin's choice for unquantized layers
+                config["INFERENCE_PRECISION_HINT"] = hint
+            self._compiled = core.compile_model(core.read_model(str(model.path)), target, config)
         except Exception as exc:
             raise ModelError(f"cannot load compiled model {model.path} on OpenVINO: {exc}") from exc
         self.compiled = model
         self.batch_size = batch_size
-        self._spec = model.spec(handle, "openvino")
+        self.inference_precision = "fp32" if hint == "f32" else precision  # what the CPU really runs
+        self.device = "cpu" if target == "CPU" else "gpu"
+        self._spec = replace(model.spec(handle, "openvino"), precision=precision)
         self._lock = threading.Lock()  # a compiled model's call reuses one infer request: one caller at a time
 
     def _run(self, batch: np.ndarray) -> Any:
@@ -145,12 +167,17 @@ class OpenVinoEmbedder(BatchingEmbedder):
             return self._compiled(np.ascontiguousarray(batch))[0].copy()
 
 
-def open_compiled(model: CompiledModel, runtime: str, handle: str, *, batch_size: int = 32) -> BatchingEmbedder:
+def open_compiled(model: CompiledModel, runtime: str, handle: str, *, batch_size: int = 32,
+                  precision: str = "fp32", device: str = "auto") -> BatchingEmbedder:
+    """The compiled FP32 model on a runtime and device (simsearch.devices); precision bf16 runs it in
+    BF16 (OpenVINO's CPU plugin only)."""
+    if precision != "fp32" and runtime != "openvino":
+        raise ModelError(f"precision {precision} runs on OpenVINO, not {runtime}")
     match runtime:
         case "onnxruntime":
-            return OnnxRuntimeEmbedder(model, handle, batch_size=batch_size)
+            return OnnxRuntimeEmbedder(model, handle, batch_size=batch_size, device=device)
         case "openvino":
-            return OpenVinoEmbedder(model, handle, batch_size=batch_size)
+            return OpenVinoEmbedder(model, handle, batch_size=batch_size, precision=precision, device=device)
         case _:
             raise ModelError(f"no compiled runtime {runtime!r}")
 

@@ -346,6 +346,7 @@ class Store:
             index_bytes=index_file.stat().st_size if index_file.exists() else 0,
             index_kind=index.kind if index is not None else "flat",
             nlist=ix.nlist, nprobe=ix.nprobe, recall_at_10=ix.recall_at_10,
+            precision_choice=rec.get("precision_choice"),
         )
 
     def failures(self) -> list[Failure]:

@@ -21,6 +21,9 @@ os.environ["SIMSEARCH_CACHE_DIR"] = tempfile.mkdtemp(prefix="simsearch-test-cach
 # and driver; `ray start --head` then refuses to start without a token (it makes none), so this session's
 # clusters get one of their own, in the environment their `ray start` processes and drivers inherit (a fresh
 # machine has no ~/.ray/auth_token, and the user's is not touched): the Ray tests run as users' clusters do.
+# New stores choose their precision by measuring this CPU (`auto`, simsearch.precision): the suite's stores
+# are FP32 unless a test asks otherwise, so that what they assert does not hang on the machine's BF16 units.
+os.environ.setdefault("SIMSEARCH_PRECISION", "fp32")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 

@@ -16,7 +16,7 @@ import click
 
 from .. import __version__
 from ..catalog import parse_when
-from ..config import DEFAULT_MODEL, DEFAULT_RUNTIME, RUNTIMES, Settings
+from ..config import DEFAULT_MODEL, DEFAULT_RUNTIME, DEVICES, RUNTIMES, Settings
 from ..errors import SimsearchError
 from ..paths import display, has_newline, json_text
 from ..results import IndexReport, Progress
@@ -51,6 +51,9 @@ def _store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _runtime_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--device", type=click.Choice(DEVICES),
+                      help="Where the compiled model runs: a GPU when one is present and usable (auto), or "
+                           "insist on gpu or cpu [default: auto]. Env: SIMSEARCH_DEVICE; config: device.")(fn)
     return click.option("--runtime", type=click.Choice(RUNTIMES),
                         help=f"Where the model runs: compiled once for this CPU (onnxruntime, openvino) or "
                              f"TensorFlow itself [default: {DEFAULT_RUNTIME}]. Env: SIMSEARCH_RUNTIME; config: "

@@ -45,8 +45,9 @@ from .common import (
 @click.option("--resize", type=click.Choice(RESIZE_POLICIES),
               help="How photos are fitted to the model's square input [default: the store's, or whole].")
 @click.option("--precision", type=click.Choice(PRECISIONS),
-              help="Model arithmetic, fixed when the store is made: fp32, or int8 calibrated on the folder's "
-                   "own photos (faster on CPUs with VNNI) [default: the store's, or fp32].")
+              help="Model arithmetic, fixed when the store is made: auto (the fastest this CPU runs that "
+                   "keeps the neighbours on a sample of the folder's photos), fp32, bf16 (CPUs with AVX512_BF16 "
+                   "or AMX), or int8 calibrated on the folder's own photos (VNNI) [default: the store's, or auto].")
 @_runtime_option
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
               help="Decode and embed on a Ray cluster: its ADDRESS (host:port), 'auto' (RAY_ADDRESS or the "
@@ -63,7 +64,7 @@ from .common import (
 @click.pass_obj
 def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str | None, db: str | None,
           excludes: tuple[str, ...], include_hidden: bool | None, batch_size: int | None, workers: int | None,
-          fingerprints: bool | None, resize: str | None, precision: str | None, runtime: str | None, ray_address: str | None,
+          fingerprints: bool | None, resize: str | None, precision: str | None, runtime: str | None, device: str | None, ray_address: str | None,
           staging: str | None, shard_size: int | None, actors: int | None, as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
 
@@ -87,7 +88,7 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
     progress, close = _progress_bar(obj["quiet"] or as_json)
     with _ray_off_stdout() if ray else contextlib.nullcontext(), \
             _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
-                  precision=precision, runtime=runtime, fingerprints=fingerprints) as s:
+                  precision=precision, runtime=runtime, device=device, fingerprints=fingerprints) as s:
         try:
             if folder is None:
                 reports = s.update(progress=progress, ray=ray)
@@ -127,7 +128,8 @@ def _ray_off_stdout() -> Iterator[None]:
 @_runtime_option
 @click.option("--debounce", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
               help="Seconds a folder must be quiet before its changes are indexed.")
-def watch(store: str | None, model: str | None, db: str | None, runtime: str | None, debounce: float) -> None:
+def watch(store: str | None, model: str | None, db: str | None, runtime: str | None, device: str | None,
+          debounce: float) -> None:
     """Keep the store up to date: index new, changed, moved and deleted photos in its folders as they happen.
 
     Starts with one incremental pass, so changes made while nothing watched are picked up. A folder
@@ -143,7 +145,7 @@ def watch(store: str | None, model: str | None, db: str | None, runtime: str | N
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with _open(store, model, db, runtime=runtime) as s:
+    with _open(store, model, db, runtime=runtime, device=device) as s:
         if not s.folders():
             raise click.ClickException(f"store {s.root} has no folders to watch: index one with "
                                        f"`simsearch index FOLDER {_hint_args(s, db)}`")

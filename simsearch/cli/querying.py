@@ -48,7 +48,8 @@ def _probe(image: str) -> Any:
 @_output_option
 def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: date | None,
           taken_until: date | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
-          model: str | None, db: str | None, runtime: str | None, output: str | None, as_json: bool) -> None:
+          model: str | None, db: str | None, runtime: str | None, device: str | None, output: str | None,
+          as_json: bool) -> None:
     """Print the photos most similar to IMAGE (a file, an http(s) URL, or - for standard input), or to an
     indexed photo with --id.
 
@@ -67,7 +68,7 @@ def query(image: str | None, image_id: int | None, k: int, folder: str | None, t
     probe = _probe(image) if image is not None else image_id
     where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
                         min_pixels=min_pixels)
-    with _open(store, model, db, runtime=runtime) as s:
+    with _open(store, model, db, runtime=runtime, device=device) as s:
         hits = s.query(probe, k=k, where=where or None)
 
     def text() -> None:

@@ -26,7 +26,7 @@ from .common import _hint_args, _open, _print_report, _runtime_option, _store_op
 @click.option("--allow-private-urls", is_flag=True,
               help="Let searches by URL fetch from loopback, private and link-local addresses (this machine and "
                    "its network); by default only public internet addresses are fetched.")
-def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, host: str, port: int, token: str | None,
+def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, device: str | None, host: str, port: int, token: str | None,
           max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool, allowed_hosts: tuple[str, ...],
           max_upload_pixels: int, insecure_no_token: bool, allow_private_urls: bool) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
@@ -51,7 +51,7 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
                                    f"SIMSEARCH_TOKEN), or pass --insecure-no-token to run without one")
         click.echo(f"warning: serving on {host} without a token: anyone who can reach it may start re-indexing",
                    err=True)
-    s = _open(store, model, db, create=True, runtime=runtime)
+    s = _open(store, model, db, create=True, runtime=runtime, device=device)
     watcher = None
     if watch_folders:
         from ..watch import FolderWatcher

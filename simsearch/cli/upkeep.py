@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,9 +26,25 @@ def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -
         return
     if info["index_kind"] == "flat":  # the IVF settings mean nothing for exact search
         info = {k: v for k, v in info.items() if k not in ("nlist", "nprobe", "recall_at_10")}
+    choice = info.pop("precision_choice", None)
+    if choice:
+        info["precision_choice"] = _choice_line(choice)
     width = max(len(k) for k in info)
     for key, value in info.items():
         click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
+
+
+def _choice_line(choice: dict[str, Any]) -> str:
+    """`--precision auto`'s decision in a line: why, and each trial's figures."""
+    trials = []
+    for t in choice.get("trials", []):
+        figures = [f"{t['images_per_s']} img/s"] if "images_per_s" in t else []
+        if "min_cosine" in t:
+            figures += [f"min cosine {t['min_cosine']}", f"top-10 overlap {t['top10_overlap']}"]
+        if "note" in t and "images_per_s" not in t:
+            figures.append(t["note"])
+        trials.append(f"{t['precision']} {', '.join(figures)}")
+    return f"{choice.get('reason', '')} ({choice.get('sample_photos', 0)} photos: {'; '.join(trials) or 'not measured'})"
 
 
 @main.command()
