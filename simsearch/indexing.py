@@ -68,6 +68,49 @@ class Timings:
 
 
 @dataclass
+class CpuMeter:
+    """Where the run's CPU went, per photo embedded, and how near the run came to what the cores allow:
+    bound = cores / (CPU per photo). Decode CPU is the decode threads' own; the model's is the process's
+    less decoding, less the main thread's other work (classifying, writing), less loading the model, since
+    its runtime's threads cannot be timed one by one. The ratio to the bound is how busy the cores were."""
+
+    decode: float = 0.0
+    photos: int = 0
+    _process: float = field(default_factory=time.process_time)
+    _main: float = field(default_factory=time.thread_time)
+    _wall: float = field(default_factory=time.perf_counter)
+    _in_model: float = 0.0  # main thread CPU inside the model call: the model's
+    _loading: tuple[float, float, float] = (0.0, 0.0, 0.0)  # process CPU, main CPU, wall
+
+    def loaded(self, process: float, main: float, wall: float) -> None:
+        a, b, c = self._loading
+        self._loading = (a + process, b + main, c + wall)
+
+    def embedded(self, photos: int, main_cpu: float) -> None:
+        self.photos += photos
+        self._in_model += main_cpu
+
+    def report(self) -> dict[str, float]:
+        """Milliseconds of CPU per photo by stage, the bound and this run's share of it; {} when nothing
+        was embedded here (a no-change run; a Ray run, whose workers report their own)."""
+        if not self.photos:
+            return {}
+        load_process, load_main, load_wall = self._loading
+        process = time.process_time() - self._process - load_process
+        other = max(0.0, time.thread_time() - self._main - load_main - self._in_model)
+        model = max(0.0, process - self.decode - other)
+        wall = max(1e-9, time.perf_counter() - self._wall - load_wall)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        per_photo = (self.decode + model + other) / self.photos
+        bound = cores / per_photo if per_photo > 0 else 0.0
+        rate = self.photos / wall
+        return {"photos": self.photos, "decode_ms": round(1000 * self.decode / self.photos, 2),
+                "model_ms": round(1000 * model / self.photos, 2), "other_ms": round(1000 * other / self.photos, 2),
+                "cores": cores, "bound_per_s": round(bound, 1), "per_s": round(rate, 1),
+                "of_bound": round(rate / bound, 3) if bound else 0.0}
+
+
+@dataclass
 class Scan:
     tasks: list[Task] = field(default_factory=list)
     seen: int = 0
@@ -145,6 +188,8 @@ class IndexRun:
         self.known: dict[str, int] = {}
         self.missing: dict[str, Entry] = {}
         self.last_save = self.last_write = time.perf_counter()
+        self.cpu = CpuMeter()
+        self.cpu_use: dict[str, float] = {}
 
     def run(self, source: Source) -> IndexReport:
         t = time.perf_counter()
@@ -160,7 +205,9 @@ class IndexRun:
         self._report_progress()
         stats = SourceStats()
         if found.tasks:
+            self.cpu = CpuMeter()
             self._consume(source.items(found.tasks, Classifier(frozenset(self.movable), self.known)))
+            self.cpu_use = self.cpu.report()
             self.collection.checkpoint()
             stats = source.finish()  # every row is committed: a source may drop what it staged
         self.timings.extra |= stats.timings
@@ -172,6 +219,7 @@ class IndexRun:
         s = self.settings
         for item in items:
             self.timings.decode += item.seconds
+            self.cpu.decode += item.cpu_seconds
             self._take(item)
             if len(self.batch) >= s.batch_size:
                 self.embed()
@@ -230,10 +278,13 @@ class IndexRun:
         """The batch's pixels become vectors in the pending rows (items from Ray come with theirs)."""
         todo = [b.pixels for b in self.batch if b.vector is None]
         if todo:
+            t, p, m = time.perf_counter(), time.process_time(), time.thread_time()
             embedder = self.model.embedder  # loads the model on first use, timed apart as model_load
-            t = time.perf_counter()
+            self.cpu.loaded(time.process_time() - p, time.thread_time() - m, time.perf_counter() - t)
+            t, m = time.perf_counter(), time.thread_time()
             embedded = iter(embedder.embed(np.stack(todo)))
             self.timings.embed += time.perf_counter() - t
+            self.cpu.embedded(len(todo), time.thread_time() - m)
         for b in self.batch:
             self.pending.upserts.append((b.fields(), b.vector if b.vector is not None else next(embedded)))
             if b.fingerprint is not None and b.sha256:
@@ -262,5 +313,5 @@ class IndexRun:
         return IndexReport(
             folder=str(self.folder), scanned=scanned, added=c.added, updated=c.updated, moved=c.moved,
             removed=removed, unchanged=c.unchanged, failed=c.failed, seconds=time.perf_counter() - self.started,
-            timings=self.timings.as_dict(), ray=stats.ray,
+            timings=self.timings.as_dict(), ray=stats.ray, cpu=self.cpu_use,
         )

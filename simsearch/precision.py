@@ -7,9 +7,9 @@ on that sample: every vector at cosine >= 0.99 to its FP32 vector, and each phot
 neighbours within the sample at least 95% the same. A candidate must also be at least 1.15x FP32's
 speed to be worth any change at all. What was measured is recorded in the store (`simsearch stats`).
 
-The gate judges ranking, not numbers, so it needs photos that differ: random weights make every photo
-look alike (cosine > 0.99), their neighbour lists are noise, and a low precision fails there, as it
-should. Fewer than MIN_SAMPLE photos cannot be judged either: such a store stays FP32.
+The gate judges fidelity to FP32, rankings above all: with random weights every photo looks alike
+(cosine > 0.99), so the cosine passes at once and the neighbour lists decide. Fewer than MIN_SAMPLE
+photos cannot be judged: such a store stays FP32.
 """
 
 from __future__ import annotations

@@ -181,6 +181,7 @@ class Prepared:
     info: ImageInfo | None = None
     error: str | None = None
     seconds: float = 0.0  # spent reading and decoding it
+    cpu_seconds: float = 0.0  # CPU time of the thread that read and decoded it
     vector: np.ndarray | None = None
     fingerprint: bytes | None = None
 
@@ -209,15 +210,15 @@ class Classifier:
             return Kind.COPY
         return Kind.EMBED
 
-    def item(self, task: Task, decoded: Decoded, seconds: float = 0.0) -> Prepared:
+    def item(self, task: Task, decoded: Decoded, seconds: float = 0.0, cpu: float = 0.0) -> Prepared:
         """A touch or move needs no pixels, so only a file to embed fails for a decode error."""
         if decoded.sha256 is None:
-            return Prepared(task, Kind.FAILED, error=decoded.error, seconds=seconds)
+            return Prepared(task, Kind.FAILED, error=decoded.error, seconds=seconds, cpu_seconds=cpu)
         kind = self.kind(task, decoded.sha256)
         if kind is Kind.EMBED and decoded.error is not None:
-            return Prepared(task, Kind.FAILED, decoded.sha256, error=decoded.error, seconds=seconds)
+            return Prepared(task, Kind.FAILED, decoded.sha256, error=decoded.error, seconds=seconds, cpu_seconds=cpu)
         return Prepared(task, kind, decoded.sha256, decoded.pixels, decoded.info, seconds=seconds,
-                        vector=decoded.vector, fingerprint=decoded.fingerprint)
+                        cpu_seconds=cpu, vector=decoded.vector, fingerprint=decoded.fingerprint)
 
 
 def decode_now(item: Prepared, decoding: Decoding) -> Prepared:
@@ -256,10 +257,10 @@ class LocalSource:
 
     def items(self, tasks: Sequence[Task], classifier: Classifier) -> Iterator[Prepared]:
         def prepare(task: Task) -> Prepared:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             decoded = decode_file(task.path, self.decoding, lambda sha: classifier.kind(task, sha) is Kind.EMBED,
                                   fingerprint=self.fingerprints)
-            return classifier.item(task, decoded, time.perf_counter() - t)
+            return classifier.item(task, decoded, time.perf_counter() - t, time.thread_time() - c)
 
         with ThreadPoolExecutor(self.workers, thread_name_prefix="simsearch-decode") as pool:
             window: deque[Future[Prepared]] = deque()

@@ -52,6 +52,9 @@ class IndexReport(Result):
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode summed over workers)
     ray: dict[str, float] = field(default_factory=dict)  # with --ray: shards run and reused
+    # CPU ms per photo embedded (decode, model, other), the bound cores / CPU per photo and the share of it
+    # this run reached (simsearch.indexing.CpuMeter); {} when nothing was embedded on this machine
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

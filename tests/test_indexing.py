@@ -396,3 +396,38 @@ def test_a_folder_that_cannot_be_listed_is_a_failure_and_its_photos_stay(tmp_pat
         monkeypatch.setattr(os, "scandir", scandir)
         report = fresh.index(tmp_path / "photos")
         assert (report.added, report.failed) == (3, 1)
+
+
+def _spinning(per_image_s: float, *, sleep: bool) -> simsearch.CallableEmbedder:
+    """A model that takes per_image_s a photo, burning CPU in this thread or sleeping (a model that waits)."""
+    import time
+
+    def run(x: np.ndarray) -> np.ndarray:
+        end = time.perf_counter() + per_image_s * len(x)
+        if sleep:
+            time.sleep(per_image_s * len(x))
+        while time.perf_counter() < end:
+            pass
+        return x.reshape(len(x), -1)[:, :8].astype(np.float32) + 1.0
+
+    return simsearch.CallableEmbedder(run, name=f"spin-{sleep}", input_size=(32, 32))
+
+
+def test_the_report_says_where_the_cpu_went_and_how_near_the_bound_the_run_came(
+        tmp_path: Path, folder: Path) -> None:
+    """A model that burns 20 ms of CPU a photo is charged about that; one that sleeps as long is charged
+    nearly nothing, and the run then reaches well under what the cores would allow."""
+    with simsearch.open(tmp_path / "busy", model=_spinning(0.02, sleep=False),
+                        settings=Settings(batch_size=4, workers=2), create=True) as store:
+        busy = store.index(folder).cpu
+        again = store.index(folder).cpu
+    assert busy["photos"] == 12 and 15 <= busy["model_ms"] <= 40 and busy["decode_ms"] > 0
+    per_photo = (busy["decode_ms"] + busy["model_ms"] + busy["other_ms"]) / 1000
+    assert busy["bound_per_s"] == pytest.approx(busy["cores"] / per_photo, rel=0.02)
+    assert 0 < busy["of_bound"] <= 1.2 and again == {}  # nothing embedded the second time
+
+    with simsearch.open(tmp_path / "idle", model=_spinning(0.02, sleep=True),
+                        settings=Settings(batch_size=4, workers=2), create=True) as store:
+        idle = store.index(folder).cpu
+    assert idle["model_ms"] < 10 and idle["per_s"] < 60  # 20 ms of waiting a photo: the cores sit idle
+    assert idle["of_bound"] < 0.5 * busy["of_bound"] + 0.05

@@ -222,3 +222,7 @@ def _print_report(report: IndexReport) -> None:
     click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
                f"in {report.seconds:.1f} s{rate}")
+    if (c := report.cpu) and c["photos"] >= 2:
+        click.echo(f"  CPU per photo: decode {c['decode_ms']:.1f} ms, model {c['model_ms']:.1f} ms, other "
+                   f"{c['other_ms']:.1f} ms; {c['cores']} cores allow {c['bound_per_s']:.1f} images/s, "
+                   f"this run {c['per_s']:.1f} ({c['of_bound']:.2f} of that)")
