@@ -243,6 +243,7 @@ class StoreModel:
         if self.recorded:
             return False
         extra: dict[str, Any] = {}
+        t = time.perf_counter()  # choosing or quantizing counts as loading: the run's rate excludes it
         if self.settings.precision == "auto":
             choice = self._choose(folder)
             extra["precision_choice"] = choice.as_meta()
@@ -255,7 +256,10 @@ class StoreModel:
             if folder is None:
                 raise SimsearchError("an int8 store is created by indexing a folder: its photos calibrate the model")
             extra["int8_sha256"] = self._quantize(folder)
+        preparing = time.perf_counter() - t
         spec = self.embedder.spec
+        if extra:  # a precision was chosen, or the model quantized
+            self.load_seconds += preparing
         s = self.settings
         rec = {**spec.as_meta(), **extra, "resize": s.resize, "preprocessing":
                f"RGB float32 in [0,1]; EXIF-oriented; alpha on white; resize={s.resize}, bilinear"}
