@@ -80,7 +80,7 @@ def hash_pairs(paths: list[str], kind: str, threshold: int = 10) -> set[frozense
 
 def judge(name: str, linked: set[frozenset[str]], truth: dict[frozenset[str], str]) -> dict[str, float]:
     """Recall per transform (original, copy) and precision over every linked pair (same family = true)."""
-    def family(path: str) -> str:  # o0003_crop0.jpg goes with o0003.jpg; a burst frame or other photo is its own
+    def family(path: str) -> str:  # o0003_crop0.jpg goes with o0003.jpg; any other photo is its own
         name = Path(path).stem
         return name.split("_")[0] if name.startswith("o") else name
 
@@ -103,10 +103,11 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         sys.exit(f"Corel-1k not found at {COREL} (../shared beside the checkout)")
     folder = work / "set"
     t = time.perf_counter()
-    ns = make_set(photos, folder, originals=args.originals, bursts=args.bursts, others=args.others, seed=args.seed)
+    ns = make_set(photos, folder, originals=args.originals, bursts=args.bursts, others=args.others, seed=args.seed,
+                  recolour=args.recoloured)
     module = Path(args.module) if args.module else modules.build_tf1_hub_module(work / "inception_v2", modules.inception_v2)
     print(f"set: {args.originals} originals x {len(TRANSFORMS)} transforms, {args.bursts} burst pairs, "
-          f"{args.others} other photos ({time.perf_counter() - t:.0f} s to make, module {module})")
+          f"{args.others} other photos, {args.recoloured} photos beside their centre recoloured ({time.perf_counter() - t:.0f} s to make, module {module})")
     with simsearch.open(work / "store", model=module, create=True) as store:
         t = time.perf_counter()
         r = store.index(folder)
@@ -121,14 +122,16 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         methods[f"imagehash {kind} <= 10"] = hash_pairs(paths, kind)
     truth = {frozenset((o, c)): t for o, c, t in ns.copies}
     bursts = {frozenset(p) for p in ns.bursts}
+    recoloured = {frozenset(p) for p in ns.recoloured}
     print(f"duplicates (verified) took {verified_s:.1f} s for {len(paths)} photos\n")
     rows = {name: judge(name, linked, truth) for name, linked in methods.items()}
     cols = list(TRANSFORMS) + ["recall", "precision", "linked"]
-    print("| method | " + " | ".join(cols) + " | bursts merged |")
-    print("|---" * (len(cols) + 2) + "|")
+    print("| method | " + " | ".join(cols) + " | bursts merged | recoloured merged |")
+    print("|---" * (len(cols) + 3) + "|")
     for name, row in rows.items():
         cells = [f"{row[c]:.2f}" if c != "linked" else str(row[c]) for c in cols]
-        print(f"| {name} | " + " | ".join(cells) + f" | {len(bursts & methods[name])}/{len(bursts)} |")
+        print(f"| {name} | " + " | ".join(cells) + f" | {len(bursts & methods[name])}/{len(bursts)} "
+              f"| {len(recoloured & methods[name])}/{len(recoloured)} |")
 
 
 def _own_hashes(fp: bytes, rng: np.random.Generator) -> bytes:
@@ -230,6 +233,7 @@ def main() -> None:
     ap.add_argument("--originals", type=int, default=100)
     ap.add_argument("--bursts", type=int, default=50)
     ap.add_argument("--others", type=int, default=300)
+    ap.add_argument("--recoloured", type=int, default=50, help="hard negatives: a photo and its centre recoloured")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--module", help="an Inception V2 module folder already built (else built here, ~1 min)")
     ap.add_argument("--scale", type=int, nargs="*", default=[], help="photo counts for the timing rows")

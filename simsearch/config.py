@@ -85,7 +85,7 @@ class Settings:
     runtime: str | None = None  # None: $SIMSEARCH_RUNTIME, else DEFAULT_RUNTIME
     precision: str | None = None  # None or auto: the store's own; for a new store $SIMSEARCH_PRECISION or auto
     device: str | None = None  # auto, cpu or gpu (simsearch.devices); None: $SIMSEARCH_DEVICE, else auto
-    # Duplicate fingerprints' hashes taken from the decode that feeds the model (about 0.5 ms a photo; the
+    # Duplicate fingerprints' hashes taken from the decode that feeds the model (about 0.6 ms a photo; the
     # keypoints wait for `duplicates`). False: all taken by the first `duplicates` run, decoding again.
     fingerprints: bool = True
 

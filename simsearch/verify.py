@@ -4,18 +4,20 @@ The embedding only proposes candidates; whether two photos are copies is decided
 does not depend on the model's calibration:
 
 - perceptual hashes (pHash and dHash, 64 bits each, for the four rotations by 90 degrees) catch resizes,
-  recompression, format changes and colour or brightness edits: the picture as a whole is unchanged;
+  recompression, format changes and colour or brightness edits: the picture as a whole is unchanged,
+  provided the colour thumbnails agree once aligned (grey hashes cannot tell a silver motorbike from a
+  gold one in the same pose; a brightness or contrast edit is normalised away first);
 - local features (OpenCV's ORB, matched with Lowe's ratio test, a similarity transform fitted with RANSAC)
   catch crops, borders, rotations and overlays: one picture lies inside the other. A fitted transform must
   be a rotation by a multiple of 90 degrees, one image must lie wholly inside the other, and the contained
-  image must correlate with the region it maps to (so a burst of the same scene, with the subject moved,
-  or a second photo of the same monument, is not a copy).
+  image must correlate with the region it maps to, in grey and in colour (so a burst of the same scene,
+  with the subject moved, or a second photo of the same monument, is not a copy).
 
 A photo's `Fingerprint` is taken in two parts, each once, stored in the catalog by content hash:
-its hashes and a 48 x 48 grey thumbnail (under 1 ms, about 2.4 KB) from the decode that feeds the model
-at index time; its ORB keypoints (up to 160, about 5 KB; 2 ms more) only when `duplicates` needs them, for
-a photo in a candidate pair that the hashes did not settle, from a fresh decode. Most photos are never in
-such a pair, and none pays for keypoints while it is being indexed.
+its hashes, a 48 x 48 grey thumbnail and a 32 x 32 colour one (under 1 ms, about 5.5 KB) from the decode
+that feeds the model at index time; its ORB keypoints (up to 160, about 5 KB; 2 ms more) only when
+`duplicates` needs them, for a photo in a candidate pair that the hashes did not settle, from a fresh
+decode. Most photos are never in such a pair, and none pays for keypoints while it is being indexed.
 The thresholds were set on real photos (Corel-1k, bench/duplicates.py), not on the embedding.
 """
 
@@ -29,10 +31,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-VERSION = 2  # bumped when a fingerprint's computation changes: older ones are recomputed
+VERSION = 3  # bumped when a fingerprint's computation changes: older ones are recomputed
 SIDE = 256  # fingerprints are taken on the photo fitted within SIDE x SIDE, in grey
 DECODE_SIDE = 224  # decoded with each side at least this (a JPEG at reduced size), whatever the model's input
 THUMB = 48
+COLOUR = 32  # side of the colour thumbnail: the whole-picture verdict is checked on it
 HASH_SIDE = 64  # hashes and the thumbnail come from the grey photo squashed to this square
 NO_KEYPOINTS = 0xFFFF  # keypoint count of a fingerprint whose keypoints are not taken yet
 FEATURES = 160
@@ -43,6 +46,12 @@ _HEADER = struct.Struct("<BHHH")  # version, width, height, keypoints
 PHASH_MAX, DHASH_MAX = 6, 12
 PHASH_LOOSE, THUMB_CORRELATION = 12, 0.95
 PHASH_RECOMPRESSED = 4
+# ... and the colour thumbnails, aligned, each channel brought to zero mean and unit spread (brightness and
+# contrast edits cancel), differ by more than COLOUR_DELTA on at most this share of their pixels: a
+# watermark or JPEG at quality 20 stays under 0.025, the same scene with its main object recoloured or
+# replaced mostly does not (1-3 of 60 corel1k pairs pass, 55-56 did before; tests/test_duplicates.py)
+COLOUR_DELTA, COLOUR_DIFFER_MAX = 0.7, 0.05
+COLOUR_DIFFER_PLACED = 0.07  # the same, for one picture drawn inside the other (a crop's fit is coarser)
 # geometric verification
 MIN_MATCHES, MIN_INLIERS, MIN_INLIER_RATIO = 10, 12, 0.3
 ANGLE_TOLERANCE = 2.0  # degrees from a multiple of 90
@@ -66,6 +75,7 @@ class Fingerprint:
     phash: np.ndarray  # uint8 [4, 8]: the photo rotated by 0, 90, 180 and 270 degrees (counter-clockwise)
     dhash: np.ndarray  # uint8 [4, 8]
     thumb: np.ndarray  # uint8 [THUMB, THUMB], the whole photo squashed
+    colour: np.ndarray  # uint8 [COLOUR, COLOUR, 3], the whole photo squashed, RGB
     points: np.ndarray | None = None  # float32 [n, 2], keypoints in the fingerprint image's pixels
     descriptors: np.ndarray | None = None  # uint8 [n, 32], ORB; None for both: not taken yet
 
@@ -74,7 +84,7 @@ class Fingerprint:
         return self.points is not None and self.descriptors is not None
 
     def to_bytes(self) -> bytes:
-        head = [self.phash.tobytes(), self.dhash.tobytes(), self.thumb.tobytes()]
+        head = [self.phash.tobytes(), self.dhash.tobytes(), self.thumb.tobytes(), self.colour.tobytes()]
         if self.points is None or self.descriptors is None:
             return b"".join([_HEADER.pack(VERSION, self.width, self.height, NO_KEYPOINTS), *head])
         pts = np.round(self.points * 64).astype("<u2")
@@ -89,14 +99,19 @@ class Fingerprint:
         buf = np.frombuffer(data, np.uint8, offset=_HEADER.size)
         taken = n != NO_KEYPOINTS
         n = n if taken else 0
-        cut = np.cumsum([32, 32, THUMB * THUMB, 4 * n, 32 * n])
-        ph, dh, th, pts, desc, rest = np.split(buf, cut)
+        cut = np.cumsum([32, 32, THUMB * THUMB, COLOUR * COLOUR * 3, 4 * n, 32 * n])
+        ph, dh, th, co, pts, desc, rest = np.split(buf, cut)
         if len(rest) or len(desc) != 32 * n:
             raise ValueError(f"fingerprint of {len(data)} bytes does not match its header")
+        parts = (ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB), co.reshape(COLOUR, COLOUR, 3))
         if not taken:
-            return cls(w, h, ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB))
-        return cls(w, h, ph.reshape(4, 8), dh.reshape(4, 8), th.reshape(THUMB, THUMB),
-                   pts.view("<u2").reshape(n, 2).astype(np.float32) / 64, desc.reshape(n, 32))
+            return cls(w, h, *parts)
+        return cls(w, h, *parts, pts.view("<u2").reshape(n, 2).astype(np.float32) / 64, desc.reshape(n, 32))
+
+
+def is_current(data: bytes) -> bool:
+    """Whether a stored fingerprint is of this VERSION (an older one is stale, not damaged: retaken)."""
+    return len(data) >= _HEADER.size and _HEADER.unpack_from(data)[0] == VERSION
 
 
 def phashes(data: bytes) -> bytes:
@@ -144,13 +159,14 @@ def _fitted(width: int, height: int) -> tuple[int, int]:
 def fingerprint(image: Image.Image, *, keypoints: bool = True) -> Fingerprint:
     """The fingerprint of a decoded, upright photo (reduced decodes are fine, down to DECODE_SIDE a side);
     keypoints False: the hashes and thumbnail alone (under 1 ms), what indexing takes."""
+    colour = np.asarray(image.convert("RGB").resize((COLOUR, COLOUR), Image.Resampling.BOX), np.uint8)
     grey = image.convert("L")
     square = grey.resize((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
     phash = _phashes(np.asarray(square.resize((32, 32), Image.Resampling.LANCZOS), np.float64))
     dhash = _dhashes(square)
     thumb = np.asarray(square.resize((THUMB, THUMB), Image.Resampling.BILINEAR), np.uint8)
     if not keypoints:
-        return Fingerprint(*_fitted(*grey.size), phash, dhash, thumb)
+        return Fingerprint(*_fitted(*grey.size), phash, dhash, thumb, colour)
     import cv2
 
     grey.thumbnail((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=3.0)
@@ -164,7 +180,7 @@ def fingerprint(image: Image.Image, *, keypoints: bool = True) -> Fingerprint:
         points, desc = np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
     else:
         points = np.array([kp.pt for kp in found], np.float32).reshape(-1, 2)
-    return Fingerprint(g.shape[1], g.shape[0], phash, dhash, thumb, points, np.asarray(desc, np.uint8))
+    return Fingerprint(g.shape[1], g.shape[0], phash, dhash, thumb, colour, points, np.asarray(desc, np.uint8))
 
 
 @dataclass(frozen=True)
@@ -203,13 +219,25 @@ def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = Non
     return whole_picture(a, b, facts_a, facts_b) or geometric(a, b)
 
 
+def colour_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of pixels where two aligned colour thumbnails (or the same pixels of each, [n, 3]) differ,
+    after each channel of each is brought to zero mean and unit spread (so a brightness or contrast edit is
+    no difference)."""
+    za, zb = (x.astype(np.float32).reshape(-1, 3) for x in (a, b))
+    za = (za - za.mean(0)) / (za.std(0) + 8)  # +8: a flat channel's noise is not stretched
+    zb = (zb - zb.mean(0)) / (zb.std(0) + 8)
+    return float((np.sqrt(((za - zb) ** 2).sum(-1)) > COLOUR_DELTA).mean())
+
+
 def whole_picture(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
                   facts_b: dict[str, Any] | None = None) -> Evidence | None:
     """Evidence from the hashes and thumbnails alone (a resize, recompression, format change, turn by 90
     degrees or colour edit of the whole picture), or None: then only geometric can tell."""
     fa, fb = facts_a or {}, facts_b or {}
     ph, dh, k = hash_distance(a, b)
-    if ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k), b.thumb) >= THUMB_CORRELATION:
+    hashes = ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k),
+                                                                                 b.thumb) >= THUMB_CORRELATION
+    if hashes and colour_difference(np.rot90(a.colour, k), b.colour) <= COLOUR_DIFFER_MAX:
         if k:
             reason = "rotated"
         elif not _same_shape(fa, fb) and fa.get("width") and fb.get("width"):
@@ -257,7 +285,7 @@ def geometric(a: Fingerprint, b: Fingerprint) -> Evidence | None:
     else:
         return None  # overlapping but neither inside the other: another shot of the scene
     corr = _correlation(inner, outer, t)
-    if corr < MIN_CORRELATION:
+    if corr < MIN_CORRELATION or _colour_in_place(inner, outer, t) > COLOUR_DIFFER_PLACED:
         return None
     scale2 = abs(np.linalg.det(t[:2, :2]))  # area of inner, in outer's pixels, per inner pixel
     covered = inner.width * inner.height * scale2 / (outer.width * outer.height)
@@ -294,6 +322,27 @@ def _correlation(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> float
     if valid.sum() < THUMB * THUMB // 8:
         return 0.0
     return _zncc(outer.thumb[valid], drawn[valid])
+
+
+def _colour_in_place(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> float:
+    """colour_difference of outer's colour thumbnail and inner's, drawn where t maps it."""
+    import cv2
+
+    to_px = np.diag([inner.width / COLOUR, inner.height / COLOUR, 1.0])
+    to_thumb = np.diag([COLOUR / outer.width, COLOUR / outer.height, 1.0])
+    m = (to_thumb @ t @ to_px)[:2]
+    shrink = math.sqrt(abs(float(np.linalg.det(m[:, :2]))))
+    src = cv2.GaussianBlur(inner.colour.astype(np.float32), (0, 0), max(0.5 / shrink, 0.5))
+    drawn = cv2.warpAffine(src, m, (COLOUR, COLOUR), flags=cv2.INTER_LINEAR)
+    # a pixel's worth of misfit at the edges and in textures is not a difference: both blurred alike, the
+    # edge of the drawn region left out
+    there = cv2.GaussianBlur(outer.colour.astype(np.float32), (0, 0), 0.5)
+    valid = cv2.warpAffine(np.ones((COLOUR, COLOUR), np.float32), m, (COLOUR, COLOUR), flags=cv2.INTER_LINEAR,
+                           borderValue=0) > 0.99
+    valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    if valid.sum() < COLOUR * COLOUR // 8:
+        return 1.0
+    return colour_difference(there[valid], drawn[valid])
 
 
 def _zncc(x: np.ndarray, y: np.ndarray) -> float:

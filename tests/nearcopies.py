@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,18 @@ def burst(img: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, Imag
     return first, ImageEnhance.Brightness(second).enhance(0.95)
 
 
+def recoloured(img: Image.Image) -> Image.Image:
+    """The same scene with its main object recoloured: the centre's hue turned by a third and its colour
+    strengthened, layout, shapes and background kept (a gold motorbike where a silver one stood). Not a
+    copy: what a catalogue of items shot in one pose looks like to grey hashes."""
+    hsv = np.asarray(img.convert("HSV")).copy()
+    h, w = hsv.shape[:2]
+    centre = (slice(h // 5, 4 * h // 5), slice(w // 4, 3 * w // 4))
+    hsv[centre + (0,)] = (hsv[centre + (0,)].astype(int) + 85) % 256
+    hsv[centre + (1,)] = np.clip(hsv[centre + (1,)].astype(int) + 60, 0, 255)
+    return Image.fromarray(hsv, "HSV").convert("RGB")
+
+
 def save(img: Image.Image, path: Path, options: dict) -> None:
     if path.suffix == ".heic":
         import pillow_heif
@@ -111,15 +123,17 @@ class NearCopies:
     copies: list[tuple[str, str, str]]  # (original, copy, transform), paths
     bursts: list[tuple[str, str]]
     others: list[str]  # photos with no copy, the distractors
+    recoloured: list[tuple[str, str]] = field(default_factory=list)  # (photo, its centre recoloured): not copies
 
 
 def make_set(photos: list[Path], folder: Path, *, originals: int, per_transform: int = 1, bursts: int = 0,
-             others: int = 0, seed: int = 0, transforms: list[str] | None = None) -> NearCopies:
+             others: int = 0, seed: int = 0, transforms: list[str] | None = None, recolour: int = 0) -> NearCopies:
     """originals photos each get per_transform copies of every transform (or those named); bursts
-    further photos give a burst pair each (the photo itself left out); others are copied as they are."""
+    further photos give a burst pair each (the photo itself left out); others are copied as they are;
+    recolour further photos give a pair each, the photo and its centre recoloured (not copies)."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(photos))
-    need = originals + bursts + others
+    need = originals + bursts + others + recolour
     if need > len(photos):
         raise ValueError(f"{need} photos needed, {len(photos)} given")
     chosen = [photos[i] for i in order[:need]]
@@ -143,9 +157,16 @@ def make_set(photos: list[Path], folder: Path, *, originals: int, per_transform:
         save(a, pa, {"quality": 92})
         save(b, pb, {"quality": 92})
         pairs.append((str(pa), str(pb)))
+    hard = []
+    for n, src in enumerate(chosen[originals + bursts + others :]):
+        img = Image.open(src).convert("RGB")
+        pa, pb = folder / f"r{n:04d}_1.jpg", folder / f"r{n:04d}_2.jpg"
+        save(img, pa, {"quality": 92})
+        save(recoloured(img), pb, {"quality": 92})
+        hard.append((str(pa), str(pb)))
     rest = []
-    for n, src in enumerate(chosen[originals + bursts :]):
+    for n, src in enumerate(chosen[originals + bursts : originals + bursts + others]):
         path = folder / f"x{n:04d}.jpg"
         save(Image.open(src).convert("RGB"), path, {"quality": 95})
         rest.append(str(path))
-    return NearCopies(copies, pairs, rest)
+    return NearCopies(copies, pairs, rest, hard)

@@ -147,3 +147,24 @@ def test_a_full_disk_is_one_clear_line_and_reads_go_on(small_disk: Path, tmp_pat
     (small_disk / "filler").unlink()
     r = runner.invoke(main, ["index", str(photos), *store])
     assert r.exit_code == 0 and "54 added" in r.output and "6 unchanged" in r.output, r.output
+
+
+def test_fingerprints_of_an_older_version_are_stale_not_damage(built: Path) -> None:
+    """A fingerprint taken by an older simsearch is retaken by `duplicates` after an upgrade: `check` must not
+    call it damaged; a fingerprint that does not parse is, and --repair drops it."""
+    from simsearch.verify import VERSION
+
+    with simsearch.open(built) as store:
+        stored = dict(store.catalog.iter_fingerprints())
+        assert len(stored) == 40
+        old, bad = sorted(stored)[:2]
+        store.catalog.add_fingerprints({old: bytes([VERSION - 1]) + stored[old][1:-100],
+                                        bad: bytes([VERSION]) + stored[bad][1:-100]})
+    r = CliRunner().invoke(main, ["check", "--store", str(built), "--json"])
+    problems = json.loads(r.stdout)["problems"]
+    assert r.exit_code == 1 and [(p["part"], p["detail"]) for p in problems] == [
+        ("fingerprints", "1 duplicate fingerprints cannot be read")]
+    r = CliRunner().invoke(main, ["check", "--store", str(built), "--repair"])
+    assert r.exit_code == 0 and "(repaired)" in r.output
+    with simsearch.open(built) as store:
+        assert bad not in dict(store.catalog.iter_fingerprints())
