@@ -78,6 +78,12 @@ def hash_pairs(paths: list[str], kind: str, threshold: int = 10) -> set[frozense
     return out
 
 
+# the reason a copy made by each transform of tests/nearcopies.py should carry (among others)
+EXPECTED = {"resize": "resized", "jpeg": "recompressed", "crop": "cropped", "rotate90": "rotated",
+            "border": "bordered", "watermark": "overlaid", "brightness": "colour edited", "reencode": "re-encoded",
+            "screenshot": "resized"}
+
+
 def judge(name: str, linked: set[frozenset[str]], truth: dict[frozenset[str], str]) -> dict[str, float]:
     """Recall per transform (original, copy) and precision over every linked pair (same family = true)."""
     def family(path: str) -> str:  # o0003_crop0.jpg goes with o0003.jpg; any other photo is its own
@@ -115,6 +121,8 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         t = time.perf_counter()
         groups = store.duplicates()
         verified_s = time.perf_counter() - t
+        path_of = {m["id"]: m["path"] for g in groups for m in g.members}
+        reasons = {frozenset((path_of[p["a"]], path_of[p["b"]])): p["reason"] for g in groups for p in g.pairs}
         methods = {"cosine >= 0.95 (old)": old_rule(store, 0.95),
                    "simsearch verified": linked_by_groups([{m["path"] for m in g.members} for g in groups])}
     paths = sorted(str(p) for p in folder.iterdir())
@@ -132,6 +140,13 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         cells = [f"{row[c]:.2f}" if c != "linked" else str(row[c]) for c in cols]
         print(f"| {name} | " + " | ".join(cells) + f" | {len(bursts & methods[name])}/{len(bursts)} "
               f"| {len(recoloured & methods[name])}/{len(recoloured)} |")
+    named: dict[str, list[bool]] = defaultdict(list)
+    for pair, t in truth.items():
+        if pair in reasons:  # a copy verified directly against its original (not only through the group)
+            named[t].append(EXPECTED[t] in reasons[pair].split(" + "))
+    print("\nsimsearch's reason names the transform (of the copies verified against their original):")
+    print("| " + " | ".join(named) + " |\n" + "|---" * len(named) + "|")
+    print("| " + " | ".join(f"{np.mean(v):.2f} ({len(v)})" for v in named.values()) + " |")
 
 
 def _own_hashes(fp: bytes, rng: np.random.Generator) -> bytes:

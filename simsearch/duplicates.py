@@ -162,7 +162,7 @@ class Verifier:
             fa, fb = (self.cache.get(records[x]["sha256"]) for x in pairs[n][:2])
             if fa is None or fb is None or not fa.has_keypoints or not fb.has_keypoints:
                 return None  # gone or changed since it was indexed: the pair cannot be verified now
-            return geometric(fa, fb)
+            return geometric(fa, fb, records[pairs[n][0]], records[pairs[n][1]])
 
         with ThreadPoolExecutor(self.workers) as pool:  # OpenCV's matching and RANSAC release the GIL
             for n, evidence in zip(open_pairs, pool.map(one, open_pairs)):

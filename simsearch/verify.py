@@ -45,13 +45,22 @@ _HEADER = struct.Struct("<BHHH")  # version, width, height, keypoints
 # distance under PHASH_LOOSE and grey thumbnails that correlate (watermarks, strong colour edits)
 PHASH_MAX, DHASH_MAX = 6, 12
 PHASH_LOOSE, THUMB_CORRELATION = 12, 0.95
-PHASH_RECOMPRESSED = 4
 # ... and the colour thumbnails, aligned, each channel brought to zero mean and unit spread (brightness and
 # contrast edits cancel), differ by more than COLOUR_DELTA on at most this share of their pixels: a
 # watermark or JPEG at quality 20 stays under 0.025, the same scene with its main object recoloured or
 # replaced mostly does not (1-3 of 60 corel1k pairs pass, 55-56 did before; tests/test_duplicates.py)
 COLOUR_DELTA, COLOUR_DIFFER_MAX = 0.7, 0.05
 COLOUR_DIFFER_PLACED = 0.07  # the same, for one picture drawn inside the other (a crop's fit is coarser)
+# naming the change: a channel's mean moved by more than this (of 255), or its spread by more than this
+# share, is a colour edit; normalised colour differing on at least OVERLAID_AREA of the pixels (under the
+# copy limit) is something drawn over a small part; what lies outside a contained picture varying less
+# than BORDER_SPREAD (of 255) is a border
+COLOUR_SHIFT, SPREAD_CHANGE, OVERLAID_AREA, BORDER_SPREAD = 6.0, 0.08, 0.006, 12.0
+# resized: the picture's own size changed; recompressed: same size and format, other bytes; re-encoded:
+# another format; rotated by a multiple of 90 degrees (a mirror image is not a copy here); cropped;
+# bordered (a frame or letterbox added); colour edited (brightness, contrast, colour); overlaid (text or a
+# logo over a small part)
+REASONS = ("resized", "recompressed", "re-encoded", "rotated", "cropped", "bordered", "colour edited", "overlaid")
 # geometric verification
 MIN_MATCHES, MIN_INLIERS, MIN_INLIER_RATIO = 10, 12, 0.3
 ANGLE_TOLERANCE = 2.0  # degrees from a multiple of 90
@@ -187,7 +196,8 @@ def fingerprint(image: Image.Image, *, keypoints: bool = True) -> Fingerprint:
 class Evidence:
     """Why two photos are copies: the reason and what was measured."""
 
-    reason: str  # same bytes / resized / recompressed / rotated / cropped / edited
+    # what changed, one or more of REASONS joined by " + " (e.g. "resized + re-encoded"), or "same bytes"
+    reason: str
     hash_distance: int | None = None  # pHash bits that differ, at the best rotation
     inliers: int | None = None  # ORB matches that agree with the fitted transform
     correlation: float | None = None  # of the contained image and its region in the other
@@ -216,7 +226,7 @@ def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = Non
     """Evidence that a and b are the same picture, or None. facts: the photos' catalog rows (width,
     height, format) to name the change; the verdict itself comes from the pixels. Both need keypoints
     unless the whole pictures settle it (see whole_picture and geometric)."""
-    return whole_picture(a, b, facts_a, facts_b) or geometric(a, b)
+    return whole_picture(a, b, facts_a, facts_b) or geometric(a, b, facts_a, facts_b)
 
 
 def colour_difference(a: np.ndarray, b: np.ndarray) -> float:
@@ -229,6 +239,30 @@ def colour_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float((np.sqrt(((za - zb) ** 2).sum(-1)) > COLOUR_DELTA).mean())
 
 
+def _colour_edited(a: np.ndarray, b: np.ndarray, spread: bool) -> bool:
+    """Whether aligned colour pixels ([..., 3]) differ in a channel's mean or (spread) its spread:
+    brightness, contrast, colour balance. A fitted picture's pixels are blurred by the fit: means only."""
+    x, y = a.astype(np.float32).reshape(-1, 3), b.astype(np.float32).reshape(-1, 3)
+    shift = float(np.abs(x.mean(0) - y.mean(0)).max())
+    change = float(np.abs(np.log((x.std(0) + 4) / (y.std(0) + 4))).max()) if spread else 0.0
+    return shift > COLOUR_SHIFT or change > SPREAD_CHANGE
+
+
+def _named(first: list[str], a: np.ndarray, b: np.ndarray, facts_a: dict[str, Any],
+           facts_b: dict[str, Any], fallback: str, *, fitted: bool = False) -> str:
+    """The reason: the geometric change found (first), then the format, colour and overlay changes seen on
+    the aligned colour pixels a and b; fallback when none shows (recompressed)."""
+    found = list(first)
+    fmt_a, fmt_b = facts_a.get("format"), facts_b.get("format")
+    if fmt_a and fmt_b and fmt_a != fmt_b:
+        found.append("re-encoded")
+    if _colour_edited(a, b, spread=not fitted):
+        found.append("colour edited")
+    elif not fitted and colour_difference(a, b) >= OVERLAID_AREA:  # a fit's own misfit would pass for one
+        found.append("overlaid")
+    return " + ".join(found or [fallback])
+
+
 def whole_picture(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
                   facts_b: dict[str, Any] | None = None) -> Evidence | None:
     """Evidence from the hashes and thumbnails alone (a resize, recompression, format change, turn by 90
@@ -237,18 +271,15 @@ def whole_picture(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None
     ph, dh, k = hash_distance(a, b)
     hashes = ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k),
                                                                                  b.thumb) >= THUMB_CORRELATION
-    if hashes and colour_difference(np.rot90(a.colour, k), b.colour) <= COLOUR_DIFFER_MAX:
-        if k:
-            reason = "rotated"
-        elif not _same_shape(fa, fb) and fa.get("width") and fb.get("width"):
-            reason = "resized"
-        else:
-            reason = "recompressed" if ph <= PHASH_RECOMPRESSED else "edited"
-        return Evidence(reason, hash_distance=ph, rotation=90 * k)
+    turned = np.rot90(a.colour, k)
+    if hashes and colour_difference(turned, b.colour) <= COLOUR_DIFFER_MAX:
+        first = ["rotated"] if k else ["resized"] if not _same_shape(fa, fb) and fa.get("width") and fb.get("width") else []
+        return Evidence(_named(first, turned, b.colour, fa, fb, "recompressed"), hash_distance=ph, rotation=90 * k)
     return None
 
 
-def geometric(a: Fingerprint, b: Fingerprint) -> Evidence | None:
+def geometric(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
+              facts_b: dict[str, Any] | None = None) -> Evidence | None:
     """Evidence that one picture lies inside the other (a crop, border, overlay or rotation), from both
     fingerprints' keypoints (ValueError if either has none taken)."""
     import cv2
@@ -285,13 +316,19 @@ def geometric(a: Fingerprint, b: Fingerprint) -> Evidence | None:
     else:
         return None  # overlapping but neither inside the other: another shot of the scene
     corr = _correlation(inner, outer, t)
-    if corr < MIN_CORRELATION or _colour_in_place(inner, outer, t) > COLOUR_DIFFER_PLACED:
+    placed = _placed_colour(inner, outer, t)
+    if corr < MIN_CORRELATION or placed is None or colour_difference(*placed[:2]) > COLOUR_DIFFER_PLACED:
         return None
     scale2 = abs(np.linalg.det(t[:2, :2]))  # area of inner, in outer's pixels, per inner pixel
     covered = inner.width * inner.height * scale2 / (outer.width * outer.height)
     # image y points down, so atan2 above turned clockwise on screen; report counter-clockwise degrees
     rotation = (-90 * quarter) % 360
-    reason = "rotated" if rotation and covered >= CROPPED_BELOW else "cropped" if covered < CROPPED_BELOW else "edited"
+    first = ["rotated"] if rotation else []
+    if covered < CROPPED_BELOW:
+        outside = placed[2]
+        first.append("bordered" if outside is not None and float(outside.std(0).max()) < BORDER_SPREAD else "cropped")
+    inner_facts, outer_facts = (facts_a or {}, facts_b or {}) if inner is a else (facts_b or {}, facts_a or {})
+    reason = _named(first, placed[1], placed[0], inner_facts, outer_facts, "overlaid", fitted=True)
     return Evidence(reason, hash_distance=ph, inliers=inliers, correlation=round(corr, 4), rotation=rotation)
 
 
@@ -324,8 +361,10 @@ def _correlation(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> float
     return _zncc(outer.thumb[valid], drawn[valid])
 
 
-def _colour_in_place(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> float:
-    """colour_difference of outer's colour thumbnail and inner's, drawn where t maps it."""
+def _placed_colour(inner: Fingerprint, outer: Fingerprint,
+                   t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(outer's colour pixels where t draws inner, inner's drawn there, outer's pixels well outside it or
+    None), [n, 3] each; None when too little of inner lands on outer to judge."""
     import cv2
 
     to_px = np.diag([inner.width / COLOUR, inner.height / COLOUR, 1.0])
@@ -339,10 +378,12 @@ def _colour_in_place(inner: Fingerprint, outer: Fingerprint, t: np.ndarray) -> f
     there = cv2.GaussianBlur(outer.colour.astype(np.float32), (0, 0), 0.5)
     valid = cv2.warpAffine(np.ones((COLOUR, COLOUR), np.float32), m, (COLOUR, COLOUR), flags=cv2.INTER_LINEAR,
                            borderValue=0) > 0.99
+    footprint = valid
     valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     if valid.sum() < COLOUR * COLOUR // 8:
-        return 1.0
-    return colour_difference(there[valid], drawn[valid])
+        return None
+    outside = ~cv2.dilate(footprint.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    return there[valid], drawn[valid], outer.colour[outside].astype(np.float32) if outside.sum() >= 8 else None
 
 
 def _zncc(x: np.ndarray, y: np.ndarray) -> float:

@@ -81,7 +81,7 @@ def test_pixels_decide_not_the_embedding(tmp_path: Path) -> None:
     got = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
     assert set(got) == {frozenset({"p0.jpg", "small-p0.jpg"}), frozenset({"p1.jpg", "turned-p1.jpg"}),
                         frozenset({"p2.jpg", "crop-p2.png"})}  # fingerprints do not shrink with the model's input
-    assert [p["reason"] for p in got[frozenset({"p2.jpg", "crop-p2.png"})].pairs] == ["cropped"]
+    assert [p["reason"] for p in got[frozenset({"p2.jpg", "crop-p2.png"})].pairs] == ["cropped + re-encoded"]
     assert [p["reason"] for p in got[frozenset({"p0.jpg", "small-p0.jpg"})].pairs] == ["resized"]
     turned = got[frozenset({"p1.jpg", "turned-p1.jpg"})].pairs[0]
     assert turned["reason"] == "rotated" and turned["rotation"] in (90, 270) and turned["cosine"] == 1.0
@@ -369,7 +369,7 @@ def test_indexing_takes_only_hashes_and_duplicates_takes_keypoints_where_they_de
 
     assert with_keypoints() == set()  # indexing took hashes and thumbnails alone
     first = verdicts()
-    assert first == {("resized", "small-smooth.jpg", "smooth.jpg"), ("cropped", "crop-tiles.png", "tiles.jpg")}
+    assert first == {("resized", "small-smooth.jpg", "smooth.jpg"), ("cropped + re-encoded", "crop-tiles.png", "tiles.jpg")}
     assert with_keypoints() == {"tiles.jpg", "crop-tiles.png"}  # the smooth pair was settled by its hashes
     shutil.move(root, tmp_path / "elsewhere")  # no file to decode any more
     assert verdicts() == first  # the same verdicts, from the stored keypoints
