@@ -29,10 +29,11 @@ def _reason(group: DuplicateGroup, image_id: int) -> str:
 @click.pass_obj
 def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: bool, include_resolved: bool,
                store: str | None, model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
-    """Group copies: same bytes, resized, recompressed, re-encoded, rotated, cropped or edited.
+    """Group copies: same bytes, resized, recompressed, re-encoded, rotated, cropped, bordered, colour edited
+    or overlaid.
 
     Candidates come from the embedding; each pair is verified on the photos themselves (perceptual
-    hashes, then local features) and says why it matched. Each group has an id (for `simsearch
+    hashes, then local features, and colour) and says what changed. Each group has an id (for `simsearch
     resolve`) and names the photo to keep: the largest resolution, then an original format, then the
     oldest. Resolved groups are left out (--all lists them) until a new photo joins one.
     -o paths prints the others, one a line; -o csv and jsonl give one row per photo.
