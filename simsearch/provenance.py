@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -291,23 +292,26 @@ class StoreModel:
         if getattr(fp32, "compiled", None) is None:
             return precisions.Choice("fp32", 0, [], "the model runs on TensorFlow here, not compiled")
         s, rec_fp = self.settings, fp32.spec.fingerprint
-        candidates: dict[str, Any] = {}
+        makers: dict[str, Callable[[], Embedder]] = {}
         if cpu.has_bf16():
-            candidates["bf16"] = lambda: load_embedder(self.handle, runtime="openvino", fingerprint=rec_fp,
-                                                       batch_size=s.batch_size, precision="bf16")
+            makers["bf16"] = lambda: load_embedder(self.handle, runtime="openvino", fingerprint=rec_fp,
+                                                   batch_size=s.batch_size, precision="bf16")
         if cpu.has_int8():
-            candidates["int8"] = lambda: self._int8_candidate(folder)
+            makers["int8"] = lambda: self._int8_candidate(folder)
+        made: dict[str, Embedder] = {"fp32": fp32}  # each candidate built once: the one kept is used as it is
+
+        def keeping(name: str) -> Callable[[], Embedder]:
+            def make() -> Embedder:
+                made[name] = makers[name]()
+                return made[name]
+            return make
+
         sample = self._sample(folder, precisions.SAMPLE_PHOTOS)
         log.info("choosing this store's precision: fp32 against %s on %d photos of %s (once) ...",
-                 ", ".join(candidates) or "nothing faster on this CPU", len(sample), folder)
-        choice = precisions.auto(sample, fp32, candidates)
+                 ", ".join(makers) or "nothing faster on this CPU", len(sample), folder)
+        choice = precisions.auto(sample, fp32, {name: keeping(name) for name in makers})
         chosen = choice.precision
-        if chosen == "bf16":
-            emb = candidates["bf16"]()
-        elif chosen == "int8":
-            emb = open_int8(self.root / INT8_DIR, self.handle, sha256=self._int8_sha256, batch_size=s.batch_size)
-        else:
-            emb = fp32
+        emb = made[chosen]
         if chosen != "int8" and (self.root / INT8_DIR).exists():
             import shutil
 
