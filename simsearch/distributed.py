@@ -114,7 +114,7 @@ def shard_schema(dim: int) -> pa.Schema:
     return pa.schema([
         ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string()),
         ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()), ("taken_at", pa.timestamp("us")),
-        ("error", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
+        ("error", pa.string()), ("decoded_from", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
     ])
 
 
@@ -170,7 +170,7 @@ def _decode_shard(row: dict[str, Any], *, decoding: Decoding) -> dict[str, Any]:
         entry: dict[str, Any] = {"path": path, "size": size, "mtime_ns": mtime, "sha256": d.sha256, "error": d.error}
         if d.pixels is not None and d.info is not None:
             pixels.append(d.pixels)
-            entry.update(width=d.info.width, height=d.info.height, format=d.info.format,
+            entry.update(width=d.info.width, height=d.info.height, format=d.info.format, decoded_from=d.info.decoded_from,
                          taken_at=d.info.taken_at.isoformat() if d.info.taken_at else None)
         meta.append(entry)
     h, w = decoding.input_size
@@ -212,7 +212,7 @@ class _EmbedShards:
                 cols["path"].append(to_catalog(m["path"]))  # Arrow strings are UTF-8: stored as the catalog does
                 for k in ("size", "mtime_ns", "sha256", "error"):
                     cols[k].append(m[k])
-                for k in ("width", "height", "format"):
+                for k in ("width", "height", "format", "decoded_from"):
                     cols[k].append(m.get(k))
                 cols["taken_at"].append(datetime.fromisoformat(m["taken_at"]) if m.get("taken_at") else None)
                 cols["vector"].append(None if m["error"] else next(vectors).tolist())
@@ -402,7 +402,8 @@ class RaySource:
         for i, path in enumerate(map(from_catalog, c["path"])):
             info = None
             if c["error"][i] is None:
-                info = ImageInfo(c["width"][i], c["height"][i], c["format"][i], c["taken_at"][i])
+                info = ImageInfo(c["width"][i], c["height"][i], c["format"][i], c["taken_at"][i],
+                                 (c.get("decoded_from") or [None] * len(c["path"]))[i])
             key = (path, c["size"][i], c["mtime_ns"][i])
             out[key] = ShardRow(path, key[1], key[2], c["sha256"][i], info, c["error"][i],
                                 matrix[i] if has_vector[i] else None)

@@ -27,6 +27,10 @@ from .files import read_bounded
 from .formats import check_decoder, register_decoders
 
 SCALED_DECODE = frozenset({"JPEG", "HEIF"})  # formats whose decoders can give a smaller picture (Image.draft)
+# which picture fed the model, recorded per photo so that a change of decode policy can re-embed just the
+# photos it changes: an embedded thumbnail or preview (HEIC, RAW), a reduced decode (JPEG's DCT scaling, a
+# RAW's half-size demosaic), or the full picture
+DECODED_FROM = ("thumbnail", "scaled", "full")
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
 _DATETIME_ORIGINAL = 0x9003
@@ -50,6 +54,7 @@ class ImageInfo:
     height: int
     format: str | None
     taken_at: datetime | None
+    decoded_from: str | None = None  # one of DECODED_FROM (None: not known, e.g. from an older Ray worker)
 
 
 _KINDS = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -141,8 +146,10 @@ def _open_raw(data: bytes, name: str, draft_to: tuple[int, int]) -> Image.Image:
             if img is not None:
                 taken = _exif(img)[1]
                 img = Image.fromarray(np.asarray(img.convert("RGB")))  # the preview's own EXIF is not the RAW's
+                source = "thumbnail"
             else:
                 img = Image.fromarray(raw.postprocess(half_size=True, user_flip=0, output_bps=8))
+                source = "scaled"
     except (rawpy.LibRawError, OSError, ValueError) as exc:
         raise ImageError(name, f"cannot decode RAW file: {exc}") from exc
     if flip in _RAW_FLIP:
@@ -154,6 +161,7 @@ def _open_raw(data: bytes, name: str, draft_to: tuple[int, int]) -> Image.Image:
         exif[_DATETIME] = taken.strftime("%Y:%m:%d %H:%M:%S")
         img.info["exif"] = exif.tobytes()
     img.info["full_size"] = full
+    img.info["decoded_from"] = source
     img.format = os.path.splitext(name)[1].lstrip(".").upper()
     return img
 
@@ -298,13 +306,15 @@ def _decode(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
+        source = img.info.get("decoded_from") or (
+            "full" if img.size == (w, h) else "thumbnail" if fmt == "HEIF" else "scaled")
         if orientation != 1:
             img = img.transpose(_TRANSPOSE[orientation])
         rgb = _to_rgb(img)
     if orientation >= 5:
         w, h = h, w
     w, h = img.info.get("full_size", (w, h))  # a RAW file's sensor image, not its preview
-    return rgb, ImageInfo(width=w, height=h, format=fmt, taken_at=taken), name
+    return rgb, ImageInfo(width=w, height=h, format=fmt, taken_at=taken, decoded_from=source), name
 
 
 def load_image(

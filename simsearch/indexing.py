@@ -270,7 +270,8 @@ class IndexRun:
             return False
         task, taken = item.task, rec["taken_at"]
         fields = ImageFields(task.path, task.size, task.mtime_ns, item.sha256, rec["width"], rec["height"],
-                             rec["format"], datetime.fromisoformat(taken) if taken else None)
+                             rec["format"], datetime.fromisoformat(taken) if taken else None,
+                             decoded_from=rec["decoded_from"])
         self.pending.upserts.append((fields, vec))
         return True
 

@@ -191,7 +191,7 @@ class Prepared:
         if info is None:
             return ImageFields(t.path, t.size, t.mtime_ns, self.sha256, error=self.error)
         return ImageFields(t.path, t.size, t.mtime_ns, self.sha256, info.width, info.height, info.format,
-                           info.taken_at)
+                           info.taken_at, decoded_from=info.decoded_from)
 
 
 @dataclass(frozen=True)

@@ -69,13 +69,14 @@ class Hit(Result):
     taken_at: str | None = None
     mtime: float | None = None
     sha256: str | None = None
+    decoded_from: str | None = None  # which picture fed the model (simsearch.images.DECODED_FROM)
 
     @classmethod
     def from_record(cls, record: dict[str, Any], score: float) -> Hit:
         """A catalog record (Catalog.records) with its score."""
         return cls(id=record["id"], path=record["path"], score=score, size=record["size"], width=record["width"],
                    height=record["height"], format=record["format"], taken_at=record["taken_at"],
-                   mtime=record["mtime"], sha256=record["sha256"])
+                   mtime=record["mtime"], sha256=record["sha256"], decoded_from=record.get("decoded_from"))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,13 @@ def test_phone_and_camera_photos_index_query_themselves_and_get_thumbnails(tmp_p
             assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
             with Image.open(__import__("io").BytesIO(thumb.content)) as t:
                 assert t.size[0] > t.size[1]  # landscape, as displayed
-        formats = {h.path.rsplit(".", 1)[1]: h.format for h in store.query(paths[3], k=4)}
-    assert formats == {"heic": "HEIF", "avif": "AVIF", "dng": "DNG", "jpg": "JPEG"}
+        hits = store.query(paths[3], k=4)
+    assert {h.path.rsplit(".", 1)[1]: h.format for h in hits} == {"heic": "HEIF", "avif": "AVIF", "dng": "DNG",
+                                                                 "jpg": "JPEG"}
+    # which picture fed the model: a 240x160 JPEG at 1/2 scale for a 64-pixel model, a DNG without a
+    # preview by LibRaw's half-size demosaic, HEIC without a thumbnail and AVIF in full
+    assert {h.path.rsplit(".", 1)[1]: h.decoded_from for h in hits} == {"heic": "full", "avif": "full",
+                                                                       "dng": "scaled", "jpg": "scaled"}
 
 
 def test_a_format_without_its_decoder_is_a_failure_that_names_the_package(
@@ -225,9 +231,10 @@ def test_a_heic_feeds_the_model_from_its_thumbnail_when_that_is_large_enough(tmp
     _, info, rgb = load_photo(with_thumb.read_bytes(), (224, 224), name=str(with_thumb))
     assert rgb.size == (320, 240) and (info.width, info.height) == (1600, 1200)  # the photo's size all the same
     _, full_info, full_rgb = load_photo(without.read_bytes(), (224, 224), name=str(without))
-    assert full_rgb.size == (1600, 1200) and full_info == info
-    big = load_photo(with_thumb.read_bytes(), (300, 300), name=str(with_thumb))[2]  # the thumbnail is too small
-    assert big.size == (1600, 1200)
+    assert full_rgb.size == (1600, 1200) and full_info == replace(info, decoded_from="full")
+    assert info.decoded_from == "thumbnail"  # recorded, so that a later policy can re-embed these photos
+    _, big_info, big = load_photo(with_thumb.read_bytes(), (300, 300), name=str(with_thumb))  # thumbnail too small
+    assert big.size == (1600, 1200) and big_info.decoded_from == "full"
 
 
 def test_a_thumbnail_fed_vector_stays_close_to_the_full_decode_on_a_trained_network(

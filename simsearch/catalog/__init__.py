@@ -18,11 +18,13 @@ from .engine import (
     Database,
     _db_errors,
     _full_disk,
+    _sqlite_file,
     _refuse_a_file_that_is_not_sqlite,
     make_engine,
     read_only_engine,
 )
 from .meta import Meta
+from .migrate import migrate
 from .reads import BrowseKey, ImageFilter, Reads, parse_when
 from .schema import (
     FAILED,
@@ -35,7 +37,6 @@ from .schema import (
     ImageRecord,
     MetaRecord,
     VectorRecord,
-    create_schema,
 )
 from .writes import Changes, Writes, Written
 
@@ -50,7 +51,7 @@ class Catalog(Writes, Reads):
     """Rows, vectors and provenance. Every public method is one transaction, except the iterators
     (iter_vectors), which read one transaction per chunk so that writers are never held up. The jobs
     live apart: the schema (schema.py), the database and its errors (engine.py), meta rows (meta.py),
-    reads and filters (reads.py), writes (writes.py)."""
+    making and upgrading it (migrate.py), reads and filters (reads.py), writes (writes.py)."""
 
     def __init__(self, db: str | Engine, *, new: bool = True) -> None:
         """new: the catalog may be a new one (an empty file is then one being made, not one truncated)."""
@@ -71,4 +72,4 @@ class Catalog(Writes, Reads):
 
     @_db_errors
     def _create(self) -> None:
-        create_schema(self.engine)
+        migrate(self.engine, _sqlite_file(self.engine), self.read_only)

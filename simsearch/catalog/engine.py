@@ -9,6 +9,7 @@ import functools
 import os
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -92,12 +93,26 @@ def make_engine(url: str) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL below may have to wait too
             if url not in ("sqlite://", "sqlite:///:memory:"):
-                cur.execute("PRAGMA journal_mode=WAL")
+                use_wal(dbapi_conn)
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
     return engine
+
+
+def use_wal(dbapi_conn: sqlite3.Connection) -> None:
+    """Switch a SQLite file to WAL. A new file is still in rollback mode while another connection makes
+    the schema in it, and the switch is then refused at once ("database is locked", no busy wait): it is
+    tried again until that transaction ends (as long as busy_timeout would wait)."""
+    for attempt in range(300):
+        try:
+            dbapi_conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 299:
+                raise
+            time.sleep(0.1)
 
 
 SQLITE_HEADER = b"SQLite format 3\0"

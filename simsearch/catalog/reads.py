@@ -111,6 +111,7 @@ def _row_dict(r: ImageRecord) -> dict[str, Any]:
         "indexed_at": r.indexed_at.isoformat() + "Z" if r.indexed_at else None,
         "status": r.status,
         "error": r.error,
+        "decoded_from": r.decoded_from,
     }
 
 

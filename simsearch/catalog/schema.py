@@ -1,5 +1,5 @@
-"""The catalog's tables and the rows as simsearch passes them around; creating them, once, and the
-schema version a catalog must have.
+"""The catalog's tables and the rows as simsearch passes them around, at the schema version this simsearch
+reads (making and upgrading catalogs to it: simsearch.catalog.migrate).
 
 Paths are stored through `_Path`: compared byte-wise, and valid Unicode whatever the file name's bytes
 (simsearch.paths).
@@ -7,8 +7,6 @@ Paths are stored through `_Path`: compared byte-wise, and valid Unicode whatever
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,20 +19,14 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
-    insert,
-    select,
-    text,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-from ..errors import StoreError
 from ..paths import from_catalog, to_catalog
 
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the last revision of migrations/versions; 2: images.decoded_from
 
 
 OK, FAILED = "ok", "failed"
@@ -63,9 +55,6 @@ class _Path(TypeDecorator[str]):
         return None if value is None else from_catalog(value)
 
 
-_PG_CREATE_LOCK = 0x51D5EA  # pg_advisory_xact_lock key: two processes creating one catalog take turns
-
-
 class Base(DeclarativeBase):
     pass
 
@@ -87,6 +76,7 @@ class ImageRecord(Base):
     indexed_at: Mapped[datetime] = mapped_column(DateTime)
     status: Mapped[str] = mapped_column(String(8), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    decoded_from: Mapped[str | None] = mapped_column(String(16))  # DECODED_FROM; NULL: indexed before schema 2
 
 
 class VectorRecord(Base):
@@ -144,33 +134,4 @@ class ImageFields:
     format: str | None = None
     taken_at: datetime | None = None
     error: str | None = None
-
-
-def create_schema(engine: Engine) -> None:
-    """Tables and the first meta rows, once. Two processes making the same new store at the same moment
-    (SQLite has no lock for CREATE TABLE IF NOT EXISTS across connections): the loser retries and finds
-    what the winner made."""
-    for attempt in range(8):
-        try:
-            return _create_once(engine)
-        except (OperationalError, IntegrityError) as exc:
-            text = str(exc)
-            # SQLite's deferred transactions may be refused a write lock at once (no busy wait) after a
-            # concurrent writer committed: "database is locked"; retrying reads what that writer made
-            if attempt == 7 or not any(m in text for m in ("already exists", "UNIQUE", "duplicate key", "locked")):
-                raise
-            time.sleep(0.05 * (attempt + 1))
-
-
-def _create_once(engine: Engine) -> None:
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CREATE_LOCK})
-        Base.metadata.create_all(conn)
-        value = conn.scalar(select(MetaRecord.value).where(MetaRecord.key == "schema_version"))
-        if value is None:
-            conn.execute(insert(MetaRecord), [{"key": "schema_version", "value": json.dumps(SCHEMA_VERSION)},
-                                              {"key": "vectors_version", "value": "0"}])
-    found = None if value is None else json.loads(value)
-    if found is not None and found != SCHEMA_VERSION:
-        raise StoreError(f"catalog schema version {found} is not supported (this simsearch reads {SCHEMA_VERSION})")
+    decoded_from: str | None = None  # which picture fed the model: simsearch.images.DECODED_FROM

@@ -91,7 +91,8 @@ def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None
     def values(facts: ImageFields, vec: np.ndarray | None) -> dict[str, Any]:
         return {"size": facts.size, "mtime_ns": facts.mtime_ns, "sha256": facts.sha256, "width": facts.width,
                 "height": facts.height, "format": facts.format, "taken_at": facts.taken_at, "indexed_at": now,
-                "status": OK if vec is not None else FAILED, "error": None if vec is not None else facts.error}
+                "status": OK if vec is not None else FAILED, "error": None if vec is not None else facts.error,
+                "decoded_from": facts.decoded_from if vec is not None else None}
 
     old = [p for p in paths if p in existing]
     if old:
