@@ -60,6 +60,7 @@ FETCH_SLOTS = 4  # URLs fetched at once; the next waits a second, then 503
 URL_FAILED = ("no image could be fetched from that URL: it did not answer in time, the connection failed, or "
               "what came back is not an image within the limits")
 MAX_ID = 2**63 - 1  # the largest id the catalog can hold
+MAX_EXAMPLES = 32  # example photos in one query, positive or negative
 RENDITION_SLOTS = os.cpu_count() or 2  # thumbnails and previews decoded at once
 THUMBNAIL_SIZE = 256
 PREVIEW_SIZE = 1600  # the large view: sharp on a laptop, a few hundred kB
@@ -346,9 +347,15 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
             slots.release()
 
     @app.get("/api/query")
-    def query_id(id: int = Query(ge=1, le=MAX_ID), k: int = Query(10, ge=1, le=1000),
-                 f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
-        return _hits(store.query(id, k=k, where=f))
+    def query_id(id: list[int] = Query(min_length=1, max_length=MAX_EXAMPLES,
+                                       description="Indexed photos as examples (repeat: photos like all of them)"),
+                 not_: list[int] = Query([], alias="not", max_length=MAX_EXAMPLES,
+                                         description="Indexed photos of what is not wanted"),
+                 k: int = Query(10, ge=1, le=1000), f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
+        for i in (*id, *not_):
+            if not 1 <= i <= MAX_ID:
+                raise QueryError(f"id {i} is not an image id (1 to {MAX_ID})")
+        return _hits(store.query(id[0] if len(id) == 1 else id, k=k, negative=not_, where=f))
 
     fetches = threading.BoundedSemaphore(FETCH_SLOTS)  # apart from the model's slots: uploads never wait on them
 

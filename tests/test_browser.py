@@ -113,6 +113,22 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         expect(hits).to_have_count(20)
         expect(page.locator("#status")).to_contain_text("photos like")
 
+        # refine it: a second example, then a photo of what is not wanted; the page shows what the API answers
+        first = re.search(r"like=(\d+)", page.url).group(1)
+        hits.nth(4).locator(".add").click()
+        expect(page.locator("#status")).to_contain_text("and 1 more example", timeout=30_000)
+        second = re.search(r"like=\d+(?:%2C|,)(\d+)", page.url).group(1)
+        both = page.request.get(f"{server}/api/query?id={first}&id={second}&k=20").json()
+        expect(hits.locator(".path")).to_have_text([h["path"] for h in both])
+        unwanted = hits.nth(2).locator(".path").inner_text()
+        hits.nth(2).locator(".less").click()
+        expect(page.locator("#status")).to_contain_text("less like 1 photo", timeout=30_000)
+        not_id = next(h["id"] for h in both if h["path"] == unwanted)
+        pushed = page.request.get(f"{server}/api/query?id={first}&id={second}&not={not_id}&k=20").json()
+        expect(hits.locator(".path")).to_have_text([h["path"] for h in pushed])
+        page.go_back()  # each refinement is an address of its own
+        expect(page.locator("#status")).not_to_contain_text("less like", timeout=30_000)
+
 
 def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: str, request: pytest.FixtureRequest) -> None:
     from playwright.sync_api import expect

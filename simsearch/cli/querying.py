@@ -24,18 +24,27 @@ from .common import (
 )
 
 
-def _probe(image: str) -> Any:
+def _probe(image: str, hint: str = "IMAGE") -> Any:
     """A path, an http(s) URL (fetched by the store) or - for standard input."""
     if image == "-":
         return read_stdin(click.get_binary_stream("stdin"))
     if not is_url(image) and not os.path.exists(image):
-        raise click.BadParameter(f"file {image!r} does not exist", param_hint="IMAGE")
+        raise click.BadParameter(f"file {image!r} does not exist", param_hint=hint)
     return image
 
 
+def _examples(images: tuple[str, ...], ids: tuple[int, ...], hint: str) -> list[Any]:
+    if list(images).count("-") > 1:
+        raise click.BadParameter("standard input (-) can be read once", param_hint=hint)
+    return [_probe(i, hint) for i in images] + list(ids)
+
+
 @main.command()
-@click.argument("image", required=False, type=click.Path(dir_okay=False, allow_dash=True))
-@click.option("--id", "image_id", type=int, help="Query by the id of an indexed image instead of a file.")
+@click.argument("images", nargs=-1, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--id", "image_ids", type=int, multiple=True, help="An indexed photo's id as an example (repeatable).")
+@click.option("--not", "not_images", multiple=True, type=click.Path(dir_okay=False, allow_dash=True), metavar="IMAGE",
+              help="A photo of what you do not want: its look-alikes move down (repeatable).")
+@click.option("--not-id", "not_ids", type=int, multiple=True, help="An indexed photo's id as a --not example (repeatable).")
 @click.option("-k", "--top", "k", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many neighbours to return.")
 @click.option("--folder", type=click.Path(file_okay=False), help="Only photos under this folder.")
@@ -46,12 +55,14 @@ def _probe(image: str) -> Any:
 @_store_options
 @_runtime_option
 @_output_option
-def query(image: str | None, image_id: int | None, k: int, folder: str | None, taken_from: date | None,
+def query(images: tuple[str, ...], image_ids: tuple[int, ...], not_images: tuple[str, ...], not_ids: tuple[int, ...],
+          k: int, folder: str | None, taken_from: date | None,
           taken_until: date | None, formats: tuple[str, ...], min_pixels: int | None, store: str | None,
           model: str | None, db: str | None, runtime: str | None, device: str | None, output: str | None,
           as_json: bool) -> None:
-    """Print the photos most similar to IMAGE (a file, an http(s) URL, or - for standard input), or to an
-    indexed photo with --id.
+    """Print the photos most similar to IMAGES (files, http(s) URLs, or - for standard input) and indexed
+    photos given by --id. Several examples find photos like all of them (their mean vector); --not
+    examples push their look-alikes down.
 
     Filters narrow the candidates first, so the k shown are the true top k among matching photos.
 
@@ -60,16 +71,21 @@ def query(image: str | None, image_id: int | None, k: int, folder: str | None, t
       simsearch query https://example.com/cat.jpg -o paths | xargs open
       simsearch query - < probe.jpg
       simsearch query --id 42 --json
+      simsearch query beach1.jpg beach2.jpg --not crowd.jpg
       simsearch query probe.jpg --folder ~/Pictures/2023 --taken-from 2023-06-01 --format JPEG
     """
-    if (image is None) == (image_id is None):
-        raise click.UsageError("give either IMAGE or --id")
+    if not images and not image_ids:
+        raise click.UsageError("give at least one IMAGE or --id (--not alone says only what to push down)")
     out = _output(output, as_json)
-    probe = _probe(image) if image is not None else image_id
+    if "-" in images and "-" in not_images:
+        raise click.BadParameter("standard input (-) can be read once", param_hint="--not")
+    positives = _examples(images, image_ids, "IMAGE")
+    negatives = _examples(not_images, not_ids, "--not")
+    probe = positives[0] if len(positives) == 1 else positives
     where = ImageFilter(folder=folder, taken_from=taken_from, taken_until=taken_until, formats=formats,
                         min_pixels=min_pixels)
     with _open(store, model, db, runtime=runtime, device=device) as s:
-        hits = s.query(probe, k=k, where=where or None)
+        hits = s.query(probe, k=k, negative=negatives, where=where or None)
 
     def text() -> None:
         for h in hits:
