@@ -25,11 +25,12 @@ from .config import DEFAULT_MAX_FILE_BYTES, DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from .errors import ImageError
 from .files import read_bounded
 from .formats import check_decoder, register_decoders
+from .webp import scaled_decode
 
 SCALED_DECODE = frozenset({"JPEG", "HEIF"})  # formats whose decoders can give a smaller picture (Image.draft)
 # which picture fed the model, recorded per photo so that a change of decode policy can re-embed just the
-# photos it changes: an embedded thumbnail or preview (HEIC, RAW), a reduced decode (JPEG's DCT scaling, a
-# RAW's half-size demosaic), or the full picture
+# photos it changes: an embedded thumbnail or preview (HEIC, RAW), a reduced decode (JPEG's DCT scaling,
+# libwebp's scaling, a RAW's half-size demosaic), or the full picture
 DECODED_FROM = ("thumbnail", "scaled", "full")
 _ORIENTATION_TAG = 0x0112
 _EXIF_IFD = 0x8769
@@ -278,6 +279,15 @@ def _decode_errors(name: str | None) -> Iterator[None]:
         raise ImageError(name, f"cannot decode image: {text}") from exc
 
 
+def _file_bytes(img: Image.Image) -> bytes:
+    """The bytes of the file an image was opened from (Pillow keeps it open until the image is loaded)."""
+    fp = img.fp
+    if isinstance(fp, io.BytesIO):
+        return fp.getvalue()
+    fp.seek(0)
+    return fp.read()
+
+
 def _decode(
     source: str | Path | bytes | BinaryIO | Image.Image, draft_to: tuple[int, int], max_pixels: int, name: str | None = None
 ) -> tuple[Image.Image, ImageInfo, str | None]:
@@ -303,6 +313,9 @@ def _decode(
             # domain by 1/2, 1/4 or 1/8; a HEIC's embedded thumbnail (phones write 320x240), if it is a
             # scaled copy of the photo that large (pillow-heif checks), else the full decode
             img.draft("RGB", draft_to if orientation < 5 else (draft_to[1], draft_to[0]))
+        elif fmt == "WEBP" and getattr(img, "n_frames", 1) == 1:  # libwebp scales as it decodes (simsearch.webp)
+            small = scaled_decode(_file_bytes(img), draft_to if orientation < 5 else (draft_to[1], draft_to[0]))
+            img = small if small is not None else img
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()

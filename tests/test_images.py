@@ -307,3 +307,52 @@ def test_a_file_too_large_to_hold_twice_is_hashed_and_decoded_from_the_file(tmp_
     assert results["streamed-peak"] < big.stat().st_size / 2  # ... and here only a few chunks of them
     skipped = decode_file(str(big), streamed, lambda sha: False)  # content known: hashed, never decoded
     assert skipped.sha256 == a.sha256 and skipped.pixels is None
+
+
+def test_libwebp_is_there_to_scale_webp_decodes() -> None:
+    """Pillow's wheel carries libwebp; where it is missing every WebP would silently cost 3x the CPU."""
+    from simsearch import webp
+
+    assert webp.library() is not None
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_a_large_webp_is_decoded_at_reduced_size_by_libwebp_and_upright(tmp_path: Path, orientation: int) -> None:
+    """The same check as JPEG's: a 2400x1600 photo stored turned, tagged to display upright."""
+    upright = np.zeros((1600, 2400, 3), np.uint8)
+    upright[:800, :1200] = (230, 20, 20)
+    upright[:800, 1200:] = (20, 230, 20)
+    upright[800:, :] = (20, 20, 230)
+    how = _DISPLAY.get(orientation)
+    inverse = {Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270, Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90}
+    stored = Image.fromarray(upright).transpose(inverse[how]) if how else Image.fromarray(upright)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "turned.webp", exif=exif.tobytes(), quality=90)
+    from simsearch.images import load_photo
+
+    arr, info, rgb = load_photo(tmp_path / "turned.webp", (224, 224))
+    assert info.decoded_from == "scaled" and rgb.size == (336, 224)  # the smallest with both sides >= 224
+    assert (info.width, info.height, info.format) == (2400, 1600, "WEBP")
+    want = np.asarray(Image.fromarray(upright).resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+    assert np.abs(arr.astype(np.float32) - want).mean() < 8
+
+
+def test_webp_with_alpha_small_or_animated_decodes_as_before(tmp_path: Path) -> None:
+    from simsearch.images import load_photo
+
+    rgba = np.zeros((800, 1200, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 600:, 3] = 255  # left half transparent: white once composited
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.webp", lossless=True)
+    arr, info, _ = load_photo(tmp_path / "alpha.webp", (224, 224))
+    assert info.decoded_from == "scaled"
+    assert arr[:, :100].min() > 245 and np.abs(arr[:, 130:].astype(int) - (200, 0, 0)).max() < 4
+
+    photo(tmp_path / "small.webp", seed=1)  # 160x120: no smaller picture to ask for
+    assert load_photo(tmp_path / "small.webp", (224, 224))[1].decoded_from == "full"
+
+    frames = [Image.new("RGB", (800, 600), c) for c in ((250, 0, 0), (0, 0, 250))]
+    frames[0].save(tmp_path / "anim.webp", save_all=True, append_images=frames[1:], duration=100)
+    arr, info, _ = load_photo(tmp_path / "anim.webp", (224, 224))
+    assert info.decoded_from == "full" and arr[..., 0].mean() > 240  # Pillow's first frame, as for GIFs
