@@ -95,6 +95,35 @@ def supported_formats() -> list[Format]:
             for ext in sorted(PHOTO_EXTENSIONS) if (fam := family_of(ext)) is not None]
 
 
+@functools.cache
+def _format_names() -> dict[str, str]:
+    """What a user may type for a format (an extension or the name itself, lower case) -> the name the
+    catalog records: Pillow's (JPEG, PNG, WEBP, ...), HEIF, AVIF, and a RAW file's extension (DNG, CR2)."""
+    register_decoders()
+    Image.init()
+    pillow = Image.registered_extensions()
+    names: dict[str, str] = {}
+    for ext in sorted(PHOTO_EXTENSIONS):
+        family = family_of(ext)
+        name = {"raw": ext[1:].upper(), "heif": "HEIF", "avif": "AVIF"}.get(family or "") or pillow.get(ext)
+        if name:
+            names[ext[1:]] = name
+            names.setdefault(name.lower(), name)
+    return names
+
+
+def catalog_format(typed: str) -> str:
+    """The format name the catalog records for what a user typed, any case: an extension (jpg, .HEIC, cr2)
+    or a format name (JPEG, heif). ValueError naming the known ones otherwise."""
+    key = typed.strip().lower().lstrip(".")
+    names = _format_names()
+    if key in names:
+        return names[key]
+    known = sorted(set(names.values()))
+    raise ValueError(f"unknown format {typed!r}: give a format name ({', '.join(known)}) or a file extension "
+                     f"(jpg, heic, cr2, ...; `simsearch formats` lists them), in any case")
+
+
 def check_decoder(name: str | None) -> str | None:
     """The photo's format family by its extension (None: not told by its name), or the failure a photo
     gets when no installed decoder opens its format."""

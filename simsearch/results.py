@@ -155,6 +155,8 @@ class StoreStats(Result):
     recall_at_10: float | None = None
     # how `--precision auto` chose, when it did: the trials measured on the folder's photos (simsearch.precision)
     precision_choice: dict[str, Any] | None = None
+    # what each folder's scans leave out, as its last `index` chose: {"exclude": [globs], "include_hidden": bool}
+    folder_options: dict[str, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,8 @@ class Store:
         folder = Path(store).expanduser() if store is not None else default_store_dir()
         # what this open made, so that a first run that fails before anything is written leaves no store behind
         self._made = (not folder.exists(), db is None and not (folder / CATALOG_FILE).exists())
+        if db is not None and not create:
+            Catalog.require(db)  # before the folder is made: a mistyped --db makes nothing
         self.root = _store_folder(folder, create=create, has_db=db is not None)
         # a store that already has an index file, or is opened to read, cannot have a new catalog
         self.catalog = Catalog(db if db is not None else f"sqlite:///{self.root / CATALOG_FILE}",
@@ -373,6 +375,7 @@ class Store:
             index_kind=index.kind if index is not None else "flat",
             nlist=ix.nlist, nprobe=ix.nprobe, recall_at_10=ix.recall_at_10,
             precision_choice=rec.get("precision_choice"),
+            folder_options={f: self.scan_options(f).to_meta() for f in self.folders()},
         )
 
     def failures(self) -> list[Failure]:

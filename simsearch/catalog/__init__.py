@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
-from ..errors import StoreError
+from ..errors import NotFoundError, StoreError
 from .engine import (
     FULL_BELOW,
     SQLITE_HEADER,
@@ -69,6 +70,27 @@ class Catalog(Writes, Reads):
             self.engine.dispose()
             self.engine, self.read_only = read_only_engine(name), True  # reads go on; writes say the disk is full
             self._create()
+
+    @staticmethod
+    @_db_errors
+    def require(db: str | Engine) -> None:
+        """NotFoundError unless db already holds a catalog; creates nothing (not even a SQLite file): a
+        mistyped --db must not become a new, empty catalog."""
+        engine = make_engine(db) if isinstance(db, str) else db
+        name = engine.url.render_as_string(hide_password=True)
+        try:
+            file = _sqlite_file(engine)
+            if file is not None and not os.path.isfile(file):
+                raise NotFoundError(f"no catalog at {name}: the file does not exist (`simsearch index FOLDER "
+                                    f"--db URL` makes one)")
+            if file is not None or engine.dialect.name != "sqlite":  # an in-memory SQLite is always new
+                with engine.connect() as conn:
+                    if not inspect(conn).has_table("meta"):
+                        raise NotFoundError(f"no catalog in {name}: the database holds no simsearch tables "
+                                            f"(`simsearch index FOLDER --db URL` makes them)")
+        finally:
+            if isinstance(db, str):
+                engine.dispose()
 
     @_db_errors
     def _create(self) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from sqlalchemy import BigInteger, cast, func, or_, select
 
+from ..errors import QueryError
+from ..formats import catalog_format
 from .engine import Database, _db_errors, _rows_in
 from .schema import FAILED, OK, Entry, FingerprintRecord, ImageRecord, VectorRecord, _VECTORS
 
@@ -26,8 +28,15 @@ class ImageFilter:
     # keeps a photo taken that evening. Photos without a date taken never match a date.
     taken_from: date | None = None
     taken_until: date | None = None
-    formats: tuple[str, ...] = ()  # Pillow format names, any case: JPEG, PNG, WEBP, ...
+    formats: tuple[str, ...] = ()  # format names or extensions, any case: JPEG, jpg, HEIF, heic, CR2, ...
     min_pixels: int | None = None  # width * height
+
+    def __post_init__(self) -> None:
+        """Formats as the catalog records them (formats.catalog_format); an unknown one is a QueryError."""
+        try:
+            object.__setattr__(self, "formats", tuple(dict.fromkeys(catalog_format(f) for f in self.formats)))
+        except ValueError as exc:
+            raise QueryError(str(exc)) from exc
 
     def __bool__(self) -> bool:
         return any(v not in (None, ()) for v in (self.folder, self.taken_from, self.taken_until, self.formats,

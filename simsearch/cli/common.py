@@ -18,6 +18,7 @@ from .. import __version__
 from ..catalog import parse_when
 from ..config import DEFAULT_MODEL, DEFAULT_RUNTIME, DEVICES, RUNTIMES, Settings
 from ..errors import SimsearchError
+from ..formats import catalog_format
 from ..paths import display, has_newline, json_text
 from ..results import IndexReport, Progress
 from ..store import Store
@@ -118,7 +119,8 @@ def _hint_args(s: Store, db: str | None) -> str:
 
 
 def _open(store: str | None, model: str | None, db: str | None, create: bool = False, **settings: Any) -> Store:
-    """Only `index` (and `serve`, for a new container) creates a store; the others say so when there is none."""
+    """Only `index` (and `serve --create`, for a new container) creates a store; the others say so when
+    there is none."""
     return Store(store, model=model, db=db, create=create,
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
 
@@ -138,6 +140,21 @@ class _When(click.ParamType):
 
 
 _WHEN = _When()
+
+
+class _Format(click.ParamType):
+    """A format name or an extension, any case (JPEG, jpg, HEIF, heic, CR2): the name the catalog records."""
+
+    name = "format"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return catalog_format(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_FORMAT = _Format()
 
 
 class _EchoHandler(logging.Handler):

@@ -4,8 +4,10 @@ and the failures they recorded."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -163,14 +165,40 @@ def watch(store: str | None, model: str | None, db: str | None, runtime: str | N
 def remove(paths: tuple[str, ...], store: str | None, model: str | None, db: str | None, as_json: bool) -> None:
     """Forget PATHS (files, or everything under folders); the files themselves are not touched.
 
-    A later `simsearch index` of their folder adds them again if they are still there.
+    A later `simsearch index` of their folder adds them again if they are still there: the command says
+    so, and which --exclude keeps them out.
     """
     with _open(store, model, db) as s:
         removed = s.remove(paths)
+        back = _indexed_again(s, paths)
     if as_json:
-        _print_json({"removed": removed})
-    else:
-        click.echo(f"removed {removed} images")
+        _print_json({"removed": removed, "indexed_again_by": back})
+        return
+    click.echo(f"removed {removed} images")
+    for b in back:
+        excludes = " ".join(f"--exclude {shlex.quote(g)}" for g in b["exclude"])
+        click.echo(f"note: {b['path']} is inside {b['folder']}, which this store indexes: the next `simsearch "
+                   f"index` of it adds them again. To keep them out: simsearch index {shlex.quote(b['folder'])} "
+                   f"{excludes}", err=True)
+
+
+def _indexed_again(s: Any, paths: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The removed paths that a later index of one of the store's folders would add again (inside it, not
+    left out by its remembered excludes), with the excludes that would keep each out."""
+    out = []
+    for p in paths:
+        path = Path(p).expanduser().resolve()
+        for folder in s.folders():
+            try:
+                rel = path.relative_to(folder).as_posix()
+            except ValueError:
+                continue
+            options = s.scan_options(folder)
+            if rel == "." or not (options.keeps_dir(rel, path.name) if path.is_dir() else
+                                  options.keeps_file(rel, path.name)):
+                continue  # the folder itself, or already left out
+            out.append({"path": str(path), "folder": folder, "exclude": [*options.exclude, rel]})
+    return out
 
 
 @main.command()

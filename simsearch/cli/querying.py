@@ -11,6 +11,7 @@ import click
 from ..catalog import ImageFilter
 from ..probes import is_url, read_stdin
 from .common import (
+    _FORMAT,
     _WHEN,
     _emit,
     _json_option,
@@ -50,7 +51,8 @@ def _examples(images: tuple[str, ...], ids: tuple[int, ...], hint: str) -> list[
 @click.option("--folder", type=click.Path(file_okay=False), help="Only photos under this folder.")
 @click.option("--taken-from", type=_WHEN, help="Only photos taken on or after this date (EXIF).")
 @click.option("--taken-until", type=_WHEN, help="Only photos taken on or before this date (EXIF; a date is the whole day).")
-@click.option("--format", "formats", multiple=True, metavar="FORMAT", help="Only this format, e.g. JPEG (repeatable).")
+@click.option("--format", "formats", multiple=True, type=_FORMAT,
+              help="Only this format: a name or an extension, any case, e.g. JPEG, jpg, heic (repeatable).")
 @click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
 @_store_options
 @_runtime_option

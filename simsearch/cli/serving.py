@@ -23,15 +23,18 @@ from .common import _hint_args, _open, _print_report, _runtime_option, _store_op
               help="Uploaded photos larger than this many pixels are refused (indexing allows more).")
 @click.option("--insecure-no-token", is_flag=True,
               help="Allow a --host other than loopback without a token: anyone who can reach it may re-index.")
+@click.option("--create", is_flag=True,
+              help="Serve an empty new store if there is none yet (a new container); without it a store that "
+                   "does not exist (a mistyped --store or --db) is an error, never a new empty one.")
 @click.option("--allow-private-urls", is_flag=True,
               help="Let searches by URL fetch from loopback, private and link-local addresses (this machine and "
                    "its network); by default only public internet addresses are fetched.")
 def serve(store: str | None, model: str | None, db: str | None, runtime: str | None, device: str | None, host: str, port: int, token: str | None,
           max_upload_mb: int, cors_origins: tuple[str, ...], watch_folders: bool, allowed_hosts: tuple[str, ...],
-          max_upload_pixels: int, insecure_no_token: bool, allow_private_urls: bool) -> None:
+          max_upload_pixels: int, insecure_no_token: bool, create: bool, allow_private_urls: bool) -> None:
     """Serve the web page and HTTP API (OpenAPI docs at /docs).
 
-    An empty (new) store is served too: the page says how to index a folder.
+    With --create, a new empty store is served too: the page says how to index a folder.
 
     \b
       simsearch serve --store data/photos
@@ -51,7 +54,7 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
                                    f"SIMSEARCH_TOKEN), or pass --insecure-no-token to run without one")
         click.echo(f"warning: serving on {host} without a token: anyone who can reach it may start re-indexing",
                    err=True)
-    s = _open(store, model, db, create=True, runtime=runtime, device=device)
+    s = _open(store, model, db, create=create, runtime=runtime, device=device)
     watcher = None
     if watch_folders:
         from ..watch import FolderWatcher

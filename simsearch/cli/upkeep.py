@@ -29,9 +29,19 @@ def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -
     choice = info.pop("precision_choice", None)
     if choice:
         info["precision_choice"] = _choice_line(choice)
+    options = info.pop("folder_options", None) or {}
+    info["folders"] = ", ".join(f + _left_out(options.get(f) or {}) for f in info["folders"]) or "none yet"
     width = max(len(k) for k in info)
     for key, value in info.items():
-        click.echo(f"{key:<{width}}  {', '.join(value) if isinstance(value, list) and key == 'folders' else value}")
+        click.echo(f"{key:<{width}}  {value}")
+
+
+def _left_out(options: dict[str, Any]) -> str:
+    """What a folder's scans leave out beyond junk, for the stats line."""
+    parts = [f"excluding {', '.join(options['exclude'])}"] if options.get("exclude") else []
+    if options.get("include_hidden"):
+        parts.append("hidden files included")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _choice_line(choice: dict[str, Any]) -> str:
