@@ -349,11 +349,14 @@ class Collection:
         dim = self.vector_index.dim
         all_ids = self.catalog.vector_ids()
         n = len(all_ids)
-        nlist = nlist or int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))  # ~2000 lists at 1M: k-means in a minute
-        if nlist < 16:
-            raise StoreError(f"{n} vectors are too few for an approximate index; exact search is fast at this size")
         if kind not in (*IVF_KINDS, "auto"):
             raise StoreError(f"unknown index kind {kind!r}: expected auto, {' or '.join(IVF_KINDS)}")
+        nlist = nlist or int(min(max(16, 2 * np.sqrt(n)), 65536, n // 39))  # ~2000 lists at 1M: k-means in a minute
+        if nlist < 16:  # nothing to gain: the index stays exact, and saying so is not an error
+            return OptimizeReport(kind=self.vector_index.kind, nlist=0, nprobe=0, recall_at_10=1.0, vectors=n,
+                                  seconds=round(time.perf_counter() - t0, 3), refine=0,
+                                  note=f"{n} vectors are too few for an approximate index (it pays from about "
+                                       f"{16 * 39}); exact search is fast at this size: nothing changed")
         chosen = kind if kind != "auto" else ("ivf-sq8" if n * (dim + 8) < memory_bytes() // 4 else "ivf-pq")
         rng = np.random.default_rng(seed)
         sample_ids = np.sort(rng.choice(all_ids, min(n, max(64 * nlist, 50_000)), replace=False))

@@ -130,6 +130,7 @@ class OptimizeReport(Result):
     vectors: int
     seconds: float
     refine: int = 4
+    note: str | None = None  # set when nothing was changed, and why
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from urllib.parse import quote
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -237,8 +238,11 @@ def create_app(
     allow_private_urls: let searches by URL reach loopback and private addresses (the server's own network).
     url_timeout: seconds a search by URL may spend fetching, all of it (resolving, redirects, body)."""
     store = store if isinstance(store, Store) else Store(store, create=False)
-    app = FastAPI(title="simsearch", version=__import__("simsearch").__version__,
-                  description="Find similar photos in an indexed collection.", default_response_class=PathSafeJSON)
+    # /docs and /redoc from files the server holds (fastapi-offline ships Swagger UI and ReDoc): FastAPI's own
+    # pages load them from a CDN, and were blank offline
+    app = FastAPIOffline(title="simsearch", version=__import__("simsearch").__version__,
+                         description="Find similar photos in an indexed collection.",
+                         default_response_class=PathSafeJSON)
     app.state.store = store
     app.state.job = IndexJob()
     app.state.model = ModelLoad()

@@ -129,6 +129,11 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         page.go_back()  # each refinement is an address of its own
         expect(page.locator("#status")).not_to_contain_text("less like", timeout=30_000)
 
+        # the API docs render from files the server holds (this machine reaches no CDN)
+        page.goto(f"{server}/docs")
+        expect(page.locator(".swagger-ui .title")).to_contain_text("simsearch", timeout=30_000)
+        expect(page.locator(".opblock-summary-path").first).to_be_visible()
+
 
 def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: str, request: pytest.FixtureRequest) -> None:
     from playwright.sync_api import expect

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -60,7 +61,13 @@ def test_health_stats_and_openapi(client: TestClient) -> None:
     assert health["ok"] is True and health["images"] == 13 and health["model"] == "ready"
     assert client.get("/api/stats").json()["images"] == 13
     assert "/api/query" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text
+    assert "cdn" not in docs.text  # blank offline before: FastAPI's page loads Swagger UI from a CDN
+    js = client.get(re.search(r'src="([^"]+swagger-ui-bundle\.js)"', docs.text).group(1))
+    assert js.status_code == 200 and "javascript" in js.headers["content-type"] and len(js.content) > 100_000
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "cdn" not in redoc.text
     page = client.get("/")
     assert page.status_code == 200 and "<title>simsearch</title>" in page.text
 

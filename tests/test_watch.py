@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +77,9 @@ def test_watch_follows_copies_moves_overwrites_and_deletions_and_catches_up_afte
     finally:
         proc.terminate()
         assert proc.wait(timeout=30) == 0, log.read_text()
+    # a watcher runs for days: its lines say when (they had no time before)
+    lines = [line for line in log.read_text().splitlines() if "watching" in line or ": " in line and "added" in line]
+    assert lines and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in lines), lines
 
 
 def test_a_vanished_folder_removes_nothing(tmp_path: Path, tiny_module: Path) -> None:

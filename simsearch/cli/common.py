@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -25,7 +26,16 @@ from ..store import Store
 
 
 class _Group(click.Group):
-    """Library errors become `Error: message` and exit 1; usage errors stay click's exit 2."""
+    """Library errors become `Error: message` and exit 1; usage errors stay click's exit 2. -v and -q are
+    taken after the command too (`simsearch index DIR -v`), as people type them."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not isinstance(cmd, click.Group):
+            cmd.params += [click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_verbose,
+                                        help="Say more (debug detail); also before the command."),
+                           click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_quiet,
+                                        help="Say only warnings and errors; also before the command.")]
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -174,6 +184,17 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     logger.propagate = False  # TensorFlow's absl gives the root logger a handler of its own
 
 
+def _verbose(ctx: click.Context, _: click.Parameter, value: int) -> None:
+    if value:
+        _configure_logging(value, False)
+
+
+def _quiet(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["quiet"] = True
+        _configure_logging(0, True)
+
+
 def _print_json(value: Any) -> None:
     """Results' to_dict() holds no NaN or infinity; JSON never gets one. Undecodable bytes of a file name
     travel as \\udcNN escapes (simsearch.paths), so the output stays valid UTF-8."""
@@ -232,11 +253,24 @@ def _progress_bar(quiet: bool, desc: str = "indexing",
     return progress, close
 
 
-def _print_report(report: IndexReport) -> None:
+def _stamped_report(report: IndexReport) -> None:
+    """A report line as long-running commands (watch, serve --watch) print them: with the local time."""
+    _print_report(report, stamp=True)
+
+
+def _timestamped_logs() -> None:
+    """The library's log lines with the local time, for commands that run for days (watch, serve --watch)."""
+    for h in logging.getLogger("simsearch").handlers:
+        if isinstance(h, _EchoHandler):
+            h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+
+def _print_report(report: IndexReport, stamp: bool = False) -> None:
     work = report.added + report.updated
     busy = report.seconds - report.timings.get("model_load", 0.0)
     rate = f" ({work / busy:.1f} images/s after loading the model)" if work and busy > 0 else ""
-    click.echo(f"{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
+    when = time.strftime("%Y-%m-%d %H:%M:%S ") if stamp else ""
+    click.echo(f"{when}{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
                f"in {report.seconds:.1f} s{rate}")
     if (c := report.cpu) and c["photos"] >= 2:

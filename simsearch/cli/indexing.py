@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,9 @@ from .common import (
     _print_report,
     _progress_bar,
     _runtime_option,
+    _stamped_report,
     _store_options,
+    _timestamped_logs,
     main,
 )
 
@@ -151,9 +154,10 @@ def watch(store: str | None, model: str | None, db: str | None, runtime: str | N
         if not s.folders():
             raise click.ClickException(f"store {s.root} has no folders to watch: index one with "
                                        f"`simsearch index FOLDER {_hint_args(s, db)}`")
-        click.echo(f"watching {', '.join(s.folders())} (Ctrl-C stops)", err=True)
+        _timestamped_logs()
+        click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} watching {', '.join(s.folders())} (Ctrl-C stops)", err=True)
         try:
-            FolderWatcher(s, debounce=debounce, on_report=_print_report).run(stop)
+            FolderWatcher(s, debounce=debounce, on_report=_stamped_report).run(stop)
         except KeyboardInterrupt:
             click.echo("stopped", err=True)
 

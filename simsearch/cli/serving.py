@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .common import _hint_args, _open, _print_report, _runtime_option, _store_options, main
+from .common import (
+    _hint_args,
+    _open,
+    _runtime_option,
+    _stamped_report,
+    _store_options,
+    _timestamped_logs,
+    main,
+)
 
 
 @main.command()
@@ -59,7 +67,8 @@ def serve(store: str | None, model: str | None, db: str | None, runtime: str | N
     if watch_folders:
         from ..watch import FolderWatcher
 
-        watcher = FolderWatcher(s, on_report=_print_report)
+        _timestamped_logs()
+        watcher = FolderWatcher(s, on_report=_stamped_report)
         threading.Thread(target=watcher.run, args=(threading.Event(),), name="simsearch-watch", daemon=True).start()
     app = create_app(s, token=token or None, max_upload=max_upload_mb * 1024 * 1024,
                      cors_origins=list(cors_origins) or None, host=host, extra_hosts=list(allowed_hosts),

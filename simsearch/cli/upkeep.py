@@ -119,6 +119,8 @@ def optimize(recall: float, nlist: int | None, kind: str, store: str | None, mod
         result = s.optimize(target_recall=recall, nlist=nlist, kind=kind)
     if as_json:
         _print_json(result.to_dict())
+    elif result.note:
+        click.echo(result.note)
     else:
         click.echo(f"{result.kind}: {result.vectors} vectors in {result.nlist} lists, nprobe "
                    f"{result.nprobe}, {result.refine} x k re-scored, recall@10 {result.recall_at_10:.3f}, "

@@ -16,6 +16,7 @@ checkpoint's weights gives other vectors (0.41 max relative error on the parity 
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,9 @@ def import_slim(checkpoint: str | os.PathLike[str], out_dir: str | os.PathLike[s
     import tempfile
 
     src = Path(checkpoint)
+    if not src.exists() and not list(src.parent.glob(glob.escape(src.name) + ".*")):  # a file, or a prefix
+        raise ModelError(f"checkpoint {src} not found: give the checkpoint file, its prefix (PREFIX.index "
+                         f"beside it), or the release archive inception_v2_2016_08_28.tar.gz")
     if sha256 is not None:
         actual = checkpoint_sha256(src)
         if actual != sha256.lower():
