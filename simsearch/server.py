@@ -323,6 +323,13 @@ def _page_routes(app: FastAPI, store: Store) -> None:
         watch = w.snapshot() if not isinstance(w, bool) else {"watching": w, "watch_error": None}
         return {"ok": True, "images": store.stats().images, **watch, **app.state.model.snapshot()}
 
+    @app.get("/api/folders")
+    def folders() -> dict[str, Any]:
+        """The indexed folders and every folder under them that holds photos (at most 5000, `truncated`
+        when there were more): what the page's folder filter offers."""
+        found, more = store.photo_folders()
+        return {"folders": found, "truncated": more}
+
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
         return store.stats().to_dict()

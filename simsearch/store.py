@@ -151,6 +151,12 @@ class Store:
     def folders(self) -> list[str]:
         return list(self.catalog.get_meta("folders") or [])
 
+    def photo_folders(self, limit: int = 5000) -> tuple[list[str], bool]:
+        """The indexed folders and every folder under them that holds photos (at most limit), and whether
+        some were left out: what a folder filter can offer."""
+        found, more = self.catalog.photo_folders(limit)
+        return sorted(set(found) | set(self.folders())), more
+
     def scan_options(self, folder: str) -> ScanOptions:
         """What scans of this folder leave out (as its last `index` chose)."""
         return ScanOptions.from_meta((self.catalog.get_meta("folder_options") or {}).get(folder))

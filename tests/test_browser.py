@@ -102,7 +102,8 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         page.set_input_files("#file", str(probe))
         hits = page.locator("#results .hit")
         expect(hits).to_have_count(20, timeout=30_000)
-        expect(hits.nth(0).locator(".path")).to_have_text(str(probe))
+        expect(hits.nth(0).locator(".path")).to_have_attribute("title", str(probe))  # the whole path
+        expect(hits.nth(0).locator(".path")).to_have_text(f"images/{probe.name}")  # shown from its folder's name
         first_thumb = hits.nth(0).locator("img")
         first_thumb.scroll_into_view_if_needed()
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=first_thumb.element_handle())
@@ -119,13 +120,15 @@ def test_upload_shows_neighbours_and_click_searches_again(server: str, corel_ima
         expect(page.locator("#status")).to_contain_text("and 1 more example", timeout=30_000)
         second = re.search(r"like=\d+(?:%2C|,)(\d+)", page.url).group(1)
         both = page.request.get(f"{server}/api/query?id={first}&id={second}&k=20").json()
-        expect(hits.locator(".path")).to_have_text([h["path"] for h in both])
-        unwanted = hits.nth(2).locator(".path").inner_text()
+        expect(hits.nth(0).locator(".path")).to_have_attribute("title", both[0]["path"])
+        assert _titles(hits) == [h["path"] for h in both]
+        unwanted = hits.nth(2).locator(".path").get_attribute("title")
         hits.nth(2).locator(".less").click()
         expect(page.locator("#status")).to_contain_text("less like 1 photo", timeout=30_000)
         not_id = next(h["id"] for h in both if h["path"] == unwanted)
         pushed = page.request.get(f"{server}/api/query?id={first}&id={second}&not={not_id}&k=20").json()
-        expect(hits.locator(".path")).to_have_text([h["path"] for h in pushed])
+        expect(hits.nth(0).locator(".path")).to_have_attribute("title", pushed[0]["path"])
+        assert _titles(hits) == [h["path"] for h in pushed]
         page.go_back()  # each refinement is an address of its own
         expect(page.locator("#status")).not_to_contain_text("less like", timeout=30_000)
 
@@ -140,6 +143,7 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
 
     with browser_page(request) as page:
         page.goto(server)
+        expect(page.locator("#stats")).to_contain_text("1000 photos indexed")
         cards = page.locator("#results .hit")
         expect(cards).to_have_count(60, timeout=30_000)  # the first page of the collection, no query needed
         expect(page.locator("#status")).to_contain_text("1000 photos, newest first")
@@ -178,11 +182,11 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         expect(page.locator("#status")).to_contain_text("newest first")
         expect(cards).to_have_count(60, timeout=30_000)
 
-        second = cards.nth(1).locator(".path").inner_text()  # the large view, by keyboard
+        second = cards.nth(1).locator(".path").get_attribute("title")  # the large view, by keyboard
         cards.nth(0).locator("img").press("Enter")  # focusable, and Enter opens it
         viewer = page.locator("#viewer")
         expect(viewer).to_be_visible()
-        expect(page.locator("#view-path")).to_have_text(cards.nth(0).locator(".path").inner_text())
+        expect(page.locator("#view-path")).to_have_text(cards.nth(0).locator(".path").get_attribute("title"))
         page.wait_for_function("() => { const i = document.querySelector('#view-img'); return i.complete && i.naturalWidth > 0 }")
         page.keyboard.press("ArrowRight")
         expect(page.locator("#view-path")).to_have_text(second)
@@ -192,7 +196,12 @@ def test_the_collection_shows_on_arrival_and_every_view_is_an_address(server: st
         cards.nth(1).locator("img").click()
         page.locator("#view-like").click()  # "more like this" from the large view
         expect(page).to_have_url(re.compile(r"like=\d+"))
-        expect(cards.nth(0).locator(".path")).to_have_text(second, timeout=30_000)
+        expect(cards.nth(0).locator(".path")).to_have_attribute("title", second, timeout=30_000)
+
+
+def _titles(cards: Any) -> list[str]:
+    """The whole paths of the cards shown (each shows its path from its indexed folder's name on)."""
+    return cards.locator(".path").evaluate_all("els => els.map((e) => e.title)")
 
 
 def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder,
@@ -218,7 +227,8 @@ def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_im
         cards.nth(1).locator(".like").click()
         expect(page).to_have_url(re.compile(r"like=\d+"))
         expect(page.locator("#status")).to_contain_text("4 photos like")  # k is 20: the filter, not k, bounds it
-        assert all(p.startswith(str(root / "a")) for p in cards.locator(".path").all_inner_texts())
+        assert all(p.startswith(str(root / "a")) for p in _titles(cards))
+        assert all(p.startswith("photos/a/") for p in cards.locator(".path").all_inner_texts())  # what differs
         chips.first.click()  # removing the chip widens the same search
         expect(chips).to_have_count(0)
         expect(page.locator("#status")).to_contain_text("8 photos like", timeout=30_000)
@@ -230,6 +240,21 @@ def test_filter_chips_narrow_browsing_and_results_alike(tmp_path: Path, corel_im
         page.locator("#to-collection").click()  # browsing keeps the filter in force
         expect(page.locator("#status")).to_contain_text("2 photos, newest first", timeout=30_000)
         assert sorted(Path(p).name for p in cards.locator(".path").all_inner_texts()) == ["db_700.png", "db_800.png"]
+
+        # a limit in pixels, as the CLI takes it (2M); when it leaves nothing, the page says which filter did
+        page.evaluate("document.getElementById('filters').open = true")
+        page.fill("#filter-form input[name=min_pixels]", "2M")
+        page.locator("#filter-form button[type=submit]").click()
+        expect(page).to_have_url(re.compile(r"min_pixels=2M"))
+        expect(page.locator("#status")).to_contain_text('without "pixels at least: 2M" 2 photos would match',
+                                                        timeout=30_000)
+        expect(page.locator("#status")).to_contain_text('without "format: PNG" 0 photos would match')
+        # the folder filter offers the subfolders that hold photos, not only the indexed folder
+        options = page.locator("#folder-list option").evaluate_all("els => els.map((e) => e.value)")
+        assert {str(root / "a"), str(root / "b"), str(root)} <= set(options)
+        page.goto(f"{url}/?mp=0.05")  # an address from before: megapixels become the one unit
+        expect(page).to_have_url(re.compile(r"min_pixels=0.05M"))
+        expect(page.locator("#status")).to_contain_text("8 photos, newest first", timeout=30_000)
 
         expect(page.locator("#stats")).to_contain_text("8 photos indexed · 1 failed")
         page.locator("#to-failures").click()  # the failures view: each file with its reason

@@ -113,3 +113,27 @@ def test_remove_says_the_next_index_brings_them_back_and_how_to_exclude_them(ind
     assert f"{pics}  excludes: skip.jpg, Screenshots, p1.jpg" in config.output
     # the defaults in force, not "-" (before: `model -`)
     assert "https://tfhub.dev/google/imagenet/inception_v2/feature_vector/1  (default)" in config.output
+
+
+def test_verbose_and_quiet_after_the_command_and_a_missing_checkpoint(indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    _, store = indexed
+    runner = CliRunner()
+    for flag in ("-v", "-q", "--verbose"):  # before: "No such option: -v"
+        got = runner.invoke(main, ["stats", "--store", str(store), flag])
+        assert got.exit_code == 0 and "images" in got.output, (flag, got.output)
+    missing = runner.invoke(main, ["model", "import-slim", str(tmp_path / "nothere.tar.gz"), str(tmp_path / "out")])
+    assert missing.exit_code == 1 and "not found" in missing.output and "TensorSliceReader" not in missing.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_min_pixels_takes_the_page_s_shorthand_and_folders_lists_subfolders(indexed: tuple[Path, Path]) -> None:
+    pics, store = indexed
+    runner = CliRunner()
+    base = ["query", str(pics / "p0.jpg"), "--store", str(store), "-k", "10", "-o", "json"]
+    assert _paths(runner.invoke(main, [*base, "--min-pixels", "19200"]).output) == _paths(
+        runner.invoke(main, [*base, "--min-pixels", "19.2k"]).output) != set()  # 160x120 photos
+    assert json.loads(runner.invoke(main, [*base, "--min-pixels", "0.02M"]).output) == []
+    bad = runner.invoke(main, [*base, "--min-pixels", "lots"])
+    assert bad.exit_code == 2 and "not a number of pixels" in bad.output
+    with simsearch.open(store) as s:
+        assert s.photo_folders() == ([str(pics), str(pics / "Screenshots")], False)

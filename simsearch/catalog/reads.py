@@ -217,6 +217,16 @@ class Reads(Database):
         return [_row_dict(r) for r in out], total
 
     @_db_errors
+    def photo_folders(self, limit: int = 5000) -> tuple[list[str], bool]:
+        """The folders that directly hold indexed photos, sorted, at most limit of them, and whether there
+        were more. Read a chunk at a time: one pass over the paths (about a second per million)."""
+        found: set[str] = set()
+        with self._session() as s:
+            for path in s.scalars(select(ImageRecord.path).where(ImageRecord.status == OK)).yield_per(10_000):
+                found.add(os.path.dirname(path))
+        return sorted(found)[:limit], len(found) > limit
+
+    @_db_errors
     def records(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(i) for i in ids]
         out: dict[int, dict[str, Any]] = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -165,6 +166,24 @@ class _Format(click.ParamType):
 
 
 _FORMAT = _Format()
+
+
+class _Pixels(click.ParamType):
+    """A number of pixels, as the API and the page count them: 2000000, 2M, 2.5MP or 800k."""
+
+    name = "pixels"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmM])?[pP]?\s*", str(value))
+        n = round(float(m.group(1)) * {"k": 1e3, "m": 1e6}.get((m.group(2) or "").lower(), 1)) if m else 0
+        if n < 1:
+            self.fail(f"{value!r} is not a number of pixels (e.g. 2000000, 2M or 800k)", param, ctx)
+        return n
+
+
+_PIXELS = _Pixels()
 
 
 class _EchoHandler(logging.Handler):

@@ -12,6 +12,7 @@ from ..catalog import ImageFilter
 from ..probes import is_url, read_stdin
 from .common import (
     _FORMAT,
+    _PIXELS,
     _WHEN,
     _emit,
     _json_option,
@@ -53,7 +54,7 @@ def _examples(images: tuple[str, ...], ids: tuple[int, ...], hint: str) -> list[
 @click.option("--taken-until", type=_WHEN, help="Only photos taken on or before this date (EXIF; a date is the whole day).")
 @click.option("--format", "formats", multiple=True, type=_FORMAT,
               help="Only this format: a name or an extension, any case, e.g. JPEG, jpg, heic (repeatable).")
-@click.option("--min-pixels", type=click.IntRange(1), help="Only photos of at least this many pixels.")
+@click.option("--min-pixels", type=_PIXELS, help="Only photos of at least this many pixels: 2000000, 2M or 800k.")
 @_store_options
 @_runtime_option
 @_output_option
