@@ -121,10 +121,10 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         t = time.perf_counter()
         groups = store.duplicates()
         verified_s = time.perf_counter() - t
-        path_of = {m["id"]: m["path"] for g in groups for m in g.members}
+        path_of = {m.id: m.path for g in groups for m in g.members}
         reasons = {frozenset((path_of[p["a"]], path_of[p["b"]])): p["reason"] for g in groups for p in g.pairs}
         methods = {"cosine >= 0.95 (old)": old_rule(store, 0.95),
-                   "simsearch verified": linked_by_groups([{m["path"] for m in g.members} for g in groups])}
+                   "simsearch verified": linked_by_groups([{m.path for m in g.members} for g in groups])}
     paths = sorted(str(p) for p in folder.iterdir())
     for kind in ("phash", "dhash"):
         methods[f"imagehash {kind} <= 10"] = hash_pairs(paths, kind)

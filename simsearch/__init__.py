@@ -23,15 +23,29 @@ from .errors import (
     SimsearchError,
     StoreError,
 )
-from .results import CheckReport, DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Problem, Progress, StoreStats
+from .results import (
+    CheckReport,
+    DuplicateGroup,
+    Failure,
+    Hit,
+    IndexReport,
+    Member,
+    OptimizeReport,
+    Photo,
+    Problem,
+    Progress,
+    StoreStats,
+)
 from .store import Store, open
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2.0: catalog schema 2 (Alembic), several examples per query
 
 __all__ = [
     "open",
     "Store",
     "Hit",
+    "Photo",
+    "Member",
     "IndexReport",
     "Progress",
     "Failure",

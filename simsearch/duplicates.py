@@ -32,12 +32,11 @@ from .collection import Collection
 from .errors import ChangedError, ImageError, NotFoundError, QueryError
 from .files import move_to_trash
 from .paths import display
-from .results import DuplicateGroup, Progress
+from .results import DuplicateGroup, Member, Progress
 from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, whole_picture
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
 DEFAULT_NEIGHBOURS = 10
-MEMBER_FIELDS = ("id", "path", "size", "width", "height", "format", "taken_at", "mtime", "sha256")
 DECISIONS = "duplicate_decisions"  # catalog meta: group id -> {decision, keep, members (hashes), at, trashed}
 LISTED = "duplicate_groups"  # catalog meta: group id -> member ids, as last listed (what resolve refers to)
 NOT_DUPLICATES, KEEP = "not-duplicates", "keep"
@@ -67,8 +66,8 @@ def _covering(decisions: dict[str, Any], hashes: set[str]) -> tuple[dict[str, An
 def record_decision(collection: Collection, group: DuplicateGroup, decision: str, keep: str | None = None,
                     trashed: list[str] | None = None) -> None:
     decisions = dict(collection.catalog.get_meta(DECISIONS) or {})
-    decisions[group.id] = {"decision": decision, "keep": keep, "members": sorted({m["sha256"] for m in group.members}),
-                           "paths": [m["path"] for m in group.members], "trashed": trashed or [],
+    decisions[group.id] = {"decision": decision, "keep": keep, "members": sorted({m.sha256 for m in group.members}),
+                           "paths": [m.path for m in group.members], "trashed": trashed or [],
                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     collection.catalog.set_meta(**{DECISIONS: decisions})
 
@@ -254,7 +253,7 @@ def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSI
         group = _group(collection, ids, by_root.get(r, []), decisions)
         if group is None:
             continue
-        listed[group.id] = [m["id"] for m in group.members]
+        listed[group.id] = [m.id for m in group.members]
         if group.resolution is None or include_resolved:
             groups.append(group)
     collection.catalog.set_meta(**{LISTED: listed})
@@ -269,8 +268,8 @@ def _group(collection: Collection, ids: list[int], pairs: list[tuple[int, int, d
         return None
     hashes = {row["sha256"] for row in rows}
     decided, seen = _covering(decisions, hashes)
-    members = [{k: row[k] for k in MEMBER_FIELDS} | {"new": bool(seen) and row["sha256"] not in seen} for row in rows]
-    new = {m["id"] for m in members if m["new"]}
+    members = [Member.from_record(row, new=bool(seen) and row["sha256"] not in seen) for row in rows]
+    new = {m.id for m in members if m.new}
     shown = [{"a": a, "b": b} | ev for a, b, ev in sorted(pairs, key=lambda p: p[:2])
              if not new or a in new or b in new]  # a group that came back: only what is new
     return DuplicateGroup(kind="exact" if len(hashes) == 1 else "near", keep=keeper(rows)["path"],
@@ -303,20 +302,20 @@ def resolve_group(collection: Collection, group: str, *, keep: int | None, trash
             raise QueryError("trashing the others needs the photo to keep")
         record_decision(collection, found, NOT_DUPLICATES)
         return found
-    kept = [m["path"] for m in found.members if m["id"] == keep]
+    kept = [m.path for m in found.members if m.id == keep]
     if not kept:
         raise QueryError(f"image {keep} is not in group {group}")
-    others = [m for m in found.members if m["id"] != keep] if trash_others else []
+    others = [m for m in found.members if m.id != keep] if trash_others else []
     if others:
-        keeper = next(m for m in found.members if m["id"] == keep)
+        keeper = next(m for m in found.members if m.id == keep)
         for m in [keeper, *others]:  # the keeper first: never trash the others of a photo that is gone
             _still_verified(group, m, verify)
     trashed = []
     try:
         for m in others:
             _still_verified(group, m, verify, moved=len(trashed))
-            move_to_trash(m["path"])
-            trashed.append(m["path"])
+            move_to_trash(m.path)
+            trashed.append(m.path)
     finally:
         if trashed:
             forget(trashed)
@@ -324,11 +323,11 @@ def resolve_group(collection: Collection, group: str, *, keep: int | None, trash
     return found
 
 
-def _still_verified(group: str, member: dict[str, Any], verify: Callable[[dict[str, Any]], None], *,
+def _still_verified(group: str, member: Member, verify: Callable[[Member], None], *,
                     moved: int = 0) -> None:
     try:
         verify(member)
     except (NotFoundError, ChangedError) as exc:
         done = "nothing was moved to the trash" if not moved else f"{moved} moved to the trash before it, none after"
-        raise ChangedError(f"group {group}: {display(member['path'])} is not the photo that was verified ({exc}); "
+        raise ChangedError(f"group {group}: {display(member.path)} is not the photo that was verified ({exc}); "
                            f"{done}. Run `simsearch index`, then `simsearch duplicates` again") from exc

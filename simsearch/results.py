@@ -7,7 +7,7 @@ the same objects; `to_dict` never yields NaN or infinity (JSON has neither): the
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -80,6 +80,39 @@ class Hit(Result):
 
 
 @dataclass(frozen=True)
+class Photo(Result):
+    """An indexed photo as the catalog describes it: what browse() and get() return, and a duplicate
+    group's members (Member); a query's Hit carries the same facts with its score."""
+
+    id: int
+    path: str
+    size: int | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: str | None = None
+    mtime: float | None = None
+    mtime_ns: int | None = None
+    sha256: str | None = None
+    indexed_at: str | None = None
+    status: str | None = None
+    error: str | None = None
+    decoded_from: str | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], **extra: Any) -> Any:
+        """A catalog record (Catalog.records), with what a subclass adds."""
+        return cls(**{f.name: record.get(f.name) for f in fields(cls) if f.name in record}, **extra)
+
+
+@dataclass(frozen=True)
+class Member(Photo):
+    """A photo of a duplicate group."""
+
+    new: bool = False  # added since the group was last resolved
+
+
+@dataclass(frozen=True)
 class Failure(Result):
     id: int
     path: str
@@ -100,7 +133,7 @@ class DuplicateGroup(Result):
     kind: str
     keep: str  # the suggested one to keep: largest resolution, then oldest
     min_score: float  # the lowest similarity that links the group (1.0 for exact copies)
-    members: list[dict[str, Any]]  # each also says whether it is "new" since the group was last resolved
+    members: list[Member]
     id: str = ""  # stable: from the members' content hashes, so a decision can name the group
     resolution: str | None = None  # "not-duplicates" or "keep" once resolved (listed with --all only)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # verified pairs: a, b (ids), reason, evidence

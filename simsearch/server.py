@@ -50,7 +50,7 @@ from .paths import json_text
 from .probes import URL_TIMEOUT_S, fetch_url
 from .renditions import FOLDERS as RENDITION_FOLDERS
 from .renditions import RenditionCache
-from .results import Hit, Progress
+from .results import Hit, Photo, Progress
 from .store import Store
 
 DEFAULT_MAX_UPLOAD = 20 * 1024 * 1024
@@ -442,13 +442,14 @@ def _image_routes(app: FastAPI, store: Store) -> None:
         """The collection, newest first (date taken, then file time for undated photos), a page at a time,
         with the same filters as queries; `next` is the cursor of the following page (null at the end);
         `total`, how many photos pass the filters, on the first page (null on the others)."""
-        rows, total = store.browse(f, _after(cursor), limit)
+        photos, total = store.browse(f, _after(cursor), limit)
+        rows = [p.to_dict() for p in photos]
         return {"photos": [_links(r) for r in rows], "total": total,
                 "next": _cursor(BrowseKey.of(rows[-1])) if len(rows) == limit else None}
 
     @app.get("/api/images/{image_id}")
     def image_record(image_id: int = ImageId) -> dict[str, Any]:
-        return store.get(image_id)
+        return store.get(image_id).to_dict()
 
     @app.get("/api/images/{image_id}/file")
     def image_file(image_id: int = ImageId) -> StreamingResponse:
@@ -459,9 +460,9 @@ def _image_routes(app: FastAPI, store: Store) -> None:
                 while chunk := f.read(1 << 20):
                     yield chunk
 
-        name = os.fsencode(Path(rec["path"]).name)  # the file system's bytes, percent-encoded whatever they are
+        name = os.fsencode(Path(rec.path).name)  # the file system's bytes, percent-encoded whatever they are
         return StreamingResponse(chunks(), media_type=_media_type(rec), headers={
-            "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec["size"]),
+            "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}", "Content-Length": str(rec.size),
             "X-Content-Type-Options": "nosniff"})
 
     decodes = threading.BoundedSemaphore(RENDITION_SLOTS)  # a 169 MP photo takes ~800 MB to decode
@@ -477,12 +478,12 @@ def _image_routes(app: FastAPI, store: Store) -> None:
                 raise HTTPError(503, "busy: too many thumbnails being made at once, try again shortly",
                                 headers={"Retry-After": "5"})
             try:
-                return thumbnail_jpeg(f.read(), size, max_pixels=store.settings.max_pixels, name=rec["path"])
+                return thumbnail_jpeg(f.read(), size, max_pixels=store.settings.max_pixels, name=rec.path)
             finally:
                 decodes.release()
 
         with f:
-            data = caches[size].get(image_id, rec["sha256"], make)
+            data = caches[size].get(image_id, rec.sha256, make)
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/api/images/{image_id}/thumbnail")
@@ -499,8 +500,8 @@ _MEDIA = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF":
           "TIFF": "image/tiff", "AVIF": "image/avif", "HEIF": "image/heif"}
 
 
-def _media_type(rec: dict[str, Any]) -> str:
-    return _MEDIA.get(str(rec.get("format") or "").upper(), "application/octet-stream")
+def _media_type(photo: Photo) -> str:
+    return _MEDIA.get(str(photo.format or "").upper(), "application/octet-stream")
 
 
 def _change_guard(token: str | None, cors_origins: list[str]) -> Any:
@@ -530,7 +531,7 @@ def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
                    neighbours: int = Query(DEFAULT_NEIGHBOURS, ge=1, le=100),
                    all: bool = False) -> list[dict[str, Any]]:
         """Duplicate groups not yet resolved (all: those too), each member with its thumbnail."""
-        return [g.to_dict() | {"members": [m | {"thumbnail": f"/api/images/{m['id']}/thumbnail"} for m in g.members]}
+        return [g.to_dict() | {"members": [m.to_dict() | {"thumbnail": f"/api/images/{m.id}/thumbnail"} for m in g.members]}
                 for g in store.duplicates(min_cosine, neighbours=neighbours, include_resolved=all)]
 
     @app.post("/api/duplicates/{group}/resolve", dependencies=[Depends(may_change)])

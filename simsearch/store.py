@@ -36,7 +36,18 @@ from .indexing import IndexRun
 from .prepare import LocalSource, Source
 from .probes import fetch_url, is_url
 from .provenance import StoreModel
-from .results import CheckReport, DuplicateGroup, Failure, Hit, IndexReport, OptimizeReport, Progress, StoreStats
+from .results import (
+    CheckReport,
+    DuplicateGroup,
+    Failure,
+    Hit,
+    IndexReport,
+    Member,
+    OptimizeReport,
+    Photo,
+    Progress,
+    StoreStats,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,11 +340,11 @@ class Store:
         return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove,
                              verify=self._verify_content)
 
-    def _verify_content(self, member: dict[str, Any]) -> None:
+    def _verify_content(self, member: Member) -> None:
         """A member's file holds, read now, the bytes it was verified with (raises NotFoundError / ChangedError)."""
-        with open_verified(member["path"], self.folders(), size=member["size"], mtime_ns=None,
-                           sha256=member["sha256"], max_bytes=self.settings.max_file_bytes,
-                           what=f"image {member['id']}"):
+        with open_verified(member.path, self.folders(), size=member.size, mtime_ns=None,
+                           sha256=member.sha256, max_bytes=self.settings.max_file_bytes,
+                           what=f"image {member.id}"):
             pass
 
     def ann_recall(self, k: int = 10, queries: int = 200, seed: int = 0) -> float:
@@ -341,28 +352,29 @@ class Store:
         self._sync()
         return self.collection.recall(k, queries, seed)
 
-    def open_indexed(self, image_id: int) -> tuple[dict[str, Any], BinaryIO]:
+    def open_indexed(self, image_id: int) -> tuple[Photo, BinaryIO]:
         """The indexed photo's file, opened only if it is still that photo: inside the store's folders once
         links are resolved (a photo swapped for a link to elsewhere is not followed), a regular file, and
         of the recorded size and time, or else of the recorded content (SHA-256). The caller closes it."""
         rec = self.get(image_id)
-        if rec["status"] != OK:
-            raise NotFoundError(f"image {image_id} is not indexed ({rec['error']})")
-        return rec, open_verified(rec["path"], self.folders(), size=rec["size"], mtime_ns=rec["mtime_ns"],
-                                  sha256=rec["sha256"], max_bytes=self.settings.max_file_bytes,
+        if rec.status != OK:
+            raise NotFoundError(f"image {image_id} is not indexed ({rec.error})")
+        return rec, open_verified(rec.path, self.folders(), size=rec.size, mtime_ns=rec.mtime_ns,
+                                  sha256=rec.sha256, max_bytes=self.settings.max_file_bytes,
                                   what=f"image {image_id}")
 
     def browse(self, where: ImageFilter | None = None, after: BrowseKey | None = None,
-               limit: int = 60) -> tuple[list[dict[str, Any]], int | None]:
+               limit: int = 60) -> tuple[list[Photo], int | None]:
         """A page of the collection, newest first, and on the first page how many pass `where` (Catalog.browse)."""
         where = replace(where, folder=absolute(where.folder)) if where and where.folder else where
-        return self.catalog.browse(where or ImageFilter(), after, limit)
+        rows, total = self.catalog.browse(where or ImageFilter(), after, limit)
+        return [Photo.from_record(r) for r in rows], total
 
-    def get(self, image_id: int) -> dict[str, Any]:
+    def get(self, image_id: int) -> Photo:
         rec = self.catalog.records([image_id]).get(image_id)
         if rec is None:
             raise NotFoundError(f"no image with id {image_id}")
-        return rec
+        return Photo.from_record(rec)
 
     def stats(self) -> StoreStats:
         self._sync()

@@ -46,7 +46,7 @@ def store(tmp_path: Path) -> simsearch.Store:
 
 def test_each_copy_is_grouped_with_its_original_and_nothing_else(store: simsearch.Store) -> None:
     groups = store.duplicates()
-    found = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
+    found = {frozenset(Path(m.path).name for m in g.members): g for g in groups}
     assert set(found) == {
         frozenset({"p00.jpg", "copy-of-p00.jpg"}),
         frozenset({"p01.jpg", "small-p01.jpg"}),
@@ -78,7 +78,7 @@ def test_pixels_decide_not_the_embedding(tmp_path: Path) -> None:
     with simsearch.open(tmp_path / "store", model=same, create=True) as s:
         s.index(root)
         groups = s.duplicates(neighbours=20)
-    got = {frozenset(Path(m["path"]).name for m in g.members): g for g in groups}
+    got = {frozenset(Path(m.path).name for m in g.members): g for g in groups}
     assert set(got) == {frozenset({"p0.jpg", "small-p0.jpg"}), frozenset({"p1.jpg", "turned-p1.jpg"}),
                         frozenset({"p2.jpg", "crop-p2.png"})}  # fingerprints do not shrink with the model's input
     assert [p["reason"] for p in got[frozenset({"p2.jpg", "crop-p2.png"})].pairs] == ["cropped + re-encoded"]
@@ -96,7 +96,7 @@ def test_fingerprints_are_taken_at_index_time_and_when_missing(store: simsearch.
         conn.execute(text("DELETE FROM fingerprints"))
     groups = store.duplicates()
     assert len(groups) == 4  # taken again from the files (those of candidate pairs), and kept
-    near = {m["sha256"] for g in groups if g.kind == "near" for m in g.members}
+    near = {m.sha256 for g in groups if g.kind == "near" for m in g.members}
     assert len(near) == 6 and near <= set(store.catalog.fingerprints(shas))
 
 
@@ -161,7 +161,7 @@ def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
 
 def _group(store: simsearch.Store, *names: str, resolved: bool = False) -> simsearch.DuplicateGroup:
     return next(g for g in store.duplicates(include_resolved=resolved)
-                if {Path(m["path"]).name for m in g.members} == set(names))
+                if {Path(m.path).name for m in g.members} == set(names))
 
 
 def test_a_resolved_group_stays_resolved_until_a_new_photo_joins_it(store: simsearch.Store, tmp_path: Path) -> None:
@@ -179,7 +179,7 @@ def test_a_resolved_group_stays_resolved_until_a_new_photo_joins_it(store: simse
     store.index(tmp_path / "photos")
     back = _group(store, "p02.jpg", "recompressed-p02.jpg", "third-p02.jpg")  # a new member: the group returns
     assert back.resolution is None and back.id != pair.id
-    assert {Path(m["path"]).name for m in back.members if m["new"]} == {"third-p02.jpg"}
+    assert {Path(m.path).name for m in back.members if m.new} == {"third-p02.jpg"}
 
 
 def test_keep_with_trash_others_moves_files_to_the_trash_never_deletes(
@@ -197,14 +197,14 @@ def test_keep_with_trash_others_moves_files_to_the_trash_never_deletes(
     monkeypatch.setattr("os.remove", lambda p, *a, **k: removed.append(p))
     monkeypatch.setattr("os.unlink", lambda p, *a, **k: removed.append(p))
     group = _group(store, "p01.jpg", "small-p01.jpg")
-    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p01.jpg")
+    keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
     assert CliRunner().invoke(main, ["resolve", group.id, "--trash-others", "--store", str(store.root)]).exit_code == 2
     r = CliRunner().invoke(main, ["resolve", group.id, "--keep", str(keep), "--trash-others", "--store", str(store.root)])
     assert r.exit_code == 0, r.output
     assert [Path(p).name for p in moved] == ["small-p01.jpg"] and (trash / "small-p01.jpg").exists()
     assert removed == [] and (tmp_path / "photos" / "p01.jpg").exists()
     assert not store.catalog.ids_for_paths([str(tmp_path / "photos" / "small-p01.jpg")])  # left the store
-    assert all(Path(m["path"]).name != "small-p01.jpg" for g in store.duplicates(include_resolved=True) for m in g.members)
+    assert all(Path(m.path).name != "small-p01.jpg" for g in store.duplicates(include_resolved=True) for m in g.members)
     with pytest.raises(simsearch.NotFoundError, match="no duplicate group"):
         store.resolve("000000000000")
 
@@ -226,7 +226,7 @@ def trash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 def test_trash_is_refused_when_a_member_was_overwritten_since_it_was_verified(store: simsearch.Store, tmp_path: Path,
                                                                               trash: list[str]) -> None:
     group = _group(store, "p01.jpg", "small-p01.jpg")
-    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p01.jpg")
+    keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
     other = tmp_path / "photos" / "small-p01.jpg"
     st = other.stat()
     unrelated = (tmp_path / "photos" / "p07.jpg").read_bytes()[: st.st_size]
@@ -247,7 +247,7 @@ def test_trash_is_refused_when_the_keeper_is_gone(store: simsearch.Store, tmp_pa
     from simsearch.server import create_app
 
     group = _group(store, "p00.jpg", "copy-of-p00.jpg")
-    keep = next(m["id"] for m in group.members if Path(m["path"]).name == "p00.jpg")
+    keep = next(m.id for m in group.members if Path(m.path).name == "p00.jpg")
     (tmp_path / "photos" / "p00.jpg").unlink()  # the keeper deleted: the copy is now the last one
     client = TestClient(create_app(store, token="t0k", preload=False), base_url="http://localhost")
     r = client.post(f"/api/duplicates/{group.id}/resolve", json={"keep": keep, "trash_others": True},
@@ -330,7 +330,7 @@ def test_keep_ties_go_to_the_oldest_photo_then_the_path(tmp_path: Path) -> None:
     embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
     with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
         s.index(root)
-        keep = {Path(g.members[0]["path"]).parent.name: Path(g.keep).name for g in s.duplicates()}
+        keep = {Path(g.members[0].path).parent.name: Path(g.keep).name for g in s.duplicates()}
     assert keep == {"a": "z-taken-2019.jpg", "b": "z-old-file.jpg", "c": "a.jpg"}
 
 
@@ -364,7 +364,7 @@ def test_indexing_takes_only_hashes_and_duplicates_takes_keypoints_where_they_de
         return {name_of[sha] for sha, fp in stored.items() if Fingerprint.from_bytes(fp).has_keypoints}
 
     def verdicts() -> set[tuple[str, ...]]:
-        return {(p["reason"], *sorted(Path(m["path"]).name for m in g.members)) for g in store.duplicates()
+        return {(p["reason"], *sorted(Path(m.path).name for m in g.members)) for g in store.duplicates()
                 for p in g.pairs}
 
     assert with_keypoints() == set()  # indexing took hashes and thumbnails alone

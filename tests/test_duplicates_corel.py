@@ -32,11 +32,11 @@ def test_every_transform_is_grouped_with_its_original_and_nothing_else(
     with simsearch.open(tmp_path / "store", model=inception_module, create=True) as store:
         assert store.index(tmp_path / "set").added == 10 * (1 + len(TRANSFORMS)) + 20 + 40
         groups = store.duplicates()
-    group_of = {m["path"]: g.id for g in groups for m in g.members}
+    group_of = {m.path: g.id for g in groups for m in g.members}
     missed = [(Path(c).name, t) for o, c, t in made.copies if group_of.get(o) is None or group_of.get(o) != group_of.get(c)]
     assert missed == []
     for g in groups:
-        assert len({family(m["path"]) for m in g.members}) == 1, [m["path"] for m in g.members]
+        assert len({family(m.path) for m in g.members}) == 1, [m.path for m in g.members]
         assert all(set(p["reason"].split(" + ")) <= set(REASONS) for p in g.pairs), [p["reason"] for p in g.pairs]
     assert len(groups) == 10
     assert not any(a in group_of or b in group_of for a, b in made.bursts)

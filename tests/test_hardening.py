@@ -184,7 +184,7 @@ def test_a_network_address_without_a_token_is_refused(monkeypatch: pytest.Monkey
     assert r.exit_code == 2 and "--insecure-no-token" in r.output
     ran: list[object] = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: ran.append(k))
-    r = CliRunner().invoke(main, ["serve", "--store", str(tmp_path / "s"), "--host", "0.0.0.0", "--insecure-no-token"])
+    r = CliRunner().invoke(main, ["serve", "--store", str(tmp_path / "s"), "--host", "0.0.0.0", "--insecure-no-token", "--create"])
     assert r.exit_code == 0 and "warning: serving on 0.0.0.0 without a token" in r.output and ran
 
 

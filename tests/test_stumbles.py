@@ -137,3 +137,18 @@ def test_min_pixels_takes_the_page_s_shorthand_and_folders_lists_subfolders(inde
     assert bad.exit_code == 2 and "not a number of pixels" in bad.output
     with simsearch.open(store) as s:
         assert s.photo_folders() == ([str(pics), str(pics / "Screenshots")], False)
+
+
+def test_browse_get_and_group_members_are_results_like_hits(indexed: tuple[Path, Path]) -> None:
+    """They came back as dicts where query() returns Hit objects."""
+    pics, store = indexed
+    with simsearch.open(store) as s:
+        photos, total = s.browse(limit=2)
+        assert total == 6 and all(isinstance(p, simsearch.Photo) for p in photos)
+        assert s.get(photos[0].id) == photos[0] and photos[0].path.startswith(str(pics))
+        hit = s.query(photos[0].id, k=1)[0]
+        assert (hit.id, hit.path, hit.width, hit.taken_at) == (photos[0].id, photos[0].path, photos[0].width,
+                                                                photos[0].taken_at)
+        assert photos[0].to_dict()["path"] == photos[0].path  # what --json and the HTTP API print
+        following, none = s.browse(after=simsearch.BrowseKey.of(photos[-1]), limit=10)
+        assert none is None and {p.id for p in following}.isdisjoint({p.id for p in photos})

@@ -52,9 +52,11 @@ class BrowseKey:
     id: int
 
     @classmethod
-    def of(cls, row: dict[str, Any]) -> BrowseKey:
-        taken = row["taken_at"]
-        return cls(datetime.fromisoformat(taken) if taken else None, int(row["mtime_ns"] or 0), int(row["id"]))
+    def of(cls, row: Any) -> BrowseKey:
+        """Where a page ended, from its last photo (a Photo from Store.browse, or a catalog record)."""
+        get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+        taken = get("taken_at")
+        return cls(datetime.fromisoformat(taken) if taken else None, int(get("mtime_ns") or 0), int(get("id")))
 
     def before(self) -> Any:
         """Rows after this one in browsing order (newest first), spelled out: row-value comparisons would

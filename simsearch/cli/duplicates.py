@@ -53,9 +53,9 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
     if out == "json":
         _print_json([g.to_dict() for g in groups])
         return
-    rows = [{"group": g.id, "kind": g.kind, "keep": int(m["path"] == g.keep), "id": m["id"], "path": m["path"],
-             "size": m["size"], "width": m["width"], "height": m["height"], "taken_at": m["taken_at"],
-             "new": int(m["new"]), "resolution": g.resolution, "reason": _reason(g, m["id"])}
+    rows = [{"group": g.id, "kind": g.kind, "keep": int(m.path == g.keep), "id": m.id, "path": m.path,
+             "size": m.size, "width": m.width, "height": m.height, "taken_at": m.taken_at,
+             "new": int(m.new), "resolution": g.resolution, "reason": _reason(g, m.id)}
             for g in groups for m in g.members]
 
     def text() -> None:
@@ -63,9 +63,9 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
             state = f", resolved: {g.resolution}" if g.resolution else ""
             click.echo(f"group {g.id}: {g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}{state}):")
             for m in g.members:
-                mark = "keep" if m["path"] == g.keep else " new" if m["new"] else "    "
-                why = _reason(g, m["id"])
-                click.echo(f"  {mark}  {m['id']:>7}  {m['width']}x{m['height']}  {m['path']}" + (f"  ({why})" if why else ""))
+                mark = "keep" if m.path == g.keep else " new" if m.new else "    "
+                why = _reason(g, m.id)
+                click.echo(f"  {mark}  {m.id:>7}  {m.width}x{m.height}  {m.path}" + (f"  ({why})" if why else ""))
         click.echo(f"{len(groups)} groups", err=True)
 
     _emit([r for r in rows if not r["keep"]] if out == "paths" else rows, out, text)
@@ -94,7 +94,7 @@ def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bo
         raise click.UsageError("--trash-others goes with --keep")
     with _open(store, model, db) as s:
         found = s.resolve(group, keep=keep, trash_others=trash_others)
-    others = [m["path"] for m in found.members if m["id"] != keep]
+    others = [m.path for m in found.members if m.id != keep]
     if not_duplicates:
         click.echo(f"group {group}: marked as not duplicates ({len(found.members)} photos)")
     else:
