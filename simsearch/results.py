@@ -58,28 +58,6 @@ class IndexReport(Result):
 
 
 @dataclass(frozen=True)
-class Hit(Result):
-    id: int
-    path: str
-    score: float
-    size: int | None = None
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    taken_at: str | None = None
-    mtime: float | None = None
-    sha256: str | None = None
-    decoded_from: str | None = None  # which picture fed the model (simsearch.images.DECODED_FROM)
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], score: float) -> Hit:
-        """A catalog record (Catalog.records) with its score."""
-        return cls(id=record["id"], path=record["path"], score=score, size=record["size"], width=record["width"],
-                   height=record["height"], format=record["format"], taken_at=record["taken_at"],
-                   mtime=record["mtime"], sha256=record["sha256"], decoded_from=record.get("decoded_from"))
-
-
-@dataclass(frozen=True)
 class Photo(Result):
     """An indexed photo as the catalog describes it: what browse() and get() return, and a duplicate
     group's members (Member); a query's Hit carries the same facts with its score."""
@@ -103,6 +81,17 @@ class Photo(Result):
     def from_record(cls, record: dict[str, Any], **extra: Any) -> Any:
         """A catalog record (Catalog.records), with what a subclass adds."""
         return cls(**{f.name: record.get(f.name) for f in fields(cls) if f.name in record}, **extra)
+
+
+@dataclass(frozen=True)
+class Hit(Photo):
+    """A query's answer: the photo and its score (cosine similarity to the query, 1.0 for the same)."""
+
+    score: float = field(kw_only=True)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], score: float) -> Hit:  # type: ignore[override]
+        return super().from_record(record, score=score)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
