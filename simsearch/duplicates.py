@@ -257,7 +257,7 @@ def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSI
         if group.resolution is None or include_resolved:
             groups.append(group)
     collection.catalog.set_meta(**{LISTED: listed})
-    return sorted(groups, key=lambda g: (-len(g.members), g.keep))
+    return sorted(groups, key=lambda g: (-len(g.members), g.keeper.path))
 
 
 def _group(collection: Collection, ids: list[int], pairs: list[tuple[int, int, dict[str, Any]]],
@@ -272,7 +272,7 @@ def _group(collection: Collection, ids: list[int], pairs: list[tuple[int, int, d
     new = {m.id for m in members if m.new}
     shown = [{"a": a, "b": b} | ev for a, b, ev in sorted(pairs, key=lambda p: p[:2])
              if not new or a in new or b in new]  # a group that came back: only what is new
-    return DuplicateGroup(kind="exact" if len(hashes) == 1 else "near", keep=keeper(rows)["path"],
+    return DuplicateGroup(kind="exact" if len(hashes) == 1 else "near", keep=int(keeper(rows)["id"]),
                           min_score=min((p["cosine"] for p in shown), default=1.0), members=members,
                           id=group_id(hashes), resolution=decided["decision"] if decided else None, pairs=shown)
 

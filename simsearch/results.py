@@ -120,12 +120,17 @@ class DuplicateGroup(Result):
     """Photos that are copies of each other: `exact` when every file has the same bytes, else `near`."""
 
     kind: str
-    keep: str  # the suggested one to keep: largest resolution, then oldest
+    keep: int  # the id of the member suggested to keep (largest resolution, then oldest): resolve --keep takes it
     min_score: float  # the lowest similarity that links the group (1.0 for exact copies)
     members: list[Member]
     id: str = ""  # stable: from the members' content hashes, so a decision can name the group
     resolution: str | None = None  # "not-duplicates" or "keep" once resolved (listed with --all only)
     pairs: list[dict[str, Any]] = field(default_factory=list)  # verified pairs: a, b (ids), reason, evidence
+
+    @property
+    def keeper(self) -> Member:
+        """The member suggested to keep."""
+        return next(m for m in self.members if m.id == self.keep)
 
 
 @dataclass(frozen=True)

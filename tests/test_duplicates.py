@@ -56,7 +56,7 @@ def test_each_copy_is_grouped_with_its_original_and_nothing_else(store: simsearc
     assert found[frozenset({"p00.jpg", "copy-of-p00.jpg"})].kind == "exact"
     assert found[frozenset({"p00.jpg", "copy-of-p00.jpg"})].min_score == 1.0
     small = found[frozenset({"p01.jpg", "small-p01.jpg"})]
-    assert small.kind == "near" and Path(small.keep).name == "p01.jpg"  # the larger one
+    assert small.kind == "near" and Path(small.keeper.path).name == "p01.jpg"  # the larger one
     assert 0.95 <= small.min_score <= 1.0
     (pair,) = small.pairs
     assert pair["reason"] == "resized" and pair["hash_distance"] <= 6 and pair["cosine"] == small.min_score
@@ -144,7 +144,7 @@ def test_keep_prefers_the_original_format_at_the_same_resolution(tmp_path: Path)
     with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
         s.index(root)
         (group,) = s.duplicates()
-    assert len(group.members) == 3 and Path(group.keep).name == "a.jpg"
+    assert len(group.members) == 3 and Path(group.keeper.path).name == "a.jpg"
 
 
 def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
@@ -157,6 +157,12 @@ def test_cli_json_csv_and_text(store: simsearch.Store) -> None:
     text = CliRunner().invoke(main, args).output
     assert "exact (2 photos" in text and "keep" in text and "(resized)" in text
     assert CliRunner().invoke(main, args + ["--min-cosine", "1.5"]).exit_code == 2
+    # `keep` is an id, as resolve --keep takes it (it was a path): the JSON's suggestion resolves as it is
+    first = groups[0]
+    assert isinstance(first["keep"], int) and first["keep"] in {m["id"] for m in first["members"]}
+    done = CliRunner().invoke(main, ["resolve", first["id"], "--keep", str(first["keep"]), "--store", str(store.root)])
+    assert done.exit_code == 0, done.output
+    assert first["id"] not in {g["id"] for g in json.loads(CliRunner().invoke(main, args + ["--json"]).output)}
 
 
 def _group(store: simsearch.Store, *names: str, resolved: bool = False) -> simsearch.DuplicateGroup:
@@ -330,7 +336,7 @@ def test_keep_ties_go_to_the_oldest_photo_then_the_path(tmp_path: Path) -> None:
     embedder = CallableEmbedder(tiny_image, name="tiny-image", input_size=(32, 32))
     with simsearch.open(tmp_path / "store", model=embedder, create=True) as s:
         s.index(root)
-        keep = {Path(g.members[0].path).parent.name: Path(g.keep).name for g in s.duplicates()}
+        keep = {Path(g.members[0].path).parent.name: Path(g.keeper.path).name for g in s.duplicates()}
     assert keep == {"a": "z-taken-2019.jpg", "b": "z-old-file.jpg", "c": "a.jpg"}
 
 

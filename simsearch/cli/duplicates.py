@@ -53,7 +53,7 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
     if out == "json":
         _print_json([g.to_dict() for g in groups])
         return
-    rows = [{"group": g.id, "kind": g.kind, "keep": int(m.path == g.keep), "id": m.id, "path": m.path,
+    rows = [{"group": g.id, "kind": g.kind, "keep": int(m.id == g.keep), "id": m.id, "path": m.path,
              "size": m.size, "width": m.width, "height": m.height, "taken_at": m.taken_at,
              "new": int(m.new), "resolution": g.resolution, "reason": _reason(g, m.id)}
             for g in groups for m in g.members]
@@ -63,7 +63,7 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
             state = f", resolved: {g.resolution}" if g.resolution else ""
             click.echo(f"group {g.id}: {g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}{state}):")
             for m in g.members:
-                mark = "keep" if m.path == g.keep else " new" if m.new else "    "
+                mark = "keep" if m.id == g.keep else " new" if m.new else "    "
                 why = _reason(g, m.id)
                 click.echo(f"  {mark}  {m.id:>7}  {m.width}x{m.height}  {m.path}" + (f"  ({why})" if why else ""))
         click.echo(f"{len(groups)} groups", err=True)
