@@ -121,6 +121,7 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         t = time.perf_counter()
         groups = store.duplicates()
         verified_s = time.perf_counter() - t
+        alike = [{m.path for m in g.members} for g in store.duplicates(similar=True)]
         path_of = {m.id: m.path for g in groups for m in g.members}
         reasons = {frozenset((path_of[p["a"]], path_of[p["b"]])): p["reason"] for g in groups for p in g.pairs}
         methods = {"cosine >= 0.95 (old)": old_rule(store, 0.95),
@@ -144,6 +145,11 @@ def quality(args: argparse.Namespace, work: Path) -> None:
     for pair, t in truth.items():
         if pair in reasons:  # a copy verified directly against its original (not only through the group)
             named[t].append(EXPECTED[t] in reasons[pair].split(" + "))
+    together = sum(any(set(pair) <= g for g in alike) for pair in bursts)
+    strays = sum(1 for g in alike if not any(set(pair) <= g for pair in bursts | recoloured))
+    print(f"\nlook-alikes (duplicates --similar): {together}/{len(bursts)} burst pairs and "
+          f"{sum(any(set(p) <= g for g in alike) for p in recoloured)}/{len(recoloured)} recoloured pairs in one "
+          f"group; {len(alike)} groups, {strays} holding neither")
     print("\nsimsearch's reason names the transform (of the copies verified against their original):")
     print("| " + " | ".join(named) + " |\n" + "|---" * len(named) + "|")
     print("| " + " | ".join(f"{np.mean(v):.2f} ({len(v)})" for v in named.values()) + " |")

@@ -40,6 +40,7 @@ DEFAULT_NEIGHBOURS = 10
 DECISIONS = "duplicate_decisions"  # catalog meta: group id -> {decision, keep, members (hashes), at, trashed}
 LISTED = "duplicate_groups"  # catalog meta: group id -> member ids, as last listed (what resolve refers to)
 NOT_DUPLICATES, KEEP = "not-duplicates", "keep"
+SIMILAR = "similar"  # a group of look-alikes (bursts, second shots): listed apart, never proposed for the trash
 # formats photos are made in (cameras, phones); the others are usually conversions (screenshots, web copies)
 DERIVED_FORMATS = frozenset({"PNG", "WEBP", "AVIF", "GIF", "BMP", "PPM", "ICO"})
 _CACHE = 50_000  # fingerprints kept while verifying (about 8 KB each)
@@ -47,14 +48,20 @@ _CACHE = 50_000  # fingerprints kept while verifying (about 8 KB each)
 FingerprintOf = Callable[[str], bytes]  # a photo's path -> its fingerprint, decoding it (raises ImageError)
 
 
-def group_id(hashes: Iterable[str | None]) -> str:
-    return hashlib.sha1("\n".join(sorted({h or "" for h in hashes})).encode()).hexdigest()[:12]
+def group_id(hashes: Iterable[str | None], kind: str = "copies") -> str:
+    """Stable from the members' contents; look-alikes and copies of the same photos are different groups."""
+    key = "\n".join(sorted({h or "" for h in hashes})) + ("\nsimilar" if kind == SIMILAR else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
 
 
-def _covering(decisions: dict[str, Any], hashes: set[str]) -> tuple[dict[str, Any] | None, set[str]]:
-    """The decision that covers every member, if any; else the hashes earlier decisions already saw."""
+def _covering(decisions: dict[str, Any], hashes: set[str],
+              kind: str = "copies") -> tuple[dict[str, Any] | None, set[str]]:
+    """The decision on a group of this kind that covers every member, if any; else the hashes earlier
+    decisions already saw. Deciding that photos are not copies says nothing of whether they look alike."""
     seen: set[str] = set()
     for d in decisions.values():
+        if d.get("kind", "copies") != kind:
+            continue
         covered = set(d["members"])
         if hashes <= covered:
             return d, covered
@@ -66,7 +73,7 @@ def _covering(decisions: dict[str, Any], hashes: set[str]) -> tuple[dict[str, An
 def record_decision(collection: Collection, group: DuplicateGroup, decision: str, keep: str | None = None,
                     trashed: list[str] | None = None) -> None:
     decisions = dict(collection.catalog.get_meta(DECISIONS) or {})
-    decisions[group.id] = {"decision": decision, "keep": keep, "members": sorted({m.sha256 for m in group.members}),
+    decisions[group.id] = {"decision": decision, "kind": SIMILAR if group.kind == SIMILAR else "copies", "keep": keep, "members": sorted({m.sha256 for m in group.members}),
                            "paths": [m.path for m in group.members], "trashed": trashed or [],
                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     collection.catalog.set_meta(**{DECISIONS: decisions})
@@ -231,50 +238,61 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
 def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSINE, *,
                     neighbours: int = DEFAULT_NEIGHBOURS, chunk: int = 1024, include_resolved: bool = False,
                     fingerprint_of: FingerprintOf | None = None, workers: int | None = None,
-                    progress: Callable[[Progress], None] | None = None) -> list[DuplicateGroup]:
+                    progress: Callable[[Progress], None] | None = None, similar: bool = False) -> list[DuplicateGroup]:
     """Groups of verified copies, largest first; groups already resolved are left out unless
-    include_resolved. fingerprint_of takes a fingerprint that the catalog lacks."""
+    include_resolved. fingerprint_of takes a fingerprint that the catalog lacks. similar: the groups of
+    look-alikes instead (the same scene, not the same picture: bursts, second shots), linked by pairs that
+    are not copies; both kinds are remembered for resolve."""
     if not 0 < min_cosine <= 1:
         raise QueryError(f"the candidates' cosine must be in (0, 1], got {min_cosine}")
     if neighbours < 1:
         raise QueryError(f"neighbours must be at least 1, got {neighbours}")
     verifier = Verifier(collection, fingerprint_of, workers or min(8, os.cpu_count() or 1))
-    links = UnionFind()
-    pairs: list[tuple[int, int, dict[str, Any]]] = []
+    found: dict[str, list[tuple[int, int, dict[str, Any]]]] = {"copies": [], SIMILAR: []}
     for a, b, evidence in verified_pairs(collection, min_cosine, neighbours, chunk, verifier, progress):
-        links.join(a, b)
-        pairs.append((a, b, evidence))
-    by_root: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
-    for a, b, evidence in pairs:
-        by_root.setdefault(links.root(a), []).append((a, b, evidence))
+        found[SIMILAR if evidence.get("kind") == SIMILAR else "copies"].append((a, b, evidence))
+    copies = UnionFind()
+    for a, b, _ in found["copies"]:
+        copies.join(a, b)
+    # look-alikes: pairs of the same scene, less those inside one copy group (copies of one photo, seen twice)
+    kinds = {"copies": found["copies"], SIMILAR: [p for p in found[SIMILAR] if copies.root(p[0]) != copies.root(p[1])]}
     decisions = collection.catalog.get_meta(DECISIONS) or {}
-    groups, listed = [], {}
-    for r, ids in links.groups().items():
-        group = _group(collection, ids, by_root.get(r, []), decisions)
-        if group is None:
-            continue
-        listed[group.id] = [m.id for m in group.members]
-        if group.resolution is None or include_resolved:
-            groups.append(group)
+    groups: dict[str, list[DuplicateGroup]] = {"copies": [], SIMILAR: []}
+    listed = {}
+    for kind, pairs in kinds.items():
+        links = UnionFind()
+        by_root: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+        for a, b, _ in pairs:
+            links.join(a, b)
+        for a, b, evidence in pairs:
+            by_root.setdefault(links.root(a), []).append((a, b, evidence))
+        for r, ids in links.groups().items():
+            group = _group(collection, ids, by_root.get(r, []), decisions, kind)
+            if group is None:
+                continue
+            listed[group.id] = [m.id for m in group.members]
+            if group.resolution is None or include_resolved:
+                groups[kind].append(group)
     collection.catalog.set_meta(**{LISTED: listed})
-    return sorted(groups, key=lambda g: (-len(g.members), g.keeper.path))
+    return sorted(groups[SIMILAR if similar else "copies"], key=lambda g: (-len(g.members), g.keeper.path))
 
 
 def _group(collection: Collection, ids: list[int], pairs: list[tuple[int, int, dict[str, Any]]],
-           decisions: dict[str, Any]) -> DuplicateGroup | None:
+           decisions: dict[str, Any], kind: str = "copies") -> DuplicateGroup | None:
     recs = collection.catalog.records(ids)
     rows = [recs[i] for i in ids if i in recs]
     if len(rows) < 2:  # removed meanwhile
         return None
     hashes = {row["sha256"] for row in rows}
-    decided, seen = _covering(decisions, hashes)
+    decided, seen = _covering(decisions, hashes, kind)
     members = [Member.from_record(row, new=bool(seen) and row["sha256"] not in seen) for row in rows]
     new = {m.id for m in members if m.new}
     shown = [{"a": a, "b": b} | ev for a, b, ev in sorted(pairs, key=lambda p: p[:2])
              if not new or a in new or b in new]  # a group that came back: only what is new
-    return DuplicateGroup(kind="exact" if len(hashes) == 1 else "near", keep=int(keeper(rows)["id"]),
+    named = SIMILAR if kind == SIMILAR else "exact" if len(hashes) == 1 else "near"
+    return DuplicateGroup(kind=named, keep=int(keeper(rows)["id"]),
                           min_score=min((p["cosine"] for p in shown), default=1.0), members=members,
-                          id=group_id(hashes), resolution=decided["decision"] if decided else None, pairs=shown)
+                          id=group_id(hashes, kind), resolution=decided["decision"] if decided else None, pairs=shown)
 
 
 def listed_group(collection: Collection, group: str) -> DuplicateGroup:
@@ -282,8 +300,10 @@ def listed_group(collection: Collection, group: str) -> DuplicateGroup:
     ids = (collection.catalog.get_meta(LISTED) or {}).get(group)
     if ids is None:
         raise NotFoundError(f"no duplicate group {group} (`simsearch duplicates` shows the ids)")
-    group_now = _group(collection, ids, [], collection.catalog.get_meta(DECISIONS) or {})
-    if group_now is None or group_now.id != group:
+    decisions = collection.catalog.get_meta(DECISIONS) or {}
+    group_now = next((g for kind in ("copies", SIMILAR) if (g := _group(collection, ids, [], decisions, kind))
+                      is not None and g.id == group), None)  # the ids say which kind it was
+    if group_now is None:
         raise NotFoundError(f"duplicate group {group} changed since it was listed; run `simsearch duplicates` again")
     return group_now
 

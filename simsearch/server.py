@@ -529,10 +529,11 @@ def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
     @app.get("/api/duplicates")
     def duplicates(min_cosine: float = Query(DEFAULT_MIN_COSINE, gt=0, le=1),
                    neighbours: int = Query(DEFAULT_NEIGHBOURS, ge=1, le=100),
-                   all: bool = False) -> list[dict[str, Any]]:
-        """Duplicate groups not yet resolved (all: those too), each member with its thumbnail."""
+                   all: bool = False, similar: bool = False) -> list[dict[str, Any]]:
+        """Duplicate groups not yet resolved (all: those too), each member with its thumbnail; similar: the
+        groups of look-alikes instead (kind "similar": the same scene, not the same picture)."""
         return [g.to_dict() | {"members": [m.to_dict() | {"thumbnail": f"/api/images/{m.id}/thumbnail"} for m in g.members]}
-                for g in store.duplicates(min_cosine, neighbours=neighbours, include_resolved=all)]
+                for g in store.duplicates(min_cosine, neighbours=neighbours, include_resolved=all, similar=similar)]
 
     @app.post("/api/duplicates/{group}/resolve", dependencies=[Depends(may_change)])
     def resolve(body: Resolution, group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:

@@ -329,11 +329,13 @@ class Store:
 
     def duplicates(self, min_cosine: float = DEFAULT_MIN_COSINE, *, neighbours: int = DEFAULT_NEIGHBOURS,
                    chunk: int = 1024, include_resolved: bool = False,
-                   progress: Callable[[Progress], None] | None = None) -> list[DuplicateGroup]:
-        """Verified copies not yet resolved, largest first (simsearch.duplicates)."""
+                   progress: Callable[[Progress], None] | None = None, similar: bool = False) -> list[DuplicateGroup]:
+        """Verified copies not yet resolved, largest first (simsearch.duplicates); similar: the groups of
+        look-alikes instead (kind "similar": bursts, second shots of a scene; never proposed for the trash)."""
         self._sync()
         return find_duplicates(self.collection, min_cosine, neighbours=neighbours, chunk=chunk, progress=progress,
-                               include_resolved=include_resolved, fingerprint_of=self.model.decoding.fingerprint)
+                               include_resolved=include_resolved, fingerprint_of=self.model.decoding.fingerprint,
+                               similar=similar)
 
     def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False) -> DuplicateGroup:
         """Record a decision on a group as `duplicates` last listed it (keep None: not duplicates)."""

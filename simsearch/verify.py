@@ -202,6 +202,8 @@ class Evidence:
     inliers: int | None = None  # ORB matches that agree with the fitted transform
     correlation: float | None = None  # of the contained image and its region in the other
     rotation: int = 0  # degrees (counter-clockwise) that turn the first photo into the second
+    # "copy", or "similar": the same scene (a burst, a second shot, the same item recoloured), not a copy
+    kind: str = "copy"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -223,7 +225,7 @@ def _same_shape(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
 
 def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = None,
             facts_b: dict[str, Any] | None = None) -> Evidence | None:
-    """Evidence that a and b are the same picture, or None. facts: the photos' catalog rows (width,
+    """Evidence that a and b are the same picture (kind "copy") or the same scene (kind "similar"), or None. facts: the photos' catalog rows (width,
     height, format) to name the change; the verdict itself comes from the pixels. Both need keypoints
     unless the whole pictures settle it (see whole_picture and geometric)."""
     return whole_picture(a, b, facts_a, facts_b) or geometric(a, b, facts_a, facts_b)
@@ -302,23 +304,26 @@ def geometric(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = N
     inliers = int(mask.sum())
     if inliers < MIN_INLIERS or inliers < MIN_INLIER_RATIO * len(good):
         return None
+    # the same scene from here on: many keypoints agree on one motion. Only the checks below make it a copy;
+    # a pair that fails them is a look-alike (a burst, a second shot, the same item in another colour)
+    scene = Evidence("same scene", hash_distance=ph, inliers=inliers, kind="similar")
     angle, scale = math.degrees(math.atan2(m[1, 0], m[0, 0])), math.hypot(m[0, 0], m[1, 0])
     if not SCALES[0] <= scale <= SCALES[1]:
-        return None
+        return scene
     quarter = round(angle / 90)
     if abs(angle - 90 * quarter) > ANGLE_TOLERANCE:
-        return None
+        return scene
     a_to_b = np.vstack([m, [0, 0, 1]])
     if _inside(a_to_b, a, b):
         inner, outer, t = a, b, a_to_b
     elif _inside(np.linalg.inv(a_to_b), b, a):
         inner, outer, t = b, a, np.linalg.inv(a_to_b)
     else:
-        return None  # overlapping but neither inside the other: another shot of the scene
+        return scene  # overlapping but neither inside the other: another shot of the scene
     corr = _correlation(inner, outer, t)
     placed = _placed_colour(inner, outer, t)
     if corr < MIN_CORRELATION or placed is None or colour_difference(*placed[:2]) > COLOUR_DIFFER_PLACED:
-        return None
+        return scene  # in place, but what is there differs: the subject moved, another item, recoloured
     scale2 = abs(np.linalg.det(t[:2, :2]))  # area of inner, in outer's pixels, per inner pixel
     covered = inner.width * inner.height * scale2 / (outer.width * outer.height)
     # image y points down, so atan2 above turned clockwise on screen; report counter-clockwise degrees

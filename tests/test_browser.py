@@ -302,6 +302,11 @@ def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Pat
         expect(groups).to_have_count(0)
         page.reload()
         expect(page.locator("#dup-status")).to_contain_text("no duplicates left to review", timeout=30_000)
+        page.locator("#to-similar").click()  # look-alikes: their own tab, and no trash offered there
+        expect(page.locator("#similar-note")).to_be_visible()
+        expect(page.locator("#trash-choice")).to_be_hidden()
+        expect(page.locator("#dup-status")).to_contain_text("look-alikes", timeout=30_000)
+        expect(page.locator("#to-similar")).to_have_class("on")
     with simsearch.open(tmp_path / "store") as reopened:  # the decisions are in the catalog
         assert reopened.duplicates() == []
         assert {g.resolution for g in reopened.duplicates(include_resolved=True)} == {"not-duplicates", "keep"}

@@ -24,11 +24,15 @@ def _reason(group: DuplicateGroup, image_id: int) -> str:
               help="Candidates: this many nearest neighbours of each photo.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV (-o csv).")
 @click.option("--all", "include_resolved", is_flag=True, help="Also list the groups already resolved.")
+@click.option("--similar", is_flag=True,
+              help="List look-alikes instead of copies: the same scene, not the same picture (bursts, second "
+                   "shots, one item in two colours); kind 'similar', never proposed for the trash.")
 @_store_options
 @_output_option
 @click.pass_obj
 def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: bool, include_resolved: bool,
-               store: str | None, model: str | None, db: str | None, output: str | None, as_json: bool) -> None:
+               similar: bool, store: str | None, model: str | None, db: str | None, output: str | None,
+               as_json: bool) -> None:
     """Group copies: same bytes, resized, recompressed, re-encoded, rotated, cropped, bordered, colour edited
     or overlaid.
 
@@ -36,18 +40,23 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
     hashes, then local features, and colour) and says what changed. Each group has an id (for `simsearch
     resolve`) and names the photo to keep: the largest resolution, then an original format, then the
     oldest. Resolved groups are left out (--all lists them) until a new photo joins one.
-    -o paths prints the others, one a line; -o csv and jsonl give one row per photo.
+    -o paths prints the others, one a line (never for --similar: look-alikes are not copies to remove);
+    -o csv and jsonl give one row per photo.
 
     \b
       simsearch duplicates --store data/photos
       simsearch duplicates -o csv > duplicates.csv
+      simsearch duplicates --similar --store data/photos
     """
     out = _output(output, as_json, as_csv)
+    if similar and out == "paths":
+        raise click.UsageError("-o paths prints the photos a group would not keep: look-alikes are not copies, "
+                               "so --similar lists them with -o json, jsonl, csv or text")
     progress, close = _progress_bar(obj["quiet"], "duplicates", "photo")  # photos' candidates, twice over
     with _open(store, model, db) as s:
         try:
             groups = s.duplicates(min_cosine, neighbours=neighbours, include_resolved=include_resolved,
-                                  progress=progress)
+                                  progress=progress, similar=similar)
         finally:
             close()
     if out == "json":
@@ -63,7 +72,7 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
             state = f", resolved: {g.resolution}" if g.resolution else ""
             click.echo(f"group {g.id}: {g.kind} ({len(g.members)} photos, similarity >= {g.min_score:.3f}{state}):")
             for m in g.members:
-                mark = "keep" if m.id == g.keep else " new" if m.new else "    "
+                mark = ("best" if g.kind == "similar" else "keep") if m.id == g.keep else " new" if m.new else "    "
                 why = _reason(g, m.id)
                 click.echo(f"  {mark}  {m.id:>7}  {m.width}x{m.height}  {m.path}" + (f"  ({why})" if why else ""))
         click.echo(f"{len(groups)} groups", err=True)
