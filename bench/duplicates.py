@@ -146,10 +146,12 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         if pair in reasons:  # a copy verified directly against its original (not only through the group)
             named[t].append(EXPECTED[t] in reasons[pair].split(" + "))
     together = sum(any(set(pair) <= g for g in alike) for pair in bursts)
-    strays = sum(1 for g in alike if not any(set(pair) <= g for pair in bursts | recoloured))
+    strays = [g for g in alike if not any(set(pair) <= g for pair in bursts | recoloured)]
+    one = sum(len({Path(p).stem.split("_")[0] for p in g}) == 1 for g in strays)  # o0003.jpg, o0003_crop0.jpg
     print(f"\nlook-alikes (duplicates --similar): {together}/{len(bursts)} burst pairs and "
           f"{sum(any(set(p) <= g for g in alike) for p in recoloured)}/{len(recoloured)} recoloured pairs in one "
-          f"group; {len(alike)} groups, {strays} holding neither")
+          f"group; {len(alike)} groups, {len(strays)} holding neither: {one} an original with copies the copy "
+          f"checks missed, {len(strays) - one} other photos")
     print("\nsimsearch's reason names the transform (of the copies verified against their original):")
     print("| " + " | ".join(named) + " |\n" + "|---" * len(named) + "|")
     print("| " + " | ".join(f"{np.mean(v):.2f} ({len(v)})" for v in named.values()) + " |")
