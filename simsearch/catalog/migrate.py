@@ -52,7 +52,7 @@ def migrate(engine: Engine, sqlite_file: str | None, read_only: bool = False) ->
         if found is not None and found > SCHEMA_VERSION:
             raise StoreError(f"catalog {sqlite_file or engine.url.render_as_string(hide_password=True)} has schema "
                              f"version {found}, written by a newer simsearch; this one reads up to version "
-                             f"{SCHEMA_VERSION}: upgrade simsearch (pip install -U simsearch)")
+                             f"{SCHEMA_VERSION}: install a newer simsearch to open it")
         if found == SCHEMA_VERSION and stamped:
             return  # another process upgraded it while this one waited
         kept = backup_path(sqlite_file, found) if sqlite_file and found is not None else None
