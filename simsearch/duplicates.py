@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
@@ -70,7 +70,7 @@ def _covering(decisions: dict[str, Any], hashes: set[str],
     return None, seen
 
 
-def record_decision(collection: Collection, group: DuplicateGroup, decision: str, keep: str | None = None,
+def record_decision(collection: Collection, group: DuplicateGroup, decision: str, keep: str | list[str] | None = None,
                     trashed: list[str] | None = None) -> None:
     decisions = dict(collection.catalog.get_meta(DECISIONS) or {})
     decisions[group.id] = {"decision": decision, "kind": SIMILAR if group.kind == SIMILAR else "copies", "keep": keep, "members": sorted({m.sha256 for m in group.members}),
@@ -308,10 +308,10 @@ def listed_group(collection: Collection, group: str) -> DuplicateGroup:
     return group_now
 
 
-def resolve_group(collection: Collection, group: str, *, keep: int | None, trash_others: bool,
-                  forget: Callable[[list[str]], object], verify: Callable[[dict[str, Any]], None]) -> DuplicateGroup:
-    """Record "not duplicates" (keep None) or "keep this one" on a listed group; trash_others moves the
-    others to the platform's trash (never a deletion) and `forget`s them from the store.
+def resolve_group(collection: Collection, group: str, *, keep: int | Sequence[int] | None, trash_others: bool,
+                  forget: Callable[[list[str]], object], verify: Callable[[Member], None]) -> DuplicateGroup:
+    """Record "not duplicates" (keep None) or "keep these" (one id, or several) on a listed group;
+    trash_others moves the others to the platform's trash (never a deletion) and `forget`s them.
 
     Trash acts only on what was verified: every member's file must still hold the bytes the catalog
     recorded (`verify`: SHA-256 and size, read now), the keeper's first of all, or nothing is moved. Each
@@ -322,13 +322,15 @@ def resolve_group(collection: Collection, group: str, *, keep: int | None, trash
             raise QueryError("trashing the others needs the photo to keep")
         record_decision(collection, found, NOT_DUPLICATES)
         return found
-    kept = [m.path for m in found.members if m.id == keep]
-    if not kept:
-        raise QueryError(f"image {keep} is not in group {group}")
-    others = [m for m in found.members if m.id != keep] if trash_others else []
+    wanted = [keep] if isinstance(keep, int) else list(dict.fromkeys(keep))
+    strangers = [i for i in wanted if i not in {m.id for m in found.members}]
+    if strangers or not wanted:
+        raise QueryError(f"image {(strangers or ['(none)'])[0]} is not in group {group}")
+    keepers = [m for m in found.members if m.id in wanted]
+    kept = [m.path for m in keepers]
+    others = [m for m in found.members if m.id not in wanted] if trash_others else []
     if others:
-        keeper = next(m for m in found.members if m.id == keep)
-        for m in [keeper, *others]:  # the keeper first: never trash the others of a photo that is gone
+        for m in [*keepers, *others]:  # the keepers first: never trash the others of a photo that is gone
             _still_verified(group, m, verify)
     trashed = []
     try:
@@ -339,7 +341,7 @@ def resolve_group(collection: Collection, group: str, *, keep: int | None, trash
     finally:
         if trashed:
             forget(trashed)
-    record_decision(collection, found, KEEP, keep=kept[0], trashed=trashed)
+    record_decision(collection, found, KEEP, keep=kept[0] if len(kept) == 1 else kept, trashed=trashed)
     return found
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, File, Form, Header, Query, Request, UploadFile
@@ -113,8 +113,11 @@ def _validation_error(exc: RequestValidationError) -> JSONResponse:
     return error_response(QueryError("invalid request: " + "; ".join(problems)))
 
 
+_Id = Annotated[int, Field(ge=1, le=2**63 - 1)]
+
+
 class Resolution(BaseModel):
-    keep: int | None = Field(None, ge=1, le=2**63 - 1)
+    keep: _Id | Annotated[list[_Id], Field(min_length=1, max_length=1000)] | None = None  # one id, or several
     trash_others: bool = False
 
 
@@ -537,8 +540,8 @@ def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
 
     @app.post("/api/duplicates/{group}/resolve", dependencies=[Depends(may_change)])
     def resolve(body: Resolution, group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:
-        """Record "not duplicates" (keep absent) or "keep this one"; trash_others moves the others to the
-        server machine's trash (never a deletion)."""
+        """Record "not duplicates" (keep absent) or "keep this one" (keep: an id, or a list of ids to keep
+        several); trash_others moves the others to the server machine's trash (never a deletion)."""
         found = store.resolve(group, keep=body.keep, trash_others=body.trash_others)
         return {"group": found.id, "decision": "keep" if body.keep is not None else "not-duplicates"}
 

@@ -337,8 +337,10 @@ class Store:
                                include_resolved=include_resolved, fingerprint_of=self.model.decoding.fingerprint,
                                similar=similar)
 
-    def resolve(self, group: str, *, keep: int | None = None, trash_others: bool = False) -> DuplicateGroup:
-        """Record a decision on a group as `duplicates` last listed it (keep None: not duplicates)."""
+    def resolve(self, group: str, *, keep: int | Sequence[int] | None = None,
+                trash_others: bool = False) -> DuplicateGroup:
+        """Record a decision on a group as `duplicates` last listed it (keep None: not duplicates; one id,
+        or several to keep more than one: trash_others then moves only the rest)."""
         return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove,
                              verify=self._verify_content)
 

@@ -295,6 +295,13 @@ def test_duplicates_over_http_list_and_resolve_with_the_token(store: simsearch.S
         ["not-duplicates"]
     bad = client.post("/api/duplicates/nothex/resolve", json={}, headers={"Authorization": "Bearer t0k"})
     assert bad.status_code == 422
+    both = client.get("/api/duplicates").json()[0]  # keep every member: a list of ids
+    r = client.post(f"/api/duplicates/{both['id']}/resolve", json={"keep": [m["id"] for m in both["members"]]},
+                    headers={"Authorization": "Bearer t0k"})
+    assert r.status_code == 200 and r.json()["decision"] == "keep" and len(client.get("/api/duplicates").json()) == 2
+    too_many = client.post(f"/api/duplicates/{gid}/resolve", json={"keep": list(range(1, 1002))},
+                           headers={"Authorization": "Bearer t0k"})
+    assert too_many.status_code == 422
 
 
 @pytest.mark.parametrize("size", [(32, 32), (224, 224)])
@@ -451,3 +458,23 @@ def test_bursts_and_recoloured_items_are_look_alikes_never_copies(tmp_path: Path
     assert done.exit_code == 0, done.output
     again = json.loads(CliRunner().invoke(main, [*args, "--json"]).output)
     assert listed[0]["id"] not in {g["id"] for g in again}
+
+
+def test_keep_several_moves_only_the_rest_to_the_trash(store: simsearch.Store, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of three where the user wants two (before, a decision kept exactly one)."""
+    moved: list[str] = []
+    monkeypatch.setattr("send2trash.send2trash", lambda path: (moved.append(path), shutil.move(path, tmp_path)))
+    Image.open(tmp_path / "photos" / "p02.jpg").save(tmp_path / "photos" / "third-p02.jpg", quality=60)
+    store.index(tmp_path / "photos")
+    group = _group(store, "p02.jpg", "recompressed-p02.jpg", "third-p02.jpg")
+    ids = {Path(m.path).name: m.id for m in group.members}
+    stranger = CliRunner().invoke(main, ["resolve", group.id, "--keep", str(ids["p02.jpg"]), "--keep", "999999",
+                                         "--trash-others", "--store", str(store.root)])
+    assert stranger.exit_code == 1 and "999999 is not in group" in stranger.output and moved == []
+    r = CliRunner().invoke(main, ["resolve", group.id, "--keep", str(ids["p02.jpg"]), "--keep",
+                                  str(ids["third-p02.jpg"]), "--trash-others", "--store", str(store.root)])
+    assert r.exit_code == 0, r.output
+    assert [Path(p).name for p in moved] == ["recompressed-p02.jpg"]
+    assert (tmp_path / "photos" / "p02.jpg").exists() and (tmp_path / "photos" / "third-p02.jpg").exists()
+    assert "keeping " in r.output and str(ids["third-p02.jpg"]) in r.output

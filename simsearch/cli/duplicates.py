@@ -83,11 +83,12 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
 @main.command()
 @click.argument("group")
 @click.option("--not-duplicates", is_flag=True, help="These photos are not copies of each other.")
-@click.option("--keep", "keep", type=int, metavar="IMAGE_ID", help="Keep this photo (its id in the group).")
+@click.option("--keep", "keep", type=int, metavar="IMAGE_ID", multiple=True,
+              help="Keep this photo (its id in the group); repeat it to keep several.")
 @click.option("--trash-others", is_flag=True,
               help="With --keep: move the others to the trash (never deleted) and forget them.")
 @_store_options
-def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bool,
+def resolve(group: str, not_duplicates: bool, keep: tuple[int, ...], trash_others: bool,
             store: str | None, model: str | None, db: str | None) -> None:
     """Record a decision on duplicate group GROUP, as `simsearch duplicates` last listed it, so it is
     not listed again until a new photo joins it.
@@ -96,15 +97,17 @@ def resolve(group: str, not_duplicates: bool, keep: int | None, trash_others: bo
       simsearch resolve 3f2a9c81d0e4 --not-duplicates
       simsearch resolve 3f2a9c81d0e4 --keep 42
       simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
+      simsearch resolve 3f2a9c81d0e4 --keep 42 --keep 43 --trash-others   # keep two
     """
-    if not_duplicates == (keep is not None):
+    if not_duplicates == bool(keep):
         raise click.UsageError("give either --not-duplicates or --keep IMAGE_ID")
-    if trash_others and keep is None:
+    if trash_others and not keep:
         raise click.UsageError("--trash-others goes with --keep")
     with _open(store, model, db) as s:
-        found = s.resolve(group, keep=keep, trash_others=trash_others)
-    others = [m.path for m in found.members if m.id != keep]
+        found = s.resolve(group, keep=list(keep) or None, trash_others=trash_others)
+    others = [m.path for m in found.members if m.id not in keep]
     if not_duplicates:
         click.echo(f"group {group}: marked as not duplicates ({len(found.members)} photos)")
     else:
-        click.echo(f"group {group}: keeping {keep}" + (f"; moved to the trash: {', '.join(others)}" if trash_others else ""))
+        click.echo(f"group {group}: keeping {', '.join(map(str, keep))}"
+                   + (f"; moved to the trash: {', '.join(others)}" if trash_others else ""))
