@@ -345,6 +345,15 @@ def resolve_group(collection: Collection, group: str, *, keep: int | Sequence[in
     return found
 
 
+SURE_REASONS = frozenset({"same bytes", "resized"})
+
+
+def is_sure(group: DuplicateGroup) -> bool:
+    """Whether a group can be resolved without a look: copies only, every pair the same bytes or the same
+    picture at another size, so keeping the suggested (largest, then oldest) photo loses nothing."""
+    return group.kind in ("exact", "near") and bool(group.pairs) and all(p["reason"] in SURE_REASONS for p in group.pairs)
+
+
 def _still_verified(group: str, member: Member, verify: Callable[[Member], None], *,
                     moved: int = 0) -> None:
     try:

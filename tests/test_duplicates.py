@@ -478,3 +478,24 @@ def test_keep_several_moves_only_the_rest_to_the_trash(store: simsearch.Store, t
     assert [Path(p).name for p in moved] == ["recompressed-p02.jpg"]
     assert (tmp_path / "photos" / "p02.jpg").exists() and (tmp_path / "photos" / "third-p02.jpg").exists()
     assert "keeping " in r.output and str(ids["third-p02.jpg"]) in r.output
+
+
+def test_resolve_sure_settles_the_groups_that_need_no_look_after_a_confirmation(
+        store: simsearch.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same bytes and resized copies in bulk; a recompressed (quality 25) copy and a crop still wait for a
+    person. With --trash-others the list is shown and confirmed first: saying no moves nothing."""
+    moved: list[str] = []
+    monkeypatch.setattr("send2trash.send2trash", lambda path: (moved.append(path), shutil.move(path, tmp_path)))
+    args = ["resolve", "--sure", "--trash-others", "--store", str(store.root)]
+    no = CliRunner().invoke(main, args, input="n\n")
+    assert no.exit_code == 1 and "move these 2 photos to the trash?" in no.output and moved == []
+    assert "copy-of-p00.jpg" in no.output and "small-p01.jpg" in no.output and "p03" not in no.output
+    assert len(store.duplicates()) == 4
+    yes = CliRunner().invoke(main, args, input="y\n")
+    assert yes.exit_code == 0 and "resolved 2 groups; 2 photos moved to the trash" in yes.output, yes.output
+    assert sorted(Path(p).name for p in moved) in (["copy-of-p00.jpg", "small-p01.jpg"], ["p00.jpg", "small-p01.jpg"])
+    left = {frozenset(Path(m.path).name for m in g.members) for g in store.duplicates()}
+    assert left == {frozenset({"p02.jpg", "recompressed-p02.jpg"}), frozenset({"p03.jpg", "cropped-p03.png"})}
+    again = CliRunner().invoke(main, ["resolve", "--sure", "--store", str(store.root)])
+    assert again.exit_code == 0 and "no group of same-bytes or resized copies left" in again.output
+    assert CliRunner().invoke(main, ["resolve", "--sure", "abc", "--store", str(store.root)]).exit_code == 2

@@ -81,14 +81,18 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
 
 
 @main.command()
-@click.argument("group")
+@click.argument("group", required=False)
+@click.option("--sure", is_flag=True,
+              help="Instead of GROUP: resolve every listed group whose pairs are all the same bytes or resized "
+                   "copies, keeping the suggested photo of each (with --trash-others, after a confirmation).")
+@click.option("--yes", is_flag=True, help="With --sure --trash-others: do not ask for the confirmation.")
 @click.option("--not-duplicates", is_flag=True, help="These photos are not copies of each other.")
 @click.option("--keep", "keep", type=int, metavar="IMAGE_ID", multiple=True,
               help="Keep this photo (its id in the group); repeat it to keep several.")
 @click.option("--trash-others", is_flag=True,
               help="With --keep: move the others to the trash (never deleted) and forget them.")
 @_store_options
-def resolve(group: str, not_duplicates: bool, keep: tuple[int, ...], trash_others: bool,
+def resolve(group: str | None, sure: bool, yes: bool, not_duplicates: bool, keep: tuple[int, ...], trash_others: bool,
             store: str | None, model: str | None, db: str | None) -> None:
     """Record a decision on duplicate group GROUP, as `simsearch duplicates` last listed it, so it is
     not listed again until a new photo joins it.
@@ -98,7 +102,15 @@ def resolve(group: str, not_duplicates: bool, keep: tuple[int, ...], trash_other
       simsearch resolve 3f2a9c81d0e4 --keep 42
       simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
       simsearch resolve 3f2a9c81d0e4 --keep 42 --keep 43 --trash-others   # keep two
+      simsearch resolve --sure --trash-others   # every group of same-bytes or resized copies
     """
+    if sure:
+        if group or keep or not_duplicates:
+            raise click.UsageError("--sure resolves the sure groups by itself: give no GROUP, --keep or --not-duplicates")
+        _resolve_sure(trash_others, yes, store, model, db)
+        return
+    if group is None:
+        raise click.UsageError("give a GROUP (from `simsearch duplicates`) or --sure")
     if not_duplicates == bool(keep):
         raise click.UsageError("give either --not-duplicates or --keep IMAGE_ID")
     if trash_others and not keep:
@@ -111,3 +123,24 @@ def resolve(group: str, not_duplicates: bool, keep: tuple[int, ...], trash_other
     else:
         click.echo(f"group {group}: keeping {', '.join(map(str, keep))}"
                    + (f"; moved to the trash: {', '.join(others)}" if trash_others else ""))
+
+
+def _resolve_sure(trash_others: bool, yes: bool, store: str | None, model: str | None, db: str | None) -> None:
+    """Every group that needs no look (is_sure): shown first, confirmed if photos are to move, then resolved."""
+    from ..duplicates import is_sure
+
+    with _open(store, model, db) as s:
+        groups = [g for g in s.duplicates() if is_sure(g)]
+        if not groups:
+            click.echo("no group of same-bytes or resized copies left to resolve")
+            return
+        for g in groups:
+            others = [m.path for m in g.members if m.id != g.keep]
+            click.echo(f"group {g.id}: keep {g.keep} {g.keeper.path}; "
+                       f"{'to the trash' if trash_others else 'not kept'}: {', '.join(others)}")
+        moving = sum(len(g.members) - 1 for g in groups)
+        if trash_others and not yes:
+            click.confirm(f"move these {moving} photos to the trash?", abort=True)
+        for g in groups:
+            s.resolve(g.id, keep=g.keep, trash_others=trash_others)
+    click.echo(f"resolved {len(groups)} groups" + (f"; {moving} photos moved to the trash" if trash_others else ""))
