@@ -29,10 +29,10 @@ import faiss
 import numpy as np
 
 from .collection import Collection
-from .errors import ChangedError, ImageError, NotFoundError, QueryError
+from .errors import ChangedError, ImageError, NotFoundError, QueryError, SimsearchError
 from .files import move_to_trash
 from .paths import display
-from .results import DuplicateGroup, Member, Progress
+from .results import DuplicateGroup, Member, Progress, Undone
 from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, whole_picture
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
@@ -343,6 +343,29 @@ def resolve_group(collection: Collection, group: str, *, keep: int | Sequence[in
             forget(trashed)
     record_decision(collection, found, KEEP, keep=kept[0] if len(kept) == 1 else kept, trashed=trashed)
     return found
+
+
+def undo_decision(collection: Collection, group: str | None,
+                  restore: Callable[[str], None]) -> tuple[Undone, dict[str, Any]]:
+    """Take back a decision (group's, else the latest): the photos it moved to the trash are put back where
+    they were (restore; one that cannot be is reported, never overwritten), and the decision is forgotten,
+    so the group is listed again. Returns the report and the decision as it was."""
+    decisions = dict(collection.catalog.get_meta(DECISIONS) or {})
+    if not decisions and group is None:
+        raise NotFoundError("no duplicate decision to take back")
+    gid = group if group is not None else max(decisions, key=lambda g: str(decisions[g].get("at", "")))
+    if gid not in decisions:
+        raise NotFoundError(f"no decision on duplicate group {gid} (`simsearch duplicates --all` lists them)")
+    decision = decisions.pop(gid)
+    restored, problems = [], []
+    for path in decision.get("trashed") or []:
+        try:
+            restore(path)
+            restored.append(path)
+        except SimsearchError as exc:
+            problems.append(str(exc))
+    collection.catalog.set_meta(**{DECISIONS: decisions})
+    return Undone(gid, str(decision.get("decision")), restored, problems), decision
 
 
 SURE_REASONS = frozenset({"same bytes", "resized"})

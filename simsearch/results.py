@@ -134,6 +134,17 @@ class DuplicateGroup(Result):
 
 
 @dataclass(frozen=True)
+class Undone(Result):
+    """A duplicate decision taken back: what it was, the photos put back from the trash, and any that could
+    not be (each with the reason)."""
+
+    group: str
+    decision: str
+    restored: list[str]
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class IndexSettings(Result):
     """How the store searches: exact (`flat`) or IVF with its tuned probe count, as optimize recorded it."""
 

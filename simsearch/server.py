@@ -545,6 +545,12 @@ def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
         found = store.resolve(group, keep=body.keep, trash_others=body.trash_others)
         return {"group": found.id, "decision": "keep" if body.keep is not None else "not-duplicates"}
 
+    @app.post("/api/duplicates/{group}/undo", dependencies=[Depends(may_change)])
+    def undo(group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:
+        """Take back the decision on a group: the photos it moved to the server machine's trash are put back
+        and indexed again (freedesktop trash: Linux, BSD), and the group is listed again."""
+        return store.undo(group).to_dict()
+
     @app.post("/api/index", dependencies=[Depends(may_change)], status_code=202)
     def start_index() -> dict[str, Any]:
         app.state.job.start(store)

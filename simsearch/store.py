@@ -25,7 +25,7 @@ from .catalog import OK, BrowseKey, Catalog, Changes, ImageFilter
 from .collection import INDEX_FILE, INDEX_STATE_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions, check_reachable
-from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group
+from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group, undo_decision
 from .embedding import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
@@ -47,6 +47,7 @@ from .results import (
     Photo,
     Progress,
     StoreStats,
+    Undone,
 )
 
 log = logging.getLogger(__name__)
@@ -343,6 +344,18 @@ class Store:
         or several to keep more than one: trash_others then moves only the rest)."""
         return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove,
                              verify=self._verify_content)
+
+    def undo(self, group: str | None = None) -> Undone:
+        """Take back a duplicate decision (group's, else the latest): the photos it moved to the trash go
+        back where they were (the freedesktop trash, simsearch.trash) and are indexed again, and the group
+        is listed again."""
+        from .trash import restore
+
+        undone, _ = undo_decision(self.collection, group, restore)
+        back = [f for f in self.folders() if any(p.startswith(f.rstrip("/") + "/") for p in undone.restored)]
+        for folder in back:  # incremental: only what came back is embedded (or found by its content)
+            self.index(folder)
+        return undone
 
     def _verify_content(self, member: Member) -> None:
         """A member's file holds, read now, the bytes it was verified with (raises NotFoundError / ChangedError)."""

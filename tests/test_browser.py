@@ -300,6 +300,12 @@ def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Pat
         turned.locator(".member", has_text="db_120-turned.jpg").locator(".keep-this").click()
         expect(page.locator("#dup-status")).to_contain_text("keeping")
         expect(groups).to_have_count(0)
+        page.locator("#undo").click()  # a decision can be taken back: the group is listed again
+        expect(page.locator("#dup-status")).to_contain_text("taken back", timeout=30_000)
+        expect(groups).to_have_count(1)
+        turned.locator(".member", has_text="db_120-turned.jpg").locator(".keep-this").click()
+        expect(page.locator("#dup-status")).to_contain_text("keeping")
+        expect(groups).to_have_count(0)
         page.reload()
         expect(page.locator("#dup-status")).to_contain_text("no duplicates left to review", timeout=30_000)
         page.locator("#to-similar").click()  # look-alikes: their own tab, and no trash offered there

@@ -499,3 +499,53 @@ def test_resolve_sure_settles_the_groups_that_need_no_look_after_a_confirmation(
     again = CliRunner().invoke(main, ["resolve", "--sure", "--store", str(store.root)])
     assert again.exit_code == 0 and "no group of same-bytes or resized copies left" in again.output
     assert CliRunner().invoke(main, ["resolve", "--sure", "abc", "--store", str(store.root)]).exit_code == 2
+
+
+def test_undo_puts_trashed_photos_back_indexes_them_and_lists_the_group_again(
+        store: simsearch.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real send2trash into a freedesktop trash of this test's own, then read back (simsearch.trash)."""
+    import send2trash.plat_other as plat
+
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("HOME", str(tmp_path))  # the home trash on the photos' own disk, as send2trash decides
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(xdg))  # read by send2trash when it is imported
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(xdg / "Trash"))
+    group = _group(store, "p01.jpg", "small-p01.jpg")
+    keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
+    store.resolve(group.id, keep=keep, trash_others=True)
+    small = tmp_path / "photos" / "small-p01.jpg"
+    assert not small.exists() and (xdg / "Trash" / "files" / "small-p01.jpg").exists()
+    assert all(g.id != group.id for g in store.duplicates())
+
+    undone = store.undo()  # the latest decision
+    assert (undone.group, undone.decision, undone.restored, undone.problems) == (group.id, "keep", [str(small)], [])
+    assert small.exists() and not list((xdg / "Trash" / "files").iterdir()) and not list((xdg / "Trash" / "info").iterdir())
+    assert _group(store, "p01.jpg", "small-p01.jpg").resolution is None  # indexed again, listed again
+
+    pair = _group(store, "p02.jpg", "recompressed-p02.jpg")  # a decision without trash: taken back by the CLI
+    store.resolve(pair.id)
+    r = CliRunner().invoke(main, ["resolve", "--undo", pair.id, "--store", str(store.root)])
+    assert r.exit_code == 0 and "decision 'not-duplicates' taken back" in r.output, r.output
+    assert _group(store, "p02.jpg", "recompressed-p02.jpg").resolution is None
+    nothing = CliRunner().invoke(main, ["resolve", "--undo", pair.id, "--store", str(store.root)])
+    assert nothing.exit_code == 1 and f"no decision on duplicate group {pair.id}" in nothing.output
+
+
+def test_undo_never_overwrites_a_file_that_came_back(store: simsearch.Store, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import send2trash.plat_other as plat
+
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(xdg))
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(xdg / "Trash"))
+    group = _group(store, "p01.jpg", "small-p01.jpg")
+    keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
+    store.resolve(group.id, keep=keep, trash_others=True)
+    small = tmp_path / "photos" / "small-p01.jpg"
+    small.write_bytes(b"another file since")
+    undone = store.undo(group.id)
+    assert undone.restored == [] and "exists again" in undone.problems[0]
+    assert small.read_bytes() == b"another file since" and (xdg / "Trash" / "files" / "small-p01.jpg").exists()

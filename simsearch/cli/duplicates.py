@@ -86,14 +86,17 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
               help="Instead of GROUP: resolve every listed group whose pairs are all the same bytes or resized "
                    "copies, keeping the suggested photo of each (with --trash-others, after a confirmation).")
 @click.option("--yes", is_flag=True, help="With --sure --trash-others: do not ask for the confirmation.")
+@click.option("--undo", is_flag=True,
+              help="Take back the decision on GROUP (without GROUP: the latest): what it moved to the trash is "
+                   "put back and indexed again (the freedesktop trash: Linux, BSD), and the group is listed again.")
 @click.option("--not-duplicates", is_flag=True, help="These photos are not copies of each other.")
 @click.option("--keep", "keep", type=int, metavar="IMAGE_ID", multiple=True,
               help="Keep this photo (its id in the group); repeat it to keep several.")
 @click.option("--trash-others", is_flag=True,
               help="With --keep: move the others to the trash (never deleted) and forget them.")
 @_store_options
-def resolve(group: str | None, sure: bool, yes: bool, not_duplicates: bool, keep: tuple[int, ...], trash_others: bool,
-            store: str | None, model: str | None, db: str | None) -> None:
+def resolve(group: str | None, sure: bool, yes: bool, undo: bool, not_duplicates: bool, keep: tuple[int, ...],
+            trash_others: bool, store: str | None, model: str | None, db: str | None) -> None:
     """Record a decision on duplicate group GROUP, as `simsearch duplicates` last listed it, so it is
     not listed again until a new photo joins it.
 
@@ -103,7 +106,20 @@ def resolve(group: str | None, sure: bool, yes: bool, not_duplicates: bool, keep
       simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
       simsearch resolve 3f2a9c81d0e4 --keep 42 --keep 43 --trash-others   # keep two
       simsearch resolve --sure --trash-others   # every group of same-bytes or resized copies
+      simsearch resolve --undo                  # take back the latest decision, trash included
     """
+    if undo:
+        if sure or keep or not_duplicates or trash_others:
+            raise click.UsageError("--undo takes back a decision: give no --sure, --keep, --not-duplicates or --trash-others")
+        with _open(store, model, db) as s:
+            undone = s.undo(group)
+        click.echo(f"group {undone.group}: decision '{undone.decision}' taken back; the group is listed again"
+                   + (f"; put back from the trash: {', '.join(undone.restored)}" if undone.restored else ""))
+        for problem in undone.problems:
+            click.echo(f"not put back: {problem}", err=True)
+        if undone.problems:
+            raise SystemExit(1)
+        return
     if sure:
         if group or keep or not_duplicates:
             raise click.UsageError("--sure resolves the sure groups by itself: give no GROUP, --keep or --not-duplicates")
