@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,9 +66,25 @@ def database(kind: str, folder: Path) -> Iterator[str]:
                               f"ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"))
         yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop(admin, name)
         admin.dispose()
+
+
+def _drop(admin: Any, name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE) cannot end an autovacuum worker (it runs as the superuser, and the
+    test role may not signal it): one that happens to be in the fresh database is waited out."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
+
+    for attempt in range(40):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except ProgrammingError as exc:
+            if "pg_signal_backend" not in str(exc) or attempt == 39:
+                raise
+            time.sleep(0.25)
 
 
 @pytest.fixture(params=DATABASES)
