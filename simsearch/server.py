@@ -446,9 +446,8 @@ def _image_routes(app: FastAPI, store: Store) -> None:
         with the same filters as queries; `next` is the cursor of the following page (null at the end);
         `total`, how many photos pass the filters, on the first page (null on the others)."""
         photos, total = store.browse(f, _after(cursor), limit)
-        rows = [p.to_dict() for p in photos]
-        return {"photos": [_links(r) for r in rows], "total": total,
-                "next": _cursor(BrowseKey.of(rows[-1])) if len(rows) == limit else None}
+        return {"photos": [_links(p.to_dict()) for p in photos], "total": total,
+                "next": _cursor(BrowseKey.of(photos[-1])) if len(photos) == limit else None}
 
     @app.get("/api/images/{image_id}")
     def image_record(image_id: int = ImageId) -> dict[str, Any]:

@@ -90,15 +90,20 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL below may have to wait too
-            if url not in ("sqlite://", "sqlite:///:memory:"):
-                use_wal(dbapi_conn)
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
+            tune_sqlite(dbapi_conn, wal=url not in ("sqlite://", "sqlite:///:memory:"))
 
     return engine
+
+
+def tune_sqlite(dbapi_conn: sqlite3.Connection, *, wal: bool = True, foreign_keys: bool = True) -> None:
+    """Every connection to a catalog file: a busy timeout (first: switching to WAL may have to wait too),
+    WAL, full fsync on commit, and foreign keys unless a migration is about to rebuild tables."""
+    dbapi_conn.execute("PRAGMA busy_timeout=30000")
+    if wal:
+        use_wal(dbapi_conn)
+    dbapi_conn.execute("PRAGMA synchronous=FULL")
+    if foreign_keys:
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
 
 
 def use_wal(dbapi_conn: sqlite3.Connection) -> None:

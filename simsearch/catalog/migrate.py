@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool
 
 from ..errors import StoreError
-from .engine import use_wal
+from .engine import tune_sqlite
 from .schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -103,9 +103,7 @@ def _exclusive(engine: Engine, sqlite_file: str | None) -> Iterator[Connection]:
     @event.listens_for(own, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None  # no implicit transactions: BEGIN below is the only one
-        dbapi_conn.execute("PRAGMA busy_timeout=30000")
-        use_wal(dbapi_conn)
-        dbapi_conn.execute("PRAGMA synchronous=FULL")
+        tune_sqlite(dbapi_conn, foreign_keys=False)  # batch mode may copy a table: no cascades meanwhile
 
     @event.listens_for(own, "begin")
     def _begin(conn: Connection) -> None:

@@ -52,11 +52,10 @@ class BrowseKey:
     id: int
 
     @classmethod
-    def of(cls, row: Any) -> BrowseKey:
-        """Where a page ended, from its last photo (a Photo from Store.browse, or a catalog record)."""
-        get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
-        taken = get("taken_at")
-        return cls(datetime.fromisoformat(taken) if taken else None, int(get("mtime_ns") or 0), int(get("id")))
+    def of(cls, photo: Any) -> BrowseKey:
+        """Where a page ended, from its last photo (a Photo from Store.browse)."""
+        taken = photo.taken_at
+        return cls(datetime.fromisoformat(taken) if taken else None, int(photo.mtime_ns or 0), int(photo.id))
 
     def before(self) -> Any:
         """Rows after this one in browsing order (newest first), spelled out: row-value comparisons would

@@ -272,6 +272,13 @@ def _progress_bar(quiet: bool, desc: str = "indexing",
     return progress, close
 
 
+_STAMP = "%Y-%m-%d %H:%M:%S"  # local time on the lines of commands that run for days
+
+
+def _stamp() -> str:
+    return time.strftime(_STAMP)
+
+
 def _stamped_report(report: IndexReport) -> None:
     """A report line as long-running commands (watch, serve --watch) print them: with the local time."""
     _print_report(report, stamp=True)
@@ -281,14 +288,14 @@ def _timestamped_logs() -> None:
     """The library's log lines with the local time, for commands that run for days (watch, serve --watch)."""
     for h in logging.getLogger("simsearch").handlers:
         if isinstance(h, _EchoHandler):
-            h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            h.setFormatter(logging.Formatter("%(asctime)s %(message)s", _STAMP))
 
 
 def _print_report(report: IndexReport, stamp: bool = False) -> None:
     work = report.added + report.updated
     busy = report.seconds - report.timings.get("model_load", 0.0)
     rate = f" ({work / busy:.1f} images/s after loading the model)" if work and busy > 0 else ""
-    when = time.strftime("%Y-%m-%d %H:%M:%S ") if stamp else ""
+    when = f"{_stamp()} " if stamp else ""
     click.echo(f"{when}{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
                f"in {report.seconds:.1f} s{rate}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import click
 
 from ..config import PRECISIONS, RESIZE_POLICIES
 from ..distributed import DEFAULT_SHARD_SIZE, RayOptions
+from ..store import absolute
 from .common import (
     _emit,
     _hint_args,
@@ -26,6 +26,7 @@ from .common import (
     _print_report,
     _progress_bar,
     _runtime_option,
+    _stamp,
     _stamped_report,
     _store_options,
     _timestamped_logs,
@@ -155,7 +156,7 @@ def watch(store: str | None, model: str | None, db: str | None, runtime: str | N
             raise click.ClickException(f"store {s.root} has no folders to watch: index one with "
                                        f"`simsearch index FOLDER {_hint_args(s, db)}`")
         _timestamped_logs()
-        click.echo(f"{time.strftime('%Y-%m-%d %H:%M:%S')} watching {', '.join(s.folders())} (Ctrl-C stops)", err=True)
+        click.echo(f"{_stamp()} watching {', '.join(s.folders())} (Ctrl-C stops)", err=True)
         try:
             FolderWatcher(s, debounce=debounce, on_report=_stamped_report).run(stop)
         except KeyboardInterrupt:
@@ -191,7 +192,7 @@ def _indexed_again(s: Any, paths: tuple[str, ...]) -> list[dict[str, Any]]:
     left out by its remembered excludes), with the excludes that would keep each out."""
     out = []
     for p in paths:
-        path = Path(p).expanduser().resolve()
+        path = Path(absolute(p))  # as Store.remove resolved it
         for folder in s.folders():
             try:
                 rel = path.relative_to(folder).as_posix()

@@ -36,8 +36,6 @@ def _probe(image: str, hint: str = "IMAGE") -> Any:
 
 
 def _examples(images: tuple[str, ...], ids: tuple[int, ...], hint: str) -> list[Any]:
-    if list(images).count("-") > 1:
-        raise click.BadParameter("standard input (-) can be read once", param_hint=hint)
     return [_probe(i, hint) for i in images] + list(ids)
 
 
@@ -80,8 +78,8 @@ def query(images: tuple[str, ...], image_ids: tuple[int, ...], not_images: tuple
     if not images and not image_ids:
         raise click.UsageError("give at least one IMAGE or --id (--not alone says only what to push down)")
     out = _output(output, as_json)
-    if "-" in images and "-" in not_images:
-        raise click.BadParameter("standard input (-) can be read once", param_hint="--not")
+    if (*images, *not_images).count("-") > 1:  # checked before either reads it
+        raise click.BadParameter("standard input (-) can be read once", param_hint="IMAGE / --not")
     positives = _examples(images, image_ids, "IMAGE")
     negatives = _examples(not_images, not_ids, "--not")
     probe = positives[0] if len(positives) == 1 else positives
