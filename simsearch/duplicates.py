@@ -13,6 +13,7 @@ hang on a number that cannot be calibrated for every model.
 A group's id comes from its members' content hashes. A decision ("not duplicates", or "keep this one")
 is recorded in the catalog with the hashes it covered: a group whose members are all covered stays
 resolved across index and duplicates runs; one that gained a photo comes back with only its new pairs.
+A split acts on pairs instead: the links between its parts are dropped, so each part is a group of its own.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on th
 DEFAULT_NEIGHBOURS = 10
 DECISIONS = "duplicate_decisions"  # catalog meta: group id -> {decision, keep, members (hashes), at, trashed}
 LISTED = "duplicate_groups"  # catalog meta: group id -> member ids, as last listed (what resolve refers to)
-NOT_DUPLICATES, KEEP = "not-duplicates", "keep"
+LISTED_SURE = "duplicate_groups_sure"  # catalog meta: the ids of those that were sure (DuplicateGroup.sure)
+NOT_DUPLICATES, KEEP, SPLIT = "not-duplicates", "keep", "split"
 SIMILAR = "similar"  # a group of look-alikes (bursts, second shots): listed apart, never proposed for the trash
 # formats photos are made in (cameras, phones); the others are usually conversions (screenshots, web copies)
 DERIVED_FORMATS = frozenset({"PNG", "WEBP", "AVIF", "GIF", "BMP", "PPM", "ICO"})
@@ -60,7 +62,7 @@ def _covering(decisions: dict[str, Any], hashes: set[str],
     decisions already saw. Deciding that photos are not copies says nothing of whether they look alike."""
     seen: set[str] = set()
     for d in decisions.values():
-        if d.get("kind", "copies") != kind:
+        if d.get("kind", "copies") != kind or d["decision"] == SPLIT:  # a split settles pairs, not its parts
             continue
         covered = set(d["members"])
         if hashes <= covered:
@@ -71,12 +73,33 @@ def _covering(decisions: dict[str, Any], hashes: set[str],
 
 
 def record_decision(collection: Collection, group: DuplicateGroup, decision: str, keep: str | list[str] | None = None,
-                    trashed: list[str] | None = None) -> None:
+                    trashed: list[str] | None = None, parts: list[list[str]] | None = None) -> None:
     decisions = dict(collection.catalog.get_meta(DECISIONS) or {})
     decisions[group.id] = {"decision": decision, "kind": SIMILAR if group.kind == SIMILAR else "copies", "keep": keep, "members": sorted({m.sha256 for m in group.members}),
                            "paths": [m.path for m in group.members], "trashed": trashed or [],
-                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")} | ({"parts": parts} if parts else {})
     collection.catalog.set_meta(**{DECISIONS: decisions})
+
+
+def _unsplit(collection: Collection, pairs: list[tuple[int, int, dict[str, Any]]], decisions: dict[str, Any],
+             kind: str) -> list[tuple[int, int, dict[str, Any]]]:
+    """The pairs less those that join two parts of a split group (by content: the split outlives re-indexing;
+    a part split again is a second split, so a photo may be in several)."""
+    part_of: dict[str, dict[int, int]] = {}  # content -> {split: its part}
+    for n, d in enumerate(d for d in decisions.values() if d["decision"] == SPLIT and d.get("kind", "copies") == kind):
+        for p, hashes in enumerate(d["parts"]):
+            for h in hashes:
+                part_of.setdefault(h, {})[n] = p
+    if not part_of or not pairs:
+        return pairs
+    records = collection.catalog.records({x for p in pairs for x in p[:2]})
+    parts = {i: part_of.get(r["sha256"], {}) for i, r in records.items()}
+
+    def apart(a: int, b: int) -> bool:
+        pa, pb = parts.get(a, {}), parts.get(b, {})
+        return any(pb.get(n, p) != p for n, p in pa.items())
+
+    return [p for p in pairs if not apart(p[0], p[1])]
 
 
 class UnionFind:
@@ -258,8 +281,9 @@ def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSI
     kinds = {"copies": found["copies"], SIMILAR: [p for p in found[SIMILAR] if copies.root(p[0]) != copies.root(p[1])]}
     decisions = collection.catalog.get_meta(DECISIONS) or {}
     groups: dict[str, list[DuplicateGroup]] = {"copies": [], SIMILAR: []}
-    listed = {}
+    listed, sure = {}, []
     for kind, pairs in kinds.items():
+        pairs = _unsplit(collection, pairs, decisions, kind)
         links = UnionFind()
         by_root: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
         for a, b, _ in pairs:
@@ -271,9 +295,10 @@ def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSI
             if group is None:
                 continue
             listed[group.id] = [m.id for m in group.members]
+            sure += [group.id] if group.sure else []
             if group.resolution is None or include_resolved:
                 groups[kind].append(group)
-    collection.catalog.set_meta(**{LISTED: listed})
+    collection.catalog.set_meta(**{LISTED: listed, LISTED_SURE: sure})
     return sorted(groups[SIMILAR if similar else "copies"], key=lambda g: (-len(g.members), g.keeper.path))
 
 
@@ -345,6 +370,44 @@ def resolve_group(collection: Collection, group: str, *, keep: int | Sequence[in
     return found
 
 
+def split_group(collection: Collection, group: str, parts: Sequence[Sequence[int]]) -> DuplicateGroup:
+    """Record that a listed group is several: each part (ids) stays linked inside, the links between parts
+    are dropped, and members named in no part form one more part. Photos with the same bytes stay together."""
+    found = listed_group(collection, group)
+    by_id = {m.id: m for m in found.members}
+    named = [list(dict.fromkeys(p)) for p in parts if p]
+    flat = [i for p in named for i in p]
+    strangers = [i for i in flat if i not in by_id]
+    if strangers:
+        raise QueryError(f"image {strangers[0]} is not in group {group}")
+    if len(flat) != len(set(flat)):
+        raise QueryError("a photo can be in one part only")
+    rest = [i for i in by_id if i not in set(flat)]
+    named += [rest] if rest else []
+    if len(named) < 2:
+        raise QueryError(f"a split needs at least two parts; name the photos to set apart from the others of group {group}")
+    hashes = [sorted({by_id[i].sha256 for i in p}) for p in named]
+    shared = {h for a, x in enumerate(hashes) for y in hashes[a + 1:] for h in set(x) & set(y)}
+    if shared:
+        twins = [m.id for m in found.members if m.sha256 in shared]
+        raise QueryError(f"images {', '.join(map(str, twins))} have the same bytes: they cannot be split apart")
+    record_decision(collection, found, SPLIT, parts=hashes)
+    return found
+
+
+def resolve_sure(collection: Collection, groups: Sequence[str], *, trash_others: bool,
+                 forget: Callable[[list[str]], object], verify: Callable[[Member], None]) -> list[DuplicateGroup]:
+    """Keep the suggested photo of each of these groups, all of them sure (DuplicateGroup.sure) when they were
+    listed, checked before any is resolved."""
+    found = [listed_group(collection, g) for g in groups]
+    sure = set(collection.catalog.get_meta(LISTED_SURE) or [])
+    unsure = [g.id for g in found if g.id not in sure]
+    if unsure:
+        raise QueryError(f"group {unsure[0]} needs a look: not every pair is the same bytes or resized")
+    return [resolve_group(collection, g.id, keep=g.keep, trash_others=trash_others, forget=forget, verify=verify)
+            for g in found]
+
+
 def undo_decision(collection: Collection, group: str | None,
                   restore: Callable[[str], None]) -> tuple[Undone, dict[str, Any]]:
     """Take back a decision (group's, else the latest): the photos it moved to the trash are put back where
@@ -366,15 +429,6 @@ def undo_decision(collection: Collection, group: str | None,
             problems.append(str(exc))
     collection.catalog.set_meta(**{DECISIONS: decisions})
     return Undone(gid, str(decision.get("decision")), restored, problems), decision
-
-
-SURE_REASONS = frozenset({"same bytes", "resized"})
-
-
-def is_sure(group: DuplicateGroup) -> bool:
-    """Whether a group can be resolved without a look: copies only, every pair the same bytes or the same
-    picture at another size, so keeping the suggested (largest, then oldest) photo loses nothing."""
-    return group.kind in ("exact", "near") and bool(group.pairs) and all(p["reason"] in SURE_REASONS for p in group.pairs)
 
 
 def _still_verified(group: str, member: Member, verify: Callable[[Member], None], *,

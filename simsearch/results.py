@@ -115,6 +115,9 @@ class Failure(Result):
                    indexed_at=record["indexed_at"])
 
 
+SURE_REASONS = frozenset({"same bytes", "resized"})
+
+
 @dataclass(frozen=True)
 class DuplicateGroup(Result):
     """Photos that are copies of each other: `exact` when every file has the same bytes, else `near`."""
@@ -131,6 +134,15 @@ class DuplicateGroup(Result):
     def keeper(self) -> Member:
         """The member suggested to keep."""
         return next(m for m in self.members if m.id == self.keep)
+
+    @property
+    def sure(self) -> bool:
+        """Whether it can be resolved without a look: copies only, every pair the same bytes or the same
+        picture at another size, so keeping the suggested (largest, then oldest) photo loses nothing."""
+        return self.kind in ("exact", "near") and bool(self.pairs) and all(p["reason"] in SURE_REASONS for p in self.pairs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return super().to_dict() | {"sure": self.sure}
 
 
 @dataclass(frozen=True)

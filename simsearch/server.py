@@ -121,6 +121,15 @@ class Resolution(BaseModel):
     trash_others: bool = False
 
 
+class Split(BaseModel):
+    parts: Annotated[list[Annotated[list[_Id], Field(min_length=1, max_length=1000)]], Field(min_length=1, max_length=100)]
+
+
+class SureResolution(BaseModel):
+    groups: Annotated[list[Annotated[str, Field(pattern="^[0-9a-f]{12}$")]], Field(min_length=1, max_length=10_000)]
+    trash_others: bool = False
+
+
 class UrlQuery(BaseModel):
     url: str = Field(min_length=8, max_length=4096, pattern=r"^https?://")
     k: int = Field(10, ge=1, le=1000)
@@ -543,6 +552,20 @@ def _index_routes(app: FastAPI, store: Store, may_change: Any) -> None:
         several); trash_others moves the others to the server machine's trash (never a deletion)."""
         found = store.resolve(group, keep=body.keep, trash_others=body.trash_others)
         return {"group": found.id, "decision": "keep" if body.keep is not None else "not-duplicates"}
+
+    @app.post("/api/duplicates/resolve-sure", dependencies=[Depends(may_change)])
+    def resolve_sure(body: SureResolution) -> dict[str, Any]:
+        """Keep the suggested photo of each of these groups, every one of them sure (every pair the same bytes
+        or resized: `sure` in the listing), checked before any is resolved; trash_others as for one group."""
+        done = store.resolve_sure(body.groups, trash_others=body.trash_others)
+        return {"groups": [g.id for g in done], "trashed": sum(len(g.members) - 1 for g in done) if body.trash_others else 0}
+
+    @app.post("/api/duplicates/{group}/split", dependencies=[Depends(may_change)])
+    def split(body: Split, group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:
+        """The group is several: each part (ids) stays linked inside, the members named in no part make one
+        more; the parts are listed as groups of their own (undo joins them again)."""
+        store.split(group, *body.parts)
+        return {"group": group, "decision": "split"}
 
     @app.post("/api/duplicates/{group}/undo", dependencies=[Depends(may_change)])
     def undo(group: str = PathParam(pattern="^[0-9a-f]{12}$")) -> dict[str, Any]:

@@ -25,7 +25,8 @@ from .catalog import OK, BrowseKey, Catalog, Changes, ImageFilter
 from .collection import INDEX_FILE, INDEX_STATE_FILE, LOCK_FILE, Collection
 from .config import Settings, default_store_dir, user_default
 from .distributed import RayOptions, check_reachable
-from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group, undo_decision
+from .duplicates import (DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS, find_duplicates, resolve_group, resolve_sure,
+                         split_group, undo_decision)
 from .embedding import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
@@ -344,6 +345,19 @@ class Store:
         or several to keep more than one: trash_others then moves only the rest)."""
         return resolve_group(self.collection, group, keep=keep, trash_others=trash_others, forget=self.remove,
                              verify=self._verify_content)
+
+    def resolve_sure(self, groups: Sequence[str] | None = None, *, trash_others: bool = False) -> list[DuplicateGroup]:
+        """Keep the suggested photo of every group that needs no look (every pair the same bytes or resized;
+        groups: those of them, as last listed, else every such group found now); returns the groups resolved."""
+        if groups is None:
+            groups = [g.id for g in self.duplicates() if g.sure]
+        return resolve_sure(self.collection, groups, trash_others=trash_others, forget=self.remove,
+                            verify=self._verify_content)
+
+    def split(self, group: str, *parts: Sequence[int]) -> DuplicateGroup:
+        """Record that a listed group is several: each part (image ids) is linked only inside, the photos named
+        in no part form one more; the parts are listed as groups of their own from then on (undo takes it back)."""
+        return split_group(self.collection, group, parts)
 
     def undo(self, group: str | None = None) -> Undone:
         """Take back a duplicate decision (group's, else the latest): the photos it moved to the trash go

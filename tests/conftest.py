@@ -115,6 +115,20 @@ def tiny_embedder(tiny_module: Path) -> HubEmbedder:
     return HubEmbedder(tiny_module)
 
 
+@pytest.fixture()
+def home_trash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The real send2trash into a freedesktop home trash of the test's own (on the photos' disk, as
+    send2trash decides), which simsearch.trash reads back; returns the trash folder."""
+    import send2trash.plat_other as plat
+
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(xdg))  # read by send2trash when it is imported
+    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(xdg / "Trash"))
+    return xdg / "Trash"
+
+
 @pytest.fixture(scope="session")
 def corel_images() -> Path:
     images = COREL / "images"

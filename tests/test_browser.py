@@ -317,3 +317,62 @@ def test_review_page_resolves_duplicate_groups(tmp_path: Path, corel_images: Pat
         assert reopened.duplicates() == []
         assert {g.resolution for g in reopened.duplicates(include_resolved=True)} == {"not-duplicates", "keep"}
         assert (folder / "db_1-small.jpg").exists() and (folder / "db_120.jpg").exists()  # nothing deleted
+
+
+def test_review_page_keeps_ticked_photos_splits_and_resolves_the_sure_groups(
+        tmp_path: Path, corel_images: Path, tiny_embedder: HubEmbedder, home_trash: Path,
+        request: pytest.FixtureRequest) -> None:
+    """Per-photo choices: keep two of three with the rest to the (real, freedesktop) trash after a
+    confirmation that names it, then undo; split a group; the sure groups in one go."""
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("db_1.jpg", "db_250.jpg", "db_400.jpg", "db_600.jpg"):
+        shutil.copy(corel_images / name, folder / name)
+    Image.open(folder / "db_1.jpg").resize((192, 128)).save(folder / "db_1-small.jpg", quality=80)  # sure: resized
+    for src in ("db_250", "db_600"):  # two groups of three: resized + recompressed, each needs a look
+        Image.open(folder / f"{src}.jpg").save(folder / f"{src}-q30.jpg", quality=30)
+        Image.open(folder / f"{src}.jpg").resize((288, 192)).save(folder / f"{src}-small.jpg", quality=90)
+    with simsearch.open(tmp_path / "store", model=tiny_embedder, create=True) as store, serving(store) as url, \
+            browser_page(request) as page:
+        store.index(folder)
+        page.goto(f"{url}/#duplicates")
+        groups = page.locator("#groups .group")
+        expect(groups).to_have_count(3, timeout=30_000)
+        expect(page.locator("#resolve-sure")).to_have_text("keep the suggested photo of the 1 sure group")
+
+        trio = page.locator(".group", has=page.locator(".path", has_text="db_250-q30.jpg"))
+        trio.locator(".member", has_text="db_250-small.jpg").locator(".keep-box").check()  # the keeper is ticked
+        page.locator("#trash").check()
+        asked: list[str] = []
+        page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+        trio.locator(".keep-ticked").click()
+        expect(page.locator("#dup-status")).to_contain_text("1 other moved to the trash")
+        assert "move 1 photo to the trash" in asked[0] and str(folder / "db_250-q30.jpg") in asked[0]
+        assert not (folder / "db_250-q30.jpg").exists() and (folder / "db_250-small.jpg").exists()
+        assert (home_trash / "files" / "db_250-q30.jpg").exists()
+        page.locator("#undo").click()
+        expect(page.locator("#dup-status")).to_contain_text("put back from the trash", timeout=30_000)
+        assert (folder / "db_250-q30.jpg").exists()
+        expect(groups).to_have_count(3)
+
+        other = page.locator(".group", has=page.locator(".path", has_text="db_600-q30.jpg"))
+        other.locator(".member", has_text="db_600-small.jpg").locator(".keep-box").check()  # with db_600.jpg
+        other.locator(".split").click()
+        expect(page.locator("#dup-status")).to_contain_text("split")
+        expect(groups).to_have_count(3)  # db_600 + its small copy; the q30 copy alone is no group
+        expect(page.locator(".group", has=page.locator(".path", has_text="db_600-q30.jpg"))).to_have_count(0)
+        expect(page.locator("#resolve-sure")).to_contain_text("2 sure groups")  # the part left is a resized pair
+
+        page.locator("#trash").uncheck()
+        page.once("dialog", lambda d: (asked.append(d.message), d.accept()))
+        page.locator("#resolve-sure").click()
+        expect(page.locator("#dup-status")).to_contain_text("resolved 2 groups", timeout=30_000)
+        assert "2 groups" in asked[-1] and "trash" not in asked[-1]
+        expect(groups).to_have_count(1)
+        expect(page.locator("#resolve-sure")).to_be_hidden()
+        assert (folder / "db_1-small.jpg").exists()  # without the box nothing moves
+    with simsearch.open(tmp_path / "store") as reopened:
+        assert {g.resolution for g in reopened.duplicates(include_resolved=True)} == {None, "keep"}

@@ -502,25 +502,18 @@ def test_resolve_sure_settles_the_groups_that_need_no_look_after_a_confirmation(
 
 
 def test_undo_puts_trashed_photos_back_indexes_them_and_lists_the_group_again(
-        store: simsearch.Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: simsearch.Store, tmp_path: Path, home_trash: Path) -> None:
     """The real send2trash into a freedesktop trash of this test's own, then read back (simsearch.trash)."""
-    import send2trash.plat_other as plat
-
-    xdg = tmp_path / "xdg"
-    monkeypatch.setenv("HOME", str(tmp_path))  # the home trash on the photos' own disk, as send2trash decides
-    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
-    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(xdg))  # read by send2trash when it is imported
-    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(xdg / "Trash"))
     group = _group(store, "p01.jpg", "small-p01.jpg")
     keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
     store.resolve(group.id, keep=keep, trash_others=True)
     small = tmp_path / "photos" / "small-p01.jpg"
-    assert not small.exists() and (xdg / "Trash" / "files" / "small-p01.jpg").exists()
+    assert not small.exists() and (home_trash / "files" / "small-p01.jpg").exists()
     assert all(g.id != group.id for g in store.duplicates())
 
     undone = store.undo()  # the latest decision
     assert (undone.group, undone.decision, undone.restored, undone.problems) == (group.id, "keep", [str(small)], [])
-    assert small.exists() and not list((xdg / "Trash" / "files").iterdir()) and not list((xdg / "Trash" / "info").iterdir())
+    assert small.exists() and not list((home_trash / "files").iterdir()) and not list((home_trash / "info").iterdir())
     assert _group(store, "p01.jpg", "small-p01.jpg").resolution is None  # indexed again, listed again
 
     pair = _group(store, "p02.jpg", "recompressed-p02.jpg")  # a decision without trash: taken back by the CLI
@@ -532,15 +525,7 @@ def test_undo_puts_trashed_photos_back_indexes_them_and_lists_the_group_again(
     assert nothing.exit_code == 1 and f"no decision on duplicate group {pair.id}" in nothing.output
 
 
-def test_undo_never_overwrites_a_file_that_came_back(store: simsearch.Store, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import send2trash.plat_other as plat
-
-    xdg = tmp_path / "xdg"
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
-    monkeypatch.setattr(plat, "XDG_DATA_HOME", os.fsencode(xdg))
-    monkeypatch.setattr(plat, "HOMETRASH_B", os.fsencode(xdg / "Trash"))
+def test_undo_never_overwrites_a_file_that_came_back(store: simsearch.Store, tmp_path: Path, home_trash: Path) -> None:
     group = _group(store, "p01.jpg", "small-p01.jpg")
     keep = next(m.id for m in group.members if Path(m.path).name == "p01.jpg")
     store.resolve(group.id, keep=keep, trash_others=True)
@@ -548,4 +533,65 @@ def test_undo_never_overwrites_a_file_that_came_back(store: simsearch.Store, tmp
     small.write_bytes(b"another file since")
     undone = store.undo(group.id)
     assert undone.restored == [] and "exists again" in undone.problems[0]
-    assert small.read_bytes() == b"another file since" and (xdg / "Trash" / "files" / "small-p01.jpg").exists()
+    assert small.read_bytes() == b"another file since" and (home_trash / "files" / "small-p01.jpg").exists()
+
+
+def test_split_lists_each_part_as_a_group_of_its_own_until_undone(store: simsearch.Store, tmp_path: Path) -> None:
+    """A group that is two pictures: the links between the parts go, the links inside stay, and the split
+    outlives re-indexing; photos with the same bytes cannot be set apart; undo joins them again."""
+    root = tmp_path / "photos"
+    Image.open(root / "p02.jpg").save(root / "third-p02.jpg", quality=60)
+    Image.open(root / "p02.jpg").resize((240, 180)).save(root / "small-p02.jpg", quality=90)
+    store.index(root)
+    names = ("p02.jpg", "recompressed-p02.jpg", "third-p02.jpg", "small-p02.jpg")
+    group = _group(store, *names)
+    ids = {Path(m.path).name: m.id for m in group.members}
+    r = CliRunner().invoke(main, ["resolve", group.id, "--split", f"{ids['p02.jpg']},{ids['small-p02.jpg']}",
+                                  "--store", str(store.root)])
+    assert r.exit_code == 0 and "split" in r.output, r.output
+    store.index(root)  # nothing changed: the split is kept by content
+    listed = {frozenset(Path(m.path).name for m in g.members) for g in store.duplicates()}
+    assert frozenset({"p02.jpg", "small-p02.jpg"}) in listed
+    assert frozenset({"recompressed-p02.jpg", "third-p02.jpg"}) in listed
+    assert not any(len(g & set(names)) > 2 for g in listed)
+
+    twins = _group(store, "p00.jpg", "copy-of-p00.jpg")
+    with pytest.raises(simsearch.QueryError, match="same bytes"):
+        store.split(twins.id, [twins.members[0].id])
+    with pytest.raises(simsearch.QueryError, match="at least two parts"):
+        store.split(twins.id, [m.id for m in twins.members])
+    bad = CliRunner().invoke(main, ["resolve", twins.id, "--split", "1,x", "--store", str(store.root)])
+    assert bad.exit_code == 2 and "image ids separated by commas" in bad.output
+
+    assert store.undo(group.id).decision == "split"
+    assert _group(store, *names).resolution is None
+
+
+def test_http_split_and_bulk_resolve_of_the_sure_groups(store: simsearch.Store) -> None:
+    from fastapi.testclient import TestClient
+
+    from simsearch.server import create_app
+
+    client = TestClient(create_app(store, token="t0k", preload=False), base_url="http://localhost")
+    auth = {"Authorization": "Bearer t0k"}
+    groups = client.get("/api/duplicates").json()
+    sure = sorted(g["id"] for g in groups if g["sure"])
+    names = {g["id"]: {Path(m["path"]).name for m in g["members"]} for g in groups}
+    assert sorted(names[g] == {"p00.jpg", "copy-of-p00.jpg"} or names[g] == {"p01.jpg", "small-p01.jpg"}
+                  for g in sure) == [True, True]
+    unsure = next(g for g in groups if not g["sure"])
+    assert client.post("/api/duplicates/resolve-sure", json={"groups": sure}).status_code == 401
+    refused = client.post("/api/duplicates/resolve-sure", json={"groups": [*sure, unsure["id"]]}, headers=auth)
+    assert refused.status_code == 422 and "needs a look" in refused.json()["error"]
+    assert len(client.get("/api/duplicates").json()) == 4  # checked before any was resolved
+    done = client.post("/api/duplicates/resolve-sure", json={"groups": sure}, headers=auth)
+    assert done.status_code == 200 and sorted(done.json()["groups"]) == sure and done.json()["trashed"] == 0
+    left = client.get("/api/duplicates").json()
+    assert len(left) == 2 and not any(g["sure"] for g in left)
+
+    pair = left[0]
+    split = client.post(f"/api/duplicates/{pair['id']}/split", json={"parts": [[pair["members"][0]["id"]]]}, headers=auth)
+    assert split.status_code == 200 and split.json()["decision"] == "split"
+    assert [g["id"] for g in client.get("/api/duplicates").json()] == [left[1]["id"]]  # a part of one photo is no group
+    empty = client.post(f"/api/duplicates/{left[1]['id']}/split", json={"parts": []}, headers=auth)
+    assert empty.status_code == 422

@@ -80,6 +80,13 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
     _emit([r for r in rows if not r["keep"]] if out == "paths" else rows, out, text)
 
 
+def _id_list(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[list[int]]:
+    try:
+        return [[int(x) for x in v.split(",") if x.strip()] for v in values]
+    except ValueError:
+        raise click.BadParameter(f"image ids separated by commas, e.g. 42,43; got {', '.join(values)}") from None
+
+
 @main.command()
 @click.argument("group", required=False)
 @click.option("--sure", is_flag=True,
@@ -94,9 +101,12 @@ def duplicates(obj: dict[str, Any], min_cosine: float, neighbours: int, as_csv: 
               help="Keep this photo (its id in the group); repeat it to keep several.")
 @click.option("--trash-others", is_flag=True,
               help="With --keep: move the others to the trash (never deleted) and forget them.")
+@click.option("--split", "split", metavar="ID,ID,...", multiple=True, callback=_id_list,
+              help="These photos of GROUP are one photo, the others another: the group is listed as its parts "
+                   "from then on (repeat it for more parts).")
 @_store_options
 def resolve(group: str | None, sure: bool, yes: bool, undo: bool, not_duplicates: bool, keep: tuple[int, ...],
-            trash_others: bool, store: str | None, model: str | None, db: str | None) -> None:
+            trash_others: bool, split: list[list[int]], store: str | None, model: str | None, db: str | None) -> None:
     """Record a decision on duplicate group GROUP, as `simsearch duplicates` last listed it, so it is
     not listed again until a new photo joins it.
 
@@ -105,12 +115,14 @@ def resolve(group: str | None, sure: bool, yes: bool, undo: bool, not_duplicates
       simsearch resolve 3f2a9c81d0e4 --keep 42
       simsearch resolve 3f2a9c81d0e4 --keep 42 --trash-others
       simsearch resolve 3f2a9c81d0e4 --keep 42 --keep 43 --trash-others   # keep two
+      simsearch resolve 3f2a9c81d0e4 --split 42,43   # 42 and 43 are one photo, the others another
       simsearch resolve --sure --trash-others   # every group of same-bytes or resized copies
       simsearch resolve --undo                  # take back the latest decision, trash included
     """
     if undo:
-        if sure or keep or not_duplicates or trash_others:
-            raise click.UsageError("--undo takes back a decision: give no --sure, --keep, --not-duplicates or --trash-others")
+        if sure or keep or not_duplicates or trash_others or split:
+            raise click.UsageError("--undo takes back a decision: give no --sure, --keep, --not-duplicates, "
+                                   "--split or --trash-others")
         with _open(store, model, db) as s:
             undone = s.undo(group)
         click.echo(f"group {undone.group}: decision '{undone.decision}' taken back; the group is listed again"
@@ -121,12 +133,20 @@ def resolve(group: str | None, sure: bool, yes: bool, undo: bool, not_duplicates
             raise SystemExit(1)
         return
     if sure:
-        if group or keep or not_duplicates:
-            raise click.UsageError("--sure resolves the sure groups by itself: give no GROUP, --keep or --not-duplicates")
+        if group or keep or not_duplicates or split:
+            raise click.UsageError("--sure resolves the sure groups by itself: give no GROUP, --keep, --split or --not-duplicates")
         _resolve_sure(trash_others, yes, store, model, db)
         return
     if group is None:
         raise click.UsageError("give a GROUP (from `simsearch duplicates`) or --sure")
+    if split:
+        if keep or not_duplicates or trash_others:
+            raise click.UsageError("--split only splits: resolve the parts afterwards")
+        with _open(store, model, db) as s:
+            s.split(group, *split)
+        click.echo(f"group {group}: split; `simsearch duplicates` lists its parts as groups of their own "
+                   f"(`simsearch resolve --undo {group}` joins them again)")
+        return
     if not_duplicates == bool(keep):
         raise click.UsageError("give either --not-duplicates or --keep IMAGE_ID")
     if trash_others and not keep:
@@ -142,11 +162,10 @@ def resolve(group: str | None, sure: bool, yes: bool, undo: bool, not_duplicates
 
 
 def _resolve_sure(trash_others: bool, yes: bool, store: str | None, model: str | None, db: str | None) -> None:
-    """Every group that needs no look (is_sure): shown first, confirmed if photos are to move, then resolved."""
-    from ..duplicates import is_sure
+    """Every group that needs no look (DuplicateGroup.sure): shown first, confirmed if photos are to move, then resolved."""
 
     with _open(store, model, db) as s:
-        groups = [g for g in s.duplicates() if is_sure(g)]
+        groups = [g for g in s.duplicates() if g.sure]
         if not groups:
             click.echo("no group of same-bytes or resized copies left to resolve")
             return
@@ -157,6 +176,5 @@ def _resolve_sure(trash_others: bool, yes: bool, store: str | None, model: str |
         moving = sum(len(g.members) - 1 for g in groups)
         if trash_others and not yes:
             click.confirm(f"move these {moving} photos to the trash?", abort=True)
-        for g in groups:
-            s.resolve(g.id, keep=g.keep, trash_others=trash_others)
+        s.resolve_sure([g.id for g in groups], trash_others=trash_others)
     click.echo(f"resolved {len(groups)} groups" + (f"; {moving} photos moved to the trash" if trash_others else ""))
