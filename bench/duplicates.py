@@ -6,14 +6,15 @@ screenshot-like copies; burst pairs of one scene, and Corel's own same-class pho
 indexed with the full Inception V2 with seeded random weights (tests/modules.py), then judged by, in one
 run: simsearch's old rule (cosine >= 0.95, linked transitively), simsearch's verified groups, and the
 perceptual hashes people use today, imagehash's phash and dhash at imagededup's default threshold (a
-Hamming distance <= 10), pair by pair as imagededup reports them. A pair counts as found when the
-method links the two photos; precision is over every pair a method links.
+Hamming distance <= 10), pair by pair as imagededup reports them, and czkawka's Python binding (its groups,
+at similarity levels 5 and 15). A pair counts as found when the method links the two photos (for a
+grouping method: the two are in one group); precision is over every pair a method links.
 
 Scale: a catalog of N synthetic photos (clustered vectors, so each has about ten close neighbours, and
 fingerprints drawn from real photos, so every candidate pair is really verified), timed in a child
 process for its peak memory.
 
-    pip install imagehash
+    pip install imagehash czkawka                    # the others, for the bench only
     python bench/duplicates.py                       # quality, ~3 minutes
     python bench/duplicates.py --scale 10000 100000  # add the timing rows
 """
@@ -78,6 +79,16 @@ def hash_pairs(paths: list[str], kind: str, threshold: int = 10) -> set[frozense
     return out
 
 
+def czkawka_pairs(folder: Path, level: int) -> set[frozenset[str]]:
+    """czkawka's own grouping (its Python binding: gradient hash, 8x8) at a similarity level (0-50, bits)."""
+    from czkawka import ImageSimilarity
+
+    finder = ImageSimilarity()
+    finder.set_directories([folder])
+    finder.set_similarity(level)
+    return linked_by_groups([{str(p) for p in g} for g in finder.find_similar()])
+
+
 # the reason a copy made by each transform of tests/nearcopies.py should carry (among others)
 EXPECTED = {"resize": "resized", "jpeg": "recompressed", "crop": "cropped", "rotate90": "rotated",
             "border": "bordered", "watermark": "overlaid", "brightness": "colour edited", "reencode": "re-encoded",
@@ -129,6 +140,11 @@ def quality(args: argparse.Namespace, work: Path) -> None:
     paths = sorted(str(p) for p in folder.iterdir())
     for kind in ("phash", "dhash"):
         methods[f"imagehash {kind} <= 10"] = hash_pairs(paths, kind)
+    try:
+        for level in (5, 15):  # czkawka's "high" similarity and the binding's "moderately similar"
+            methods[f"czkawka level {level}"] = czkawka_pairs(folder, level)
+    except ImportError:
+        print("czkawka not installed (pip install czkawka): its rows are left out")
     truth = {frozenset((o, c)): t for o, c, t in ns.copies}
     bursts = {frozenset(p) for p in ns.bursts}
     recoloured = {frozenset(p) for p in ns.recoloured}
