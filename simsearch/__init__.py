@@ -8,10 +8,12 @@
 """
 
 from .catalog import BrowseKey, Changes, ImageFields, ImageFilter
+from .classifier import DEFAULT_CLASSIFIER, Classifier
 from .config import DEFAULT_MODEL, ModelSpec, Settings
 from .distributed import RayOptions
 from .embedding import CallableEmbedder, Embedder
 from .hub import HubEmbedder
+from .labels import Label
 from .errors import (
     ChangedError,
     EmptyStoreError,
@@ -38,7 +40,7 @@ from .results import (
 )
 from .store import Store, open
 
-__version__ = "0.2.0"  # 0.2.0: catalog schema 2 (Alembic), several examples per query
+__version__ = "0.3.0"  # 0.3.0: schema 3, ImageNet labels; 0.2.0: schema 2 (Alembic), several examples per query
 
 __all__ = [
     "open",
@@ -65,6 +67,9 @@ __all__ = [
     "HubEmbedder",
     "CallableEmbedder",
     "DEFAULT_MODEL",
+    "Classifier",
+    "DEFAULT_CLASSIFIER",
+    "Label",
     "SimsearchError",
     "ChangedError",
     "ImageError",

@@ -294,11 +294,15 @@ class Collection:
             return None
         return self.vector(entry.id)
 
-    def search(self, vec: np.ndarray, k: int, where: ImageFilter | None = None) -> list[Hit]:
-        """The true top k (among photos passing `where`), with their records, from one committed state."""
+    def search(self, vec: np.ndarray, k: int, where: ImageFilter | None = None,
+               among: np.ndarray | None = None) -> list[Hit]:
+        """The true top k (among photos passing `where`, and among these ids if given), with their records,
+        from one committed state."""
         index = self.vector_index
         with self._lock:
-            among = self.catalog.ids_matching(where) if where else None
+            if where:
+                passing = self.catalog.ids_matching(where)
+                among = passing if among is None else np.intersect1d(passing, among)
             if among is not None and index.kind != "flat" and len(among) <= EXACT_FILTER_LIMIT:
                 scores, ids = (x[None] for x in rescore(vec, among, self.exact_vectors, k))  # selective: exact
             else:

@@ -43,7 +43,8 @@ def _check_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _check_output(out: Any, n: int, dim: int | None, source: str) -> np.ndarray:
-    arr = np.asarray(out)
+    """The model's raw output as [n, dim] float32, finite (not normalised)."""
+    arr = np.asarray(out, np.float32)
     if arr.ndim == 4 and arr.shape[1:3] == (1, 1):  # [N,1,1,D] from un-squeezed pooling
         arr = arr[:, 0, 0, :]
     if arr.ndim != 2 or arr.shape[0] != n or (dim is not None and arr.shape[1] != dim):
@@ -51,7 +52,7 @@ def _check_output(out: Any, n: int, dim: int | None, source: str) -> np.ndarray:
         raise ModelError(f"{source} returned shape {list(arr.shape)}, expected {want}")
     if not np.all(np.isfinite(arr)):
         raise ModelError(f"{source} returned non-finite values (NaN or Inf)")
-    return l2_normalize(arr)
+    return arr
 
 
 class BatchingEmbedder:
@@ -72,6 +73,10 @@ class BatchingEmbedder:
         return int(out.shape[1])
 
     def embed(self, images: np.ndarray) -> np.ndarray:
+        return l2_normalize(self.outputs(images))
+
+    def outputs(self, images: np.ndarray) -> np.ndarray:
+        """The model's own outputs, not normalised (a classifier's logits)."""
         x = _check_batch(images, self._spec.input_size)
         out = np.empty((len(x), self._spec.dim), np.float32)
         for i in range(0, len(x), self.batch_size):

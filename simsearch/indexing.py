@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import OK, Changes, Entry, ImageFields
+from .classifier import StoreLabels
 from .collection import Collection
 from .config import Settings
 from .errors import ImageError, StoreError
@@ -175,8 +176,10 @@ class IndexRun:
 
     def __init__(self, collection: Collection, model: StoreModel, settings: Settings, folder: Path,
                  options: ScanOptions = ScanOptions(), *, progress: Callable[[Progress], None] | None = None,
-                 started: float | None = None) -> None:
+                 started: float | None = None, labels: StoreLabels | None = None) -> None:
         self.collection, self.model, self.settings, self.folder = collection, model, settings, folder
+        self.labels = labels if labels is not None and labels.enabled else None  # classified with the model
+        self.labelled = 0
         self.options = options
         self.progress = progress
         self.started = time.perf_counter() if started is None else started  # the report's seconds count from here
@@ -278,19 +281,40 @@ class IndexRun:
     def embed(self) -> None:
         """The batch's pixels become vectors in the pending rows (items from Ray come with theirs)."""
         todo = [b.pixels for b in self.batch if b.vector is None]
+        tops: Iterator[list[tuple[int, float]]] = iter(())
         if todo:
             t, p, m = time.perf_counter(), time.process_time(), time.thread_time()
             embedder = self.model.embedder  # loads the model on first use, timed apart as model_load
             self.cpu.loaded(time.process_time() - p, time.thread_time() - m, time.perf_counter() - t)
             t, m = time.perf_counter(), time.thread_time()
-            embedded = iter(embedder.embed(np.stack(todo)))
+            pixels = np.stack(todo)
+            embedded = iter(embedder.embed(pixels))
             self.timings.embed += time.perf_counter() - t
             self.cpu.embedded(len(todo), time.thread_time() - m)
+            if self.labels is not None:
+                tops = self._classify(pixels)
         for b in self.batch:
             self.pending.upserts.append((b.fields(), b.vector if b.vector is not None else next(embedded)))
             if b.fingerprint is not None and b.sha256:
                 self.pending.fingerprints[b.sha256] = b.fingerprint
+            if b.vector is None and self.labels is not None:
+                top = next(tops)
+                if b.sha256:
+                    self.pending.labels[b.sha256] = top
+                    self.labelled += 1
         self.batch = []
+
+    def _classify(self, pixels: np.ndarray) -> Iterator[list[tuple[int, float]]]:
+        """The batch's classes from the store's classifier, on the pixels the model had."""
+        assert self.labels is not None
+        t, p, m = time.perf_counter(), time.process_time(), time.thread_time()
+        classifier = self.labels.classifier  # loaded on first use, timed apart as model_load
+        self.cpu.loaded(time.process_time() - p, time.thread_time() - m, time.perf_counter() - t)
+        t, m = time.perf_counter(), time.thread_time()
+        tops = classifier.top(pixels)
+        self.timings.extra["labels"] = self.timings.extra.get("labels", 0.0) + time.perf_counter() - t
+        self.cpu.embedded(0, time.thread_time() - m)  # the classifier's CPU is model CPU
+        return iter(tops)
 
     def flush(self) -> None:
         """Write the pending rows in one transaction, checkpoint now and then."""

@@ -55,6 +55,7 @@ class IndexReport(Result):
     # CPU ms per photo embedded (decode, model, other), the bound cores / CPU per photo and the share of it
     # this run reached (simsearch.indexing.CpuMeter); {} when nothing was embedded on this machine
     cpu: dict[str, float] = field(default_factory=dict)
+    labelled: int = 0  # photos given labels (a store with labels: those embedded, and any that had none)
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,8 @@ class StoreStats(Result):
     precision_choice: dict[str, Any] | None = None
     # what each folder's scans leave out, as its last `index` chose: {"exclude": [globs], "include_hidden": bool}
     folder_options: dict[str, dict[str, Any]] | None = None
+    # ImageNet labels (`index --labels`): {"classifier", "fingerprint", "since", "labelled": photos}; None: none
+    labels: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

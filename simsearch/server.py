@@ -46,6 +46,7 @@ from .errors import (
 from .duplicates import DEFAULT_MIN_COSINE, DEFAULT_NEIGHBOURS
 from .guard import Guard, allowed_hosts
 from .images import thumbnail_jpeg
+from .labels import DEFAULT_MIN_PROBABILITY
 from .paths import json_text
 from .probes import URL_TIMEOUT_S, fetch_url
 from .renditions import FOLDERS as RENDITION_FOLDERS
@@ -356,7 +357,10 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
                   may_change: Any, allow_private_urls: bool, url_timeout: float) -> None:
     @app.post("/api/query")
     def query_upload(image: UploadFile = File(...), k: int = Form(10, ge=1, le=1000),
+                     label: str | None = Form(None, max_length=200),
+                     min_probability: float = Form(DEFAULT_MIN_PROBABILITY, ge=0, le=1),
                      f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
+        """Neighbours of an uploaded photo; with a label, among the photos of that label."""
         # a plain def: FastAPI runs it in its thread pool, so the model never blocks the event loop
         data = image.file.read(max_upload + 1)
         if len(data) > max_upload:
@@ -365,20 +369,28 @@ def _query_routes(app: FastAPI, store: Store, max_upload: int, max_pixels: int, 
             raise HTTPError(503, "busy: too many photos being searched at once, try again shortly",
                             headers={"Retry-After": "5"})
         try:
-            return _hits(store.query(data, k=k, where=f, max_pixels=max_pixels))
+            return _hits(store.query(data, k=k, where=f, max_pixels=max_pixels, label=label or None,
+                                     min_probability=min_probability))
         finally:
             slots.release()
 
     @app.get("/api/query")
-    def query_id(id: list[int] = Query(min_length=1, max_length=MAX_EXAMPLES,
+    def query_id(id: list[int] = Query([], max_length=MAX_EXAMPLES,
                                        description="Indexed photos as examples (repeat: photos like all of them)"),
                  not_: list[int] = Query([], alias="not", max_length=MAX_EXAMPLES,
                                          description="Indexed photos of what is not wanted"),
+                 label: str | None = Query(None, max_length=200, description="An ImageNet class or WordNet word: "
+                                           "its photos, most probable first (with ids: ranked by similarity)"),
+                 min_probability: float = Query(DEFAULT_MIN_PROBABILITY, ge=0, le=1),
                  k: int = Query(10, ge=1, le=1000), f: ImageFilter | None = Depends(_filter)) -> list[dict[str, Any]]:
         for i in (*id, *not_):
             if not 1 <= i <= MAX_ID:
                 raise QueryError(f"id {i} is not an image id (1 to {MAX_ID})")
-        return _hits(store.query(id[0] if len(id) == 1 else id, k=k, negative=not_, where=f))
+        if not id and not label:
+            raise QueryError("give an id (repeatable) or a label")
+        probe = None if not id else id[0] if len(id) == 1 else id
+        return _hits(store.query(probe, k=k, negative=not_, where=f, label=label or None,
+                                 min_probability=min_probability))
 
     fetches = threading.BoundedSemaphore(FETCH_SLOTS)  # apart from the model's slots: uploads never wait on them
 
@@ -461,6 +473,11 @@ def _image_routes(app: FastAPI, store: Store) -> None:
     @app.get("/api/images/{image_id}")
     def image_record(image_id: int = ImageId) -> dict[str, Any]:
         return store.get(image_id).to_dict()
+
+    @app.get("/api/images/{image_id}/labels")
+    def image_labels(image_id: int = ImageId, k: int = Query(5, ge=1, le=10)) -> list[dict[str, Any]]:
+        """The photo's top ImageNet labels with their probabilities (a store indexed with --labels)."""
+        return [label.to_dict() for label in store.labels_of(image_id, k=k)]
 
     @app.get("/api/images/{image_id}/file")
     def image_file(image_id: int = ImageId) -> StreamingResponse:

@@ -31,6 +31,8 @@ from .embedding import Embedder, l2_normalize
 from .files import open_verified
 from .formats import ScanOptions
 from .check import check_store
+from .classifier import Classifier, StoreLabels
+from .labels import DEFAULT_MIN_PROBABILITY, Label, Vocabulary
 from .errors import NotFoundError, QueryError, SimsearchError, StoreError
 from .images import array_to_image
 from .indexing import IndexRun
@@ -76,6 +78,7 @@ class Store:
         db: Any = None,
         settings: Settings | None = None,
         create: bool = False,
+        classifier: str | os.PathLike[str] | Classifier | None = None,
     ) -> None:
         db = db if db is not None else user_default("db")
         folder = Path(store).expanduser() if store is not None else default_store_dir()
@@ -92,6 +95,7 @@ class Store:
         except SimsearchError:
             self.catalog.close()
             raise
+        self.labels = StoreLabels(self.catalog, classifier, self.model.settings)
         self.collection = Collection(self.root, self.catalog)
         if self.model.recorded:
             self.collection.open(self.model.dim, lazy=True)
@@ -112,13 +116,15 @@ class Store:
     # writing ----------------------------------------------------------------------------------
     def index(self, folder: str | os.PathLike[str], *, progress: Callable[[Progress], None] | None = None,
               ray: RayOptions | None = None, exclude: Sequence[str] | None = None,
-              include_hidden: bool | None = None) -> IndexReport:
+              include_hidden: bool | None = None, labels: bool = False) -> IndexReport:
         """Bring the store up to date with a folder: embed new and changed photos, follow moves, drop deleted.
 
         exclude (globs on names or paths relative to the folder) and include_hidden are remembered for the
         folder: None keeps what an earlier run chose (by default, junk and hidden files are left out).
         With `ray`, files are decoded and embedded on a Ray cluster (see simsearch.distributed) and merged
         here as they come back, with the same result as a run in this process.
+        labels: keep ImageNet labels from now on (remembered; simsearch.classifier): each photo embedded is
+        classified on the same pixels, and photos indexed before are labelled without being embedded again.
         """
         t0 = time.perf_counter()
         loaded_before = self.model.loaded
@@ -133,9 +139,16 @@ class Store:
                 self._sync()
                 self._begin(root)  # a new store loads its model here, before any scanning
                 options = self._remember_folder(root, exclude, include_hidden)
+                if labels:
+                    self.labels.enable()
                 run = IndexRun(self.collection, self.model, self.settings, root, options, progress=progress,
-                               started=t0)
+                               started=t0, labels=self.labels)
                 report = run.run(self._source(ray))
+                if self.labels.enabled:  # what the run could not classify: moved in from Ray, older photos
+                    t = time.perf_counter()
+                    filled = self.labels.fill(self.model.decoding, workers=self.settings.workers, progress=progress)
+                    report = replace(report, labelled=run.labelled + filled, timings=report.timings | (
+                        {"labels_fill": round(time.perf_counter() - t, 3)} if filled else {}))
         except SimsearchError:
             self._discard_if_unused()  # only a new store whose model could not be recorded
             raise
@@ -148,8 +161,9 @@ class Store:
         return report
 
     def update(self, *, progress: Callable[[Progress], None] | None = None,
-               ray: RayOptions | None = None) -> list[IndexReport]:
-        """Bring every folder of the store up to date, each with the choices remembered for it."""
+               ray: RayOptions | None = None, labels: bool = False) -> list[IndexReport]:
+        """Bring every folder of the store up to date, each with the choices remembered for it (labels: as
+        for index)."""
         folders = self.folders()
         if not folders:
             raise NotFoundError(f"store {self.root} has no folders yet: index one with `simsearch index FOLDER`")
@@ -158,7 +172,7 @@ class Store:
             if not Path(folder).is_dir():  # an unmounted disk: its photos stay in the store until it is back
                 log.warning("folder %s is missing: skipped, nothing removed from the store", folder)
                 continue
-            reports.append(self.index(folder, progress=progress, ray=ray))
+            reports.append(self.index(folder, progress=progress, ray=ray, labels=labels))
         return reports
 
     def folders(self) -> list[str]:
@@ -311,23 +325,78 @@ class Store:
             raise QueryError("the examples cancel each other out: there is nothing left to search for")
         return l2_normalize(vec[None].astype(np.float32))[0]
 
-    def query(self, probe: Any, k: int = 10, *, negative: Sequence[Any] = (), where: ImageFilter | None = None,
-              max_pixels: int | None = None) -> list[Hit]:
+    def query(self, probe: Any = None, k: int = 10, *, negative: Sequence[Any] = (), where: ImageFilter | None = None,
+              max_pixels: int | None = None, label: str | None = None,
+              min_probability: float = DEFAULT_MIN_PROBABILITY) -> list[Hit]:
         """Nearest neighbours of a path, an http(s) URL, bytes, PIL image, array, indexed id or vector, best first.
 
         probe: one of those, or a list (or tuple) of them: photos like all of them (examples_vector).
         negative: examples of what is not wanted; their look-alikes move down.
-        where: only photos passing this filter; the k returned are the true top k among them."""
+        where: only photos passing this filter; the k returned are the true top k among them.
+        label: an ImageNet class or a WordNet word above classes ("golden retriever", "dog"; simsearch.labels):
+        the photos whose labels give it at least min_probability, most probable first (score: the
+        probability); with a probe too, those photos ranked by similarity to it instead."""
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         if where and where.folder:
             where = replace(where, folder=absolute(where.folder))
+        among = None
+        if label is not None:
+            ranked = self._by_label(label, where, min_probability, None if probe is not None else k)
+            if probe is None or not ranked:
+                records = self.catalog.records(i for i, _ in ranked)
+                return [Hit.from_record(records[i], p) for i, p in ranked if i in records]
+            among, where = np.array([i for i, _ in ranked], np.int64), None
+        elif probe is None:
+            raise QueryError("give a photo to search with, or a label")
         if isinstance(probe, (list, tuple)) or negative:
             positives = list(probe) if isinstance(probe, (list, tuple)) else [probe]
             vec = self.examples_vector(positives, list(negative), max_pixels=max_pixels)
         else:
             vec = self.query_vector(probe, max_pixels=max_pixels)  # decoding and the model run outside the lock
-        return self.collection.search(vec, k, where)
+        return self.collection.search(vec, k, where, among=among)
+
+    def _by_label(self, label: str, where: ImageFilter | None, min_probability: float,
+                  limit: int | None) -> list[tuple[int, float]]:
+        meaning = Vocabulary.shipped().meaning(label)
+        self._require_labels()
+        if not 0 <= min_probability <= 1:
+            raise QueryError(f"min_probability must be in [0, 1], got {min_probability}")
+        return self.catalog.by_labels(meaning.classes, where, min_probability, limit)
+
+    def _require_labels(self) -> None:
+        if not self.labels.enabled:
+            raise NotFoundError(f"store {self.root} has no labels: add them with `simsearch index --labels` "
+                                f"(each photo is classified once, nothing is embedded again)")
+
+    def labels_of(self, probe: Any, k: int = 5) -> list[Label]:
+        """A photo's top ImageNet classes: an indexed id (or a path indexed unchanged) from the store's labels,
+        any other photo (a path, bytes, a PIL image, an array) classified now by the store's classifier."""
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        vocab = Vocabulary.shipped()
+        if isinstance(probe, (int, np.integer)) and not isinstance(probe, (bool, np.bool_)):
+            rec = self.catalog.records([int(probe)]).get(int(probe))
+            if rec is None or rec["status"] != OK:
+                raise NotFoundError(f"no indexed image with id {int(probe)}")
+            self._require_labels()
+            top = self.catalog.labels_of(rec["sha256"])
+            if not top:
+                raise NotFoundError(f"image {int(probe)} has no labels yet (it could not be decoded again): "
+                                    f"run `simsearch index`")
+        else:
+            if isinstance(probe, (str, os.PathLike)) and not is_url(str(probe)):
+                entry = self.catalog.entry_for_path(absolute(probe))
+                if entry is not None and entry.sha256 and self.labels.enabled and self.collection.unchanged_vector(
+                        Path(probe).expanduser()) is not None and (top := self.catalog.labels_of(entry.sha256)):
+                    return [Label(c, vocab.name(c), p) for c, p in top[:k]]
+            if isinstance(probe, np.ndarray):
+                probe = array_to_image(probe)
+            elif isinstance(probe, str) and is_url(probe):
+                probe = fetch_url(probe)
+            pixels, _ = self.model.decoding.load(probe)
+            top = self.labels.classifier.top(pixels[None], k)[0]
+        return [Label(c, vocab.name(c), p) for c, p in top[:k]]
 
     def duplicates(self, min_cosine: float = DEFAULT_MIN_COSINE, *, neighbours: int = DEFAULT_NEIGHBOURS,
                    chunk: int = 1024, include_resolved: bool = False,
@@ -425,6 +494,7 @@ class Store:
             nlist=ix.nlist, nprobe=ix.nprobe, recall_at_10=ix.recall_at_10,
             precision_choice=rec.get("precision_choice"),
             folder_options={f: self.scan_options(f).to_meta() for f in self.folders()},
+            labels=self.labels.recorded | {"labelled": self.catalog.labelled()} if self.labels.enabled else None,
         )
 
     def failures(self) -> list[Failure]:

@@ -8,6 +8,9 @@ These are TEST MODELS with seeded random weights, never a substitute for the rea
   8, Mixed_3b..Mixed_5c, batch norm without scale, eps 0.001), variables named as in TF-Slim; the
   module takes [0,1] and feeds the network 2x - 1, as TF-Slim's checkpoints require.
 - ``build_tf2_saved_model``: a plain TF2 SavedModel with a ``serving_default`` signature.
+- A network that returns ``logits`` too (``tiny_classifier``) makes a classification module as tfhub.dev's
+  ``.../classification/1`` are: ``default`` and ``image_classification`` give the 1001 logits,
+  ``image_feature_vector`` the pooled features.
 
 Run ``python tests/modules.py OUT_DIR [--arch inception_v2|tiny]`` to write one by hand.
 """
@@ -140,7 +143,17 @@ def tiny(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
         return {"default": tf.matmul(pooled, w), "Tiny/pooled": pooled}
 
 
-NETWORKS: dict[str, Network] = {"inception_v2": inception_v2, "tiny": tiny}
+def tiny_classifier(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+    """tiny's pooled features, then ImageNet-shaped logits (1001: TF-Slim's background first), scaled so that
+    photos get distinct, peaked class probabilities."""
+    out = tiny(images, training)
+    with v1.variable_scope("Tiny"):
+        w = v1.get_variable("Logits/Conv2d_1c_1x1/weights", [64, 1001])
+        b = v1.get_variable("Logits/Conv2d_1c_1x1/biases", [1001])
+    return {"default": out["Tiny/pooled"], "logits": 8.0 * tf.matmul(out["Tiny/pooled"], w) + b}
+
+
+NETWORKS: dict[str, Network] = {"inception_v2": inception_v2, "tiny": tiny, "tiny_classifier": tiny_classifier}
 
 
 def _seeded_values(variables: list[tf.Variable], seed: int) -> list[np.ndarray]:
@@ -181,7 +194,11 @@ def build_tf1_hub_module(path: str | Path, network: Network = tiny, size: tuple[
             images = v1.placeholder(tf.float32, [None, size[0], size[1], 3], name="images")
             with v1.variable_scope("module"):
                 outputs = network(images, training)
-            sigs = {"default": _signature(images, outputs), "image_feature_vector": _signature(images, outputs)}
+            features = {k: v for k, v in outputs.items() if k != "logits"}
+            sigs = {"default": _signature(images, features), "image_feature_vector": _signature(images, features)}
+            if "logits" in outputs:  # a classification module: its primary task is the logits, as on tfhub.dev
+                logits = {"default": outputs["logits"]}
+                sigs |= {"default": _signature(images, logits), "image_classification": _signature(images, logits)}
             if not training:
                 variables = v1.global_variables()
                 with v1.Session() as sess:
@@ -218,6 +235,17 @@ def build_tf2_saved_model(path: str | Path, dim: int = 24, seed: int = 0, igamma
     model = _TF2Model(dim, seed, igamma)
     tf.saved_model.save(model, str(path), signatures={"serving_default": model.__call__})
     return Path(path)
+
+
+def class_probabilities(module: str | Path, pixels: np.ndarray, signature: str = "image_classification") -> np.ndarray:
+    """[N, 1000]: a classification module's own logits on uint8 model inputs, through tensorflow-hub (not
+    simsearch's runtimes), softmax over its 1001 classes with TF-Slim's background dropped."""
+    import tensorflow_hub as hub
+
+    images = tf.constant(np.asarray(pixels, np.float32) / np.float32(255))
+    logits = hub.load(str(module)).signatures[signature](images=images)["default"].numpy().astype(np.float64)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True))[:, 1:]
 
 
 def main() -> None:

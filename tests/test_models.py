@@ -59,7 +59,7 @@ def test_imported_module_has_the_hub_signatures_and_tf_slims_outputs(
 
     _, ref, x = slim_ckpt
     obj = hub.load(str(imported))
-    assert {"image_feature_vector", "default", "classification"} <= set(obj.signatures)
+    assert {"image_feature_vector", "default", "image_classification", "classification"} <= set(obj.signatures)
     feats = obj.signatures["image_feature_vector"](images=tf.constant(x))["default"].numpy()
     logits = obj.signatures["classification"](images=tf.constant(x))["default"].numpy()
     assert feats.shape == (3, 1024) and logits.shape == (3, 1001)
@@ -81,6 +81,28 @@ def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> 
         hits = store.query((tmp_path / "photos" / "p3.jpg").read_bytes(), k=2)
         assert hits[0].path == str(tmp_path / "photos" / "p3.jpg") and hits[0].score > 0.999
         assert hits[1].score < 0.999  # another photo: the model's vectors tell them apart
+
+
+def test_an_imported_module_with_its_head_gives_labels(tmp_path: Path, imported: Path) -> None:
+    """The checkpoint's own logits: the store's labels are the module's image_classification signature,
+    called directly through TF-Hub."""
+    from simsearch.labels import Vocabulary
+
+    from .modules import class_probabilities
+
+    paths = [photo(tmp_path / "photos" / f"p{i}.jpg", seed=i, size=(320, 240)) for i in range(4)]
+    r = CliRunner().invoke(main, ["index", str(tmp_path / "photos"), "--store", str(tmp_path / "s"), "--model",
+                                  str(imported), "--labels", "--classifier", str(imported)])
+    assert r.exit_code == 0 and "labelled 4 photos" in r.output, r.output
+    with simsearch.open(tmp_path / "s") as store:
+        pixels = np.stack([store.model.decoding.load(str(p))[0] for p in paths])
+        probs = class_probabilities(imported, pixels)
+        for path, row in zip(paths, probs):
+            image_id = next(h.id for h in store.query(path, k=1))
+            shown = store.labels_of(image_id, k=3)
+            assert [x.index for x in shown] == [int(c) for c in np.argsort(-row)[:3]]
+            np.testing.assert_allclose([x.probability for x in shown], np.sort(row)[::-1][:3], rtol=1e-3)
+            assert shown[0].name == Vocabulary.shipped().name(shown[0].index)
 
 
 def test_release_tarball_and_sha256(tmp_path: Path, slim_ckpt: tuple[Path, dict[str, object], np.ndarray]) -> None:

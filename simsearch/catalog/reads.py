@@ -1,5 +1,5 @@
 """Reading the catalog: rows by folder (in the listing's order), by path and by id; vectors; filters
-(folder, dates, formats, size) and browsing newest first, a keyset page at a time; fingerprints.
+(folder, dates, formats, size) and browsing newest first, a keyset page at a time; fingerprints; labels.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, cast, func, or_, select
+from sqlalchemy import BigInteger, cast, exists, func, or_, select
 
 from ..errors import QueryError
 from ..formats import catalog_format
 from .engine import Database, _db_errors, _rows_in
-from .schema import FAILED, OK, Entry, FingerprintRecord, ImageRecord, VectorRecord, _VECTORS
+from .schema import FAILED, OK, Entry, FingerprintRecord, ImageRecord, LabelRecord, VectorRecord, _VECTORS
 
 
 @dataclass(frozen=True)
@@ -281,6 +281,42 @@ class Reads(Database):
             last = s.scalar(select(func.max(ImageRecord.indexed_at)))
         return {"images": by_status.get(OK, 0), "failed": by_status.get(FAILED, 0),
                 "last_indexed_at": last.isoformat() + "Z" if last else None}
+
+    @_db_errors
+    def labelled(self) -> int:
+        """How many indexed photos have labels."""
+        has = exists().where(LabelRecord.sha256 == ImageRecord.sha256)
+        with self._session() as s:
+            return s.scalar(select(func.count()).select_from(ImageRecord).where(ImageRecord.status == OK, has)) or 0
+
+    @_db_errors
+    def unlabelled(self, after: int = 0, limit: int = 256) -> list[tuple[int, str, str]]:
+        """(id, path, sha256) of indexed photos whose content has no labels yet, by id after `after`."""
+        has = exists().where(LabelRecord.sha256 == ImageRecord.sha256)
+        with self._session() as s:
+            return [tuple(r) for r in s.execute(  # type: ignore[misc]
+                select(ImageRecord.id, ImageRecord.path, ImageRecord.sha256)
+                .where(ImageRecord.status == OK, ImageRecord.id > after, ~has).order_by(ImageRecord.id).limit(limit))]
+
+    @_db_errors
+    def labels_of(self, sha256: str) -> list[tuple[int, float]]:
+        """A content's classes, most probable first."""
+        with self._session() as s:
+            return [(int(c), float(p)) for c, p in s.execute(
+                select(LabelRecord.label, LabelRecord.probability).where(LabelRecord.sha256 == sha256)
+                .order_by(LabelRecord.probability.desc(), LabelRecord.label))]
+
+    @_db_errors
+    def by_labels(self, classes: Iterable[int], f: ImageFilter | None, min_probability: float,
+                  limit: int | None) -> list[tuple[int, float]]:
+        """(id, probability) of the photos passing the filter whose classes among these add up to at least
+        min_probability, most probable first (ties by id)."""
+        score = func.sum(LabelRecord.probability)
+        q = (select(ImageRecord.id, score).join(LabelRecord, LabelRecord.sha256 == ImageRecord.sha256)
+             .where(LabelRecord.label.in_(sorted(set(classes))), *_filter_conditions(f or ImageFilter()))
+             .group_by(ImageRecord.id).having(score >= min_probability).order_by(score.desc(), ImageRecord.id))
+        with self._session() as s:
+            return [(int(i), float(p)) for i, p in s.execute(q.limit(limit) if limit else q)]
 
     @_db_errors
     def failures(self) -> list[dict[str, Any]]:

@@ -15,8 +15,11 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
+    REAL,
+    SmallInteger,
     String,
     Text,
 )
@@ -26,7 +29,7 @@ from sqlalchemy.types import TypeDecorator
 from ..paths import from_catalog, to_catalog
 
 
-SCHEMA_VERSION = 2  # the last revision of migrations/versions; 2: images.decoded_from
+SCHEMA_VERSION = 3  # the last revision of migrations/versions; 2: images.decoded_from; 3: labels
 
 
 OK, FAILED = "ok", "failed"
@@ -96,6 +99,18 @@ class FingerprintRecord(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class LabelRecord(Base):
+    """One of a photo's ImageNet classes (simsearch.labels), by content like fingerprints: copies and moves
+    share them. Ranked by class: the index on (label, probability) answers a query by label."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_label_probability", "label", "probability"),)
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[int] = mapped_column(SmallInteger, primary_key=True)  # 0..999, the table's order
+    probability: Mapped[float] = mapped_column(REAL)
+
+
 class MetaRecord(Base):
     __tablename__ = "meta"
 
@@ -104,6 +119,7 @@ class MetaRecord(Base):
 
 
 _IMAGES, _VECTORS, _FINGERPRINTS = ImageRecord.__table__, VectorRecord.__table__, FingerprintRecord.__table__
+_LABELS = LabelRecord.__table__
 
 
 _IMAGE_COLUMNS = tuple(c.name for c in _IMAGES.columns)  # id first: COPY writes every column the table has

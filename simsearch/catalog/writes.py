@@ -23,9 +23,11 @@ from .schema import (
     OK,
     FingerprintRecord,
     ImageFields,
+    LabelRecord,
     _FINGERPRINTS,
     _IMAGE_COLUMNS,
     _IMAGES,
+    _LABELS,
     _Path,
     _VECTORS,
 )
@@ -40,6 +42,7 @@ class Changes:
     touches: list[tuple[int, int, int]] = field(default_factory=list)  # id, size, mtime_ns
     deletes: list[int] = field(default_factory=list)
     fingerprints: dict[str, bytes] = field(default_factory=dict)  # sha256 -> fingerprint of new content
+    labels: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # sha256 -> its top classes
 
     def __len__(self) -> int:
         return len(self.upserts) + len(self.moves) + len(self.touches) + len(self.deletes)
@@ -63,11 +66,21 @@ def _put_fingerprints(conn: Any, fingerprints: dict[str, bytes]) -> None:
                                          for sha, data in fingerprints.items()])
 
 
-def _drop_unused_fingerprints(conn: Any, hashes: set[str]) -> None:
-    """Fingerprints of these contents that no row has any more (a file deleted or changed) leave too."""
+def _put_labels(conn: Any, labels: dict[str, list[tuple[int, float]]]) -> None:
+    """Store each content's classes, replacing those it had (another classifier's)."""
+    for part in _chunks(list(labels)):
+        conn.execute(delete(_LABELS).where(_LABELS.c.sha256.in_(part)))
+    rows = [{"sha256": sha, "label": c, "probability": p} for sha, top in labels.items() for c, p in top]
+    if rows:
+        conn.execute(insert(_LABELS), rows)
+
+
+def _drop_unused(conn: Any, hashes: set[str]) -> None:
+    """Fingerprints and labels of these contents that no row has any more (a file deleted or changed) leave too."""
     for part in _chunks(sorted(hashes)):
         used = select(_IMAGES.c.sha256).where(_IMAGES.c.sha256.in_(part))
-        conn.execute(delete(_FINGERPRINTS).where(_FINGERPRINTS.c.sha256.in_(part), _FINGERPRINTS.c.sha256.not_in(used)))
+        for table in (_FINGERPRINTS, _LABELS):
+            conn.execute(delete(table).where(table.c.sha256.in_(part), table.c.sha256.not_in(used)))
 
 
 def _write_upserts(conn: Any, upserts: list[tuple[ImageFields, np.ndarray | None]],
@@ -175,6 +188,8 @@ class Writes(Meta):
             added_ids, added_vecs, removed, left = _write_upserts(conn, changes.upserts, now)
             if changes.fingerprints:
                 _put_fingerprints(conn, changes.fingerprints)
+            if changes.labels:
+                _put_labels(conn, changes.labels)
             if changes.moves:
                 conn.execute(update(_IMAGES).where(_IMAGES.c.id == bindparam("b_id")),
                              [{"b_id": i, "path": path, "size": size, "mtime_ns": mtime, "indexed_at": now}
@@ -189,7 +204,7 @@ class Writes(Meta):
                 conn.execute(delete(_VECTORS).where(_VECTORS.c.image_id.in_(changes.deletes)))
                 conn.execute(delete(_IMAGES).where(_IMAGES.c.id.in_(changes.deletes)))
             if left:
-                _drop_unused_fingerprints(conn, left)
+                _drop_unused(conn, left)
             if added_ids or removed:
                 version += 1
                 meta.value = json.dumps(version)
@@ -206,6 +221,18 @@ class Writes(Meta):
         if fingerprints:
             with self._session() as s:
                 _put_fingerprints(s.connection(), fingerprints)
+
+    @_db_errors
+    def add_labels(self, labels: dict[str, list[tuple[int, float]]]) -> None:
+        if labels:
+            with self._session() as s:
+                _put_labels(s.connection(), labels)
+
+    @_db_errors
+    def clear_labels(self) -> None:
+        """Forget every photo's labels (another classifier's are not comparable)."""
+        with self._session() as s:
+            s.execute(delete(LabelRecord))
 
     @_db_errors
     def drop_fingerprints(self, hashes: Iterable[str]) -> None:

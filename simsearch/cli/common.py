@@ -129,10 +129,11 @@ def _hint_args(s: Store, db: str | None) -> str:
     return f"--store {shlex.quote(str(s.root))}" + (f" --db {shlex.quote(db)}" if db else "")
 
 
-def _open(store: str | None, model: str | None, db: str | None, create: bool = False, **settings: Any) -> Store:
+def _open(store: str | None, model: str | None, db: str | None, create: bool = False,
+          classifier: str | None = None, **settings: Any) -> Store:
     """Only `index` (and `serve --create`, for a new container) creates a store; the others say so when
     there is none."""
-    return Store(store, model=model, db=db, create=create,
+    return Store(store, model=model, db=db, create=create, classifier=classifier,
                  settings=Settings(**{k: v for k, v in settings.items() if v is not None}))
 
 
@@ -299,6 +300,10 @@ def _print_report(report: IndexReport, stamp: bool = False) -> None:
     click.echo(f"{when}{report.folder}: {report.added} added, {report.updated} updated, {report.moved} moved, "
                f"{report.removed} removed, {report.unchanged} unchanged, {report.failed} failed "
                f"in {report.seconds:.1f} s{rate}")
+    if report.labelled:
+        click.echo(f"  labelled {report.labelled} photos"
+                   + (f" ({report.timings['labels'] + report.timings.get('labels_fill', 0.0):.1f} s classifying)"
+                      if "labels" in report.timings else ""))
     if (c := report.cpu) and c["photos"] >= 2:
         click.echo(f"  CPU per photo: decode {c['decode_ms']:.1f} ms, model {c['model_ms']:.1f} ms, other "
                    f"{c['other_ms']:.1f} ms; {c['cores']} cores allow {c['bound_per_s']:.1f} images/s, "

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ..config import PRECISIONS, RESIZE_POLICIES
+from ..classifier import DEFAULT_CLASSIFIER
 from ..distributed import DEFAULT_SHARD_SIZE, RayOptions
 from ..store import absolute
 from .common import (
@@ -66,12 +67,18 @@ from .common import (
               help=f"With --ray: files per shard [default: {DEFAULT_SHARD_SIZE}].")
 @click.option("--actors", type=click.IntRange(1, 100_000),
               help="With --ray: embedding actors [default: one per GPU, else one per node].")
+@click.option("--labels", is_flag=True,
+              help="Keep each photo's ImageNet labels from now on (remembered for the store): photos indexed "
+                   "before are labelled without being embedded again; then `query --label dog` finds them.")
+@click.option("--classifier", metavar="HANDLE",
+              help=f"With --labels: the classification module (URL or folder) [default: {DEFAULT_CLASSIFIER}].")
 @_json_option
 @click.pass_obj
 def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str | None, db: str | None,
           excludes: tuple[str, ...], include_hidden: bool | None, batch_size: int | None, workers: int | None,
           fingerprints: bool | None, resize: str | None, precision: str | None, runtime: str | None, device: str | None, ray_address: str | None,
-          staging: str | None, shard_size: int | None, actors: int | None, as_json: bool) -> None:
+          staging: str | None, shard_size: int | None, actors: int | None, labels: bool, classifier: str | None,
+          as_json: bool) -> None:
     """Index FOLDER: embed new and changed photos, follow moved ones, forget deleted ones.
 
     Without FOLDER, every folder of the store is brought up to date, each with the choices
@@ -81,6 +88,7 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
       simsearch index ~/Pictures --store data/photos
       simsearch index ~/Pictures --exclude 'Screenshots' --exclude '*.tmp.jpg'
       simsearch index --store data/photos
+      simsearch index --labels --store data/photos   # add ImageNet labels, no re-embedding
       simsearch index /shared/photos --ray 10.0.0.1:6379 --staging s3://bucket/shards \\
           --db postgresql+psycopg://USER:PASSWORD@HOST/DB
     """
@@ -91,16 +99,19 @@ def index(obj: dict[str, Any], folder: str | None, store: str | None, model: str
         raise click.UsageError("--staging, --shard-size and --actors go with --ray")
     if folder is None and (excludes or include_hidden is not None):
         raise click.UsageError("--exclude and --include-hidden are remembered per folder: give the FOLDER")
+    if classifier and not labels:
+        raise click.UsageError("--classifier goes with --labels")
     progress, close = _progress_bar(obj["quiet"] or as_json)
     with _ray_off_stdout() if ray else contextlib.nullcontext(), \
-            _open(store, model, db, create=folder is not None, batch_size=batch_size, workers=workers, resize=resize,
-                  precision=precision, runtime=runtime, device=device, fingerprints=fingerprints) as s:
+            _open(store, model, db, create=folder is not None, classifier=classifier, batch_size=batch_size,
+                  workers=workers, resize=resize, precision=precision, runtime=runtime, device=device,
+                  fingerprints=fingerprints) as s:
         try:
             if folder is None:
-                reports = s.update(progress=progress, ray=ray)
+                reports = s.update(progress=progress, ray=ray, labels=labels)
             else:
                 reports = [s.index(folder, progress=progress, ray=ray, exclude=excludes or None,
-                                   include_hidden=include_hidden)]
+                                   include_hidden=include_hidden, labels=labels)]
         finally:
             close()
         hint = _hint_args(s, db)

@@ -29,6 +29,9 @@ def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -
     choice = info.pop("precision_choice", None)
     if choice:
         info["precision_choice"] = _choice_line(choice)
+    labels = info.pop("labels", None)
+    info["labels"] = (f"{labels['labelled']} of {info['images']} photos, classifier {labels['classifier']}" if labels
+                      else "none (add ImageNet labels with `simsearch index --labels`)")
     options = info.pop("folder_options", None) or {}
     info["folders"] = ", ".join(f + _left_out(options.get(f) or {}) for f in info["folders"]) or "none yet"
     width = max(len(k) for k in info)

@@ -245,7 +245,8 @@ def export_module(model: Any, out_dir: str | os.PathLike[str]) -> Path:
     """Write a module folder that simsearch and hub.load use: a TF2 SavedModel whose
     `image_feature_vector` and `default` signatures take `images` [N, H, W, 3] in [0,1] (scaled to
     [-1, 1] inside the network, as in the TF-Hub module) and return
-    `default` [N, 1024], plus `classification` (1001 logits) when the model has the head.
+    `default` [N, 1024], plus `image_classification` (1001 logits, TF-Hub's name; also as `classification`,
+    the name earlier releases wrote) when the model has the head.
     Written to a temporary folder and renamed, so a failed export leaves nothing half-written."""
     tf, _ = import_tensorflow()
     out = Path(out_dir)
@@ -277,7 +278,7 @@ def export_module(model: Any, out_dir: str | os.PathLike[str]) -> Path:
     if has_head:  # attached only with a head: saving traces every function the module holds
         module.classification = tf.function(lambda images: {"default": module._run(images)["logits"]},
                                             input_signature=[spec])
-        signatures["classification"] = module.classification
+        signatures["image_classification"] = signatures["classification"] = module.classification
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         import shutil
