@@ -111,6 +111,13 @@ def tf2_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def classifier_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A classification module in the TF-Hub format: `image_classification` -> 1001 logits."""
+    return modules.build_tf1_hub_module(tmp_path_factory.mktemp("modules") / "classifier", modules.tiny_classifier,
+                                        TINY_SIZE, seed=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_embedder(tiny_module: Path) -> HubEmbedder:
     return HubEmbedder(tiny_module)
 

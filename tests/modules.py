@@ -153,7 +153,19 @@ def tiny_classifier(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
     return {"default": out["Tiny/pooled"], "logits": 8.0 * tf.matmul(out["Tiny/pooled"], w) + b}
 
 
-NETWORKS: dict[str, Network] = {"inception_v2": inception_v2, "tiny": tiny, "tiny_classifier": tiny_classifier}
+def inception_v2_classifier(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
+    """Inception V2 with TF-Slim's head: a 1x1 convolution of the pooled 1024 features to 1001 logits
+    (InceptionV2/Logits/Conv2d_1c_1x1), as the classification module on tfhub.dev is built."""
+    out = inception_v2(images, training)
+    with v1.variable_scope("InceptionV2/Logits/Conv2d_1c_1x1"):
+        w = v1.get_variable("weights", [1, 1, 1024, 1001])
+        b = v1.get_variable("biases", [1001])
+    pooled = out["default"][:, None, None, :]
+    return {"default": out["default"], "logits": tf.nn.conv2d(pooled, w, 1, "VALID")[:, 0, 0, :] + b}
+
+
+NETWORKS: dict[str, Network] = {"inception_v2": inception_v2, "tiny": tiny, "tiny_classifier": tiny_classifier,
+                                "inception_v2_classifier": inception_v2_classifier}
 
 
 def _seeded_values(variables: list[tf.Variable], seed: int) -> list[np.ndarray]:

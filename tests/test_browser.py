@@ -376,3 +376,31 @@ def test_review_page_keeps_ticked_photos_splits_and_resolves_the_sure_groups(
         assert (folder / "db_1-small.jpg").exists()  # without the box nothing moves
     with simsearch.open(tmp_path / "store") as reopened:
         assert {g.resolution for g in reopened.duplicates(include_resolved=True)} == {None, "keep"}
+
+
+def test_the_search_box_finds_photos_by_label(tmp_path: Path, corel_images: Path, tiny_module: Path,
+                                              classifier_module: Path, request: pytest.FixtureRequest) -> None:
+    """A word in the box: the photos of that label, most probable first, as the store ranks them; a typo is
+    answered with suggestions; the header says the store has labels."""
+    from playwright.sync_api import expect
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(1, 9):
+        shutil.copy(corel_images / f"db_{i * 90}.jpg", folder / f"db_{i * 90}.jpg")
+    with simsearch.open(tmp_path / "store", model=tiny_module, classifier=classifier_module, create=True) as store, \
+            serving(store) as url, browser_page(request) as page:
+        store.index(folder, labels=True)
+        word = store.labels_of(1, k=1)[0].name
+        want = [h.path for h in store.query(label=word, k=20)]
+        page.goto(url)
+        expect(page.locator("#stats")).to_contain_text("labels on 8 photos", timeout=30_000)
+        page.locator("#label").fill(word)
+        page.locator("#label-form button").click()
+        expect(page.locator("#status")).to_contain_text(f'photos of "{word}", most probable first', timeout=30_000)
+        expect(page.locator("#results .hit")).to_have_count(len(want))
+        assert [page.locator("#results .hit .path").nth(i).get_attribute("title") for i in range(len(want))] == want
+        assert f"label={word.replace(' ', '+')}" in page.url  # an address of its own
+        page.locator("#label").fill("sailbot")
+        page.locator("#label-form button").click()
+        expect(page.locator("#status")).to_contain_text("did you mean 'sailboat'", timeout=30_000)

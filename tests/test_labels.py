@@ -17,16 +17,9 @@ from simsearch.cli import main
 from simsearch.labels import Vocabulary
 
 from . import modules
-from .conftest import TINY_SIZE, photo
+from .conftest import photo
 
 PHOTOS = 12
-
-
-@pytest.fixture(scope="session")
-def classifier_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A classification module in the TF-Hub format: `image_classification` -> 1001 logits."""
-    return modules.build_tf1_hub_module(tmp_path_factory.mktemp("modules") / "classifier", modules.tiny_classifier,
-                                        TINY_SIZE, seed=3)
 
 
 @pytest.fixture()
