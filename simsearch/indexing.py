@@ -28,6 +28,7 @@ from .catalog import OK, Changes, Entry, ImageFields
 from .classifier import StoreLabels
 from .collection import Collection
 from .config import Settings
+from .embedding import l2_normalize
 from .errors import ImageError, StoreError
 from .formats import ScanOptions, walk_images
 from .paths import to_catalog
@@ -285,13 +286,19 @@ class IndexRun:
         if todo:
             t, p, m = time.perf_counter(), time.process_time(), time.thread_time()
             embedder = self.model.embedder  # loads the model on first use, timed apart as model_load
+            head = self.labels.head(embedder) if self.labels is not None else None  # decided once per store
             self.cpu.loaded(time.process_time() - p, time.thread_time() - m, time.perf_counter() - t)
             t, m = time.perf_counter(), time.thread_time()
             pixels = np.stack(todo)
-            embedded = iter(embedder.embed(pixels))
+            if head is not None:  # labels from the classifier's head on the model's own outputs: one pass
+                raw = embedder.outputs(pixels)
+                vectors, tops = l2_normalize(raw), iter(head.top(raw))
+            else:
+                vectors = embedder.embed(pixels)
+            embedded = iter(vectors)
             self.timings.embed += time.perf_counter() - t
             self.cpu.embedded(len(todo), time.thread_time() - m)
-            if self.labels is not None:
+            if self.labels is not None and head is None:
                 tops = self._classify(pixels)
         for b in self.batch:
             self.pending.upserts.append((b.fields(), b.vector if b.vector is not None else next(embedded)))

@@ -95,7 +95,7 @@ class Store:
         except SimsearchError:
             self.catalog.close()
             raise
-        self.labels = StoreLabels(self.catalog, classifier, self.model.settings)
+        self.labels = StoreLabels(self.root, self.catalog, classifier, self.model.settings)
         self.collection = Collection(self.root, self.catalog)
         if self.model.recorded:
             self.collection.open(self.model.dim, lazy=True)

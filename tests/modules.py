@@ -144,13 +144,14 @@ def tiny(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
 
 
 def tiny_classifier(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:
-    """tiny's pooled features, then ImageNet-shaped logits (1001: TF-Slim's background first), scaled so that
-    photos get distinct, peaked class probabilities."""
-    out = tiny(images, training)
+    """tiny's pooled features (scaled so that photos get distinct, peaked class probabilities), then a linear
+    head to ImageNet-shaped logits (1001: TF-Slim's background first), as Inception V2's head is on its
+    pooled features."""
+    features = 8.0 * tiny(images, training)["Tiny/pooled"]
     with v1.variable_scope("Tiny"):
         w = v1.get_variable("Logits/Conv2d_1c_1x1/weights", [64, 1001])
         b = v1.get_variable("Logits/Conv2d_1c_1x1/biases", [1001])
-    return {"default": out["Tiny/pooled"], "logits": 8.0 * tf.matmul(out["Tiny/pooled"], w) + b}
+    return {"default": features, "logits": tf.matmul(features, w) + b}
 
 
 def inception_v2_classifier(images: tf.Tensor, training: bool) -> dict[str, tf.Tensor]:

@@ -17,7 +17,7 @@ from simsearch.cli import main
 from simsearch.labels import Vocabulary
 
 from . import modules
-from .conftest import photo
+from .conftest import TINY_SIZE, photo
 
 PHOTOS = 12
 
@@ -50,13 +50,23 @@ def expected_order(paths: list[Path], probs: np.ndarray, c: int, min_probability
     return [paths[i] for i in sorted(keep, key=lambda i: -probs[i, c])]
 
 
+@pytest.mark.parametrize("features", ["tiny", "classifier", "other classifier"])
 def test_labels_stored_at_index_rank_a_label_query_as_the_module_does(root: Path, tmp_path: Path, tiny_module: Path,
-                                                                      classifier_module: Path, db_url: str) -> None:
+                                                                      classifier_module: Path, db_url: str,
+                                                                      features: str) -> None:
+    """The store's model a feature module (the classifier runs as a second network), the classifier itself
+    (its head on the model's features: one pass) or a classifier of other weights (a head that does not
+    reproduce the classifier's logits: refused, a second network)."""
     paths = sorted(root.glob("*.jpg"))
-    with simsearch.open(tmp_path / "store", model=tiny_module, classifier=classifier_module, db=db_url,
+    model = {"tiny": tiny_module, "classifier": classifier_module,
+             "other classifier": modules.build_tf1_hub_module(tmp_path / "other", modules.tiny_classifier,
+                                                              TINY_SIZE, seed=4)}[features]
+    with simsearch.open(tmp_path / "store", model=model, classifier=classifier_module, db=db_url,
                         create=True) as s:
         report = s.index(root, labels=True)
-        assert report.labelled == PHOTOS and report.timings["labels"] > 0
+        assert report.labelled == PHOTOS
+        assert s.stats().labels["passes"] == (1 if features == "classifier" else 2)
+        assert ("labels" in report.timings) == (features != "classifier")  # no second network in one pass
         assert s.stats().labels["labelled"] == PHOTOS
         probs = modules.class_probabilities(classifier_module, model_inputs(s, paths))
         c, name = a_class_named_alone(probs)

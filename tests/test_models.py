@@ -85,7 +85,7 @@ def test_imported_module_indexes_and_queries(tmp_path: Path, imported: Path) -> 
 
 def test_an_imported_module_with_its_head_gives_labels(tmp_path: Path, imported: Path) -> None:
     """The checkpoint's own logits: the store's labels are the module's image_classification signature,
-    called directly through TF-Hub."""
+    called directly through TF-Hub, though they come from its head on the store's features in one pass."""
     from simsearch.labels import Vocabulary
 
     from .modules import class_probabilities
@@ -95,6 +95,7 @@ def test_an_imported_module_with_its_head_gives_labels(tmp_path: Path, imported:
                                   str(imported), "--labels", "--classifier", str(imported)])
     assert r.exit_code == 0 and "labelled 4 photos" in r.output, r.output
     with simsearch.open(tmp_path / "s") as store:
+        assert store.stats().labels["passes"] == 1  # its head on the features the store computes: one pass
         pixels = np.stack([store.model.decoding.load(str(p))[0] for p in paths])
         probs = class_probabilities(imported, pixels)
         for path, row in zip(paths, probs):

@@ -30,7 +30,9 @@ def stats(store: str | None, model: str | None, db: str | None, as_json: bool) -
     if choice:
         info["precision_choice"] = _choice_line(choice)
     labels = info.pop("labels", None)
-    info["labels"] = (f"{labels['labelled']} of {info['images']} photos, classifier {labels['classifier']}" if labels
+    passes = {1: "; one pass: its head on the model's own features", 2: "; run as a second network"}
+    info["labels"] = (f"{labels['labelled']} of {info['images']} photos, classifier {labels['classifier']}"
+                      + passes.get(labels.get("passes"), "") if labels
                       else "none (add ImageNet labels with `simsearch index --labels`)")
     options = info.pop("folder_options", None) or {}
     info["folders"] = ", ".join(f + _left_out(options.get(f) or {}) for f in info["folders"]) or "none yet"
