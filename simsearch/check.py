@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
 
 from .collection import Collection
 from .errors import SimsearchError, StoreError
@@ -58,13 +60,34 @@ def check_store(root: Path, collection: Collection, dim: int | None, *, repair: 
     if broken:
         problems.append(_damaged_catalog(broken))
     checked = ["catalog"]
+    parts: list[tuple[str, Callable[[], Problem | None]]] = [
+        ("fingerprints", lambda: _fingerprints(collection, repair)),
+        ("renditions", lambda: _renditions(root, repair)),
+        ("temp-files", lambda: _temp_files(collection, stale, repair)),
+    ]
     if dim is not None:
-        checked.append("index")
-        why = collection.checkpoint_problem(dim)
-        if why is not None:
-            problems.append(Problem("index", f"the vector index file does not mirror the catalog: {why}",
-                                    _mended(lambda: collection.rebuild(dim)) if repair else False))
-    checked.append("fingerprints")
+        parts.insert(0, ("index", lambda: _index(collection, dim, repair)))
+    for part, examine in parts:
+        checked.append(part)
+        try:
+            problem = examine()
+        except DatabaseError as exc:  # a damaged catalog: the part is left unchecked, never a traceback
+            problem = Problem(part, f"not checked: the catalog could not be read ({exc.orig or exc})", False)
+        if problem is not None:
+            problems.append(problem)
+    return CheckReport(store=str(root), checked=checked, problems=problems)
+
+
+def _index(collection: Collection, dim: int, repair: bool) -> Problem | None:
+    why = collection.checkpoint_problem(dim)
+    if why is None:
+        return None
+    return Problem("index", f"the vector index file does not mirror the catalog: {why}",
+                   _mended(lambda: collection.rebuild(dim)) if repair else False)
+
+
+def _fingerprints(collection: Collection, repair: bool) -> Problem | None:
+    catalog = collection.catalog
     bad = []
     for sha, data in catalog.iter_fingerprints():
         if not is_current(data) and len(data) > 0 and data[0] < VERSION:
@@ -73,20 +96,26 @@ def check_store(root: Path, collection: Collection, dim: int | None, *, repair: 
             Fingerprint.from_bytes(data)
         except (ValueError, IndexError):
             bad.append(sha)
-    if bad:
-        problems.append(Problem("fingerprints", f"{len(bad)} duplicate fingerprints cannot be read",
-                                _mended(lambda: catalog.drop_fingerprints(bad)) if repair else False))
-    checked.append("renditions")
+    if not bad:
+        return None
+    return Problem("fingerprints", f"{len(bad)} duplicate fingerprints cannot be read",
+                   _mended(lambda: catalog.drop_fingerprints(bad)) if repair else False)
+
+
+def _renditions(root: Path, repair: bool) -> Problem | None:
     damaged = [p for name in FOLDERS for p in RenditionCache(root / name).damaged()]
-    if damaged:
-        problems.append(Problem("renditions", f"{len(damaged)} cached thumbnails or previews are not whole JPEGs",
-                                _mended(lambda: [p.unlink(missing_ok=True) for p in damaged]) if repair else False))
-    checked.append("temp-files")
-    if stale:
-        problems.append(Problem("temp-files", f"{len(stale)} temp files of runs that were killed "
-                                              f"({', '.join(p.name for p in stale[:3])})",
-                                _mended(lambda: _remove_as_writer(collection)) if repair else False))
-    return CheckReport(store=str(root), checked=checked, problems=problems)
+    if not damaged:
+        return None
+    return Problem("renditions", f"{len(damaged)} cached thumbnails or previews are not whole JPEGs",
+                   _mended(lambda: [p.unlink(missing_ok=True) for p in damaged]) if repair else False)
+
+
+def _temp_files(collection: Collection, stale: list[Path], repair: bool) -> Problem | None:
+    if not stale:
+        return None
+    return Problem("temp-files", f"{len(stale)} temp files of runs that were killed "
+                                 f"({', '.join(p.name for p in stale[:3])})",
+                   _mended(lambda: _remove_as_writer(collection)) if repair else False)
 
 
 def _remove_as_writer(collection: Collection) -> None:

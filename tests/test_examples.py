@@ -145,6 +145,6 @@ def test_cli_and_http_take_several_examples(tmp_path: Path, tiny_module: Path) -
                                "--not-id", str(by_id[str(paths[4])]), "--store", store_dir, "-k", "5", "-o", "json"])
     assert [h["id"] for h in json.loads(ids.output)] == [h.id for h in expected]
     alone = runner.invoke(main, ["query", "--not", str(paths[4]), "--store", store_dir])
-    assert alone.exit_code == 2 and "at least one IMAGE or --id" in alone.output
+    assert alone.exit_code == 2 and "at least one IMAGE, --id or --label" in alone.output
     twice = runner.invoke(main, ["query", "-", "--not", "-", "--store", store_dir], input=b"x")
     assert twice.exit_code == 2 and "standard input (-) can be read once" in twice.output
