@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +171,13 @@ def quality(args: argparse.Namespace, work: Path) -> None:
     print("\nsimsearch's reason names the transform (of the copies verified against their original):")
     print("| " + " | ".join(named) + " |\n" + "|---" * len(named) + "|")
     print("| " + " | ".join(f"{np.mean(v):.2f} ({len(v)})" for v in named.values()) + " |")
+    said: dict[str, Counter[str]] = defaultdict(Counter)
+    for pair, t in truth.items():
+        if pair in reasons:
+            said[t][reasons[pair]] += 1
+    print("every reason given, per transform:")
+    for t, counts in said.items():
+        print(f"  {t}: " + ", ".join(f"{r} x{n}" for r, n in counts.most_common()))
 
 
 def _own_hashes(fp: bytes, rng: np.random.Generator) -> bytes:

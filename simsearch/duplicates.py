@@ -1,8 +1,8 @@
 """Duplicate groups people can trust: candidates from the embedding, verdicts from the pixels.
 
 Candidates are exact copies (same SHA-256), each photo's nearest neighbours above a loose cosine, and
-photos with close perceptual hashes (at any rotation by 90 degrees), found a chunk of photos at a time,
-so memory follows the number of candidate pairs, never N x N. Each
+photos with close perceptual hashes (at any rotation by 90 degrees, or with flat borders trimmed), found a
+chunk of photos at a time, so memory follows the number of candidate pairs, never N x N. Each
 candidate pair is then checked on the photos' stored fingerprints (simsearch.verify): perceptual hashes
 first, then, for the pairs those do not settle, ORB features with RANSAC, taken now from a fresh decode of
 each photo in such a pair that has none yet (and stored: later runs have them), on a thread pool. Only
@@ -34,7 +34,7 @@ from .errors import ChangedError, ImageError, NotFoundError, QueryError, Simsear
 from .files import move_to_trash
 from .paths import display
 from .results import DuplicateGroup, Member, Progress, Undone
-from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, whole_picture
+from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, trimmed_phash, whole_picture
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
 DEFAULT_NEIGHBOURS = 10
@@ -239,7 +239,8 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
                 chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
     """(a, b, cosine, photos covered) chunks: each photo's nearest neighbours, then the photos whose pHash,
     at any rotation by 90 degrees, is close to its own (so a turned or recoloured copy is a candidate
-    whatever the embedding makes of it; cosine is then the pair's own)."""
+    whatever the embedding makes of it; cosine is then the pair's own), then those close to its pHash with
+    flat borders trimmed (a framed or letterboxed copy: verify.trimmed_phash)."""
     yield from collection.neighbours(neighbours, min_cosine, chunk)
     shas, hashes = collection.catalog.perceptual_hashes()
     if len(shas) < 2:
@@ -248,14 +249,27 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
     ids = np.array([id_of.get(sha, -1) for sha in shas], np.int64)
     index = faiss.IndexBinaryFlat(64)
     index.add(np.ascontiguousarray(hashes[:, 0]))
-    for start in range(0, len(shas), chunk):
-        part = hashes[start : start + chunk]
-        lims, _, found = index.range_search(np.ascontiguousarray(part.reshape(-1, 8)), PHASH_LOOSE + 1)
-        a = np.repeat(np.repeat(ids[start : start + len(part)], 4), np.diff(lims).astype(np.int64))
+
+    def near(query_ids: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The photos whose pHash is within PHASH_LOOSE of each query (uint8 [n, 8], one id each)."""
+        lims, _, found = index.range_search(np.ascontiguousarray(queries), PHASH_LOOSE + 1)
+        a = np.repeat(query_ids, np.diff(lims).astype(np.int64))
         b = ids[found]
         keep = (a != b) & (a >= 0) & (b >= 0)
         a, b = a[keep], b[keep]
-        yield a, b, collection.cosines(a, b) if len(a) else np.zeros(0, np.float32), len(part)
+        return a, b, collection.cosines(a, b) if len(a) else np.zeros(0, np.float32)
+
+    for start in range(0, len(shas), chunk):
+        part = hashes[start : start + chunk]
+        yield *near(np.repeat(ids[start : start + len(part)], 4), part.reshape(-1, 8)), len(part)
+    trimmed_ids, trimmed = [], []
+    for sha, data in collection.catalog.iter_fingerprints():
+        f = _parse(data)
+        if f is not None and id_of.get(sha, -1) >= 0 and (h := trimmed_phash(f.thumb)) is not None:
+            trimmed_ids.append(id_of[sha])
+            trimmed.append(h)
+    if trimmed:
+        yield *near(np.array(trimmed_ids, np.int64), np.stack(trimmed)), 0
 
 
 def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSINE, *,

@@ -45,17 +45,25 @@ _HEADER = struct.Struct("<BHHH")  # version, width, height, keypoints
 # distance under PHASH_LOOSE and grey thumbnails that correlate (watermarks, strong colour edits)
 PHASH_MAX, DHASH_MAX = 6, 12
 PHASH_LOOSE, THUMB_CORRELATION = 12, 0.95
+# the thumbnails' correlation leaves out the pixels that differ most, up to this share: a watermark over a
+# flat picture covers 0.2-2.7% of a 48 x 48 thumbnail and alone pulled it to 0.88-0.93
+OVERLAY_SHARE = 0.03
 # ... and the colour thumbnails, aligned, each channel brought to zero mean and unit spread (brightness and
 # contrast edits cancel), differ by more than COLOUR_DELTA on at most this share of their pixels: a
 # watermark or JPEG at quality 20 stays under 0.025, the same scene with its main object recoloured or
 # replaced mostly does not (1-3 of 60 corel1k pairs pass, 55-56 did before; tests/test_duplicates.py)
 COLOUR_DELTA, COLOUR_DIFFER_MAX = 0.7, 0.05
 COLOUR_DIFFER_PLACED = 0.07  # the same, for one picture drawn inside the other (a crop's fit is coarser)
-# naming the change: a channel's mean moved by more than this (of 255), or its spread by more than this
-# share, is a colour edit; normalised colour differing on at least OVERLAID_AREA of the pixels (under the
-# copy limit) is something drawn over a small part; what lies outside a contained picture varying less
-# than BORDER_SPREAD (of 255) is a border
-COLOUR_SHIFT, SPREAD_CHANGE, OVERLAID_AREA, BORDER_SPREAD = 6.0, 0.08, 0.006, 12.0
+# naming the change, on the colour pixels that agree once normalised (so an overlay's own pixels do not
+# pass for a colour edit): a channel's mean moved by more than COLOUR_SHIFT (of 255) or its spread by more
+# than SPREAD_CHANGE (log ratio) is a colour edit (JPEG q20-50, resizes, re-encodes and screenshots of
+# 150 corel1k photos stay under 1.3 and 0.048; 99% of brightness/contrast edits of 0.7-1.3 pass); grey
+# thumbnails differing by more than OVERLAY_DELTA (normalised) on at least OVERLAID_AREA of their pixels is
+# something drawn over a small part (none of the others there reach it); what lies outside a contained
+# picture varying less than BORDER_SPREAD (of 255) is a border, as is a flat edge one thumbnail has and
+# the other lacks by BORDER_PX pixels or more
+COLOUR_SHIFT, SPREAD_CHANGE, BORDER_SPREAD = 3.0, 0.06, 12.0
+OVERLAY_DELTA, OVERLAID_AREA, BORDER_PX = 0.4, 0.001, 2
 # resized: the picture's own size changed; recompressed: same size and format, other bytes; re-encoded:
 # another format; rotated by a multiple of 90 degrees (a mirror image is not a copy here); cropped;
 # bordered (a frame or letterbox added); colour edited (brightness, contrast, colour); overlaid (text or a
@@ -159,6 +167,50 @@ def _dhashes(grey: Image.Image) -> np.ndarray:
     return np.stack([np.packbits(px[:, 1:] > px[:, :-1]) for px in turned])
 
 
+# a border (frame, letterbox) hides a copy from the plain pHash (52% of bench borders within PHASH_LOOSE):
+# rows and columns at the thumbnail's edges within FLAT_EDGE (of 255) of their median are cut before hashing
+FLAT_EDGE, LOOSE_EDGE = 10.0, 25.0
+
+
+def trim_box(thumb: np.ndarray, tolerance: float = FLAT_EDGE) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of a grey thumbnail inside the flat borders at its edges (rows and columns
+    within tolerance of their median, at most a third of a side each); the whole of it where it has none."""
+    t = np.asarray(thumb, np.float32)
+    n, m = t.shape
+    top, bottom, left, right = 0, n, 0, m
+
+    def flat(line: np.ndarray, ref: float) -> bool:
+        return float(np.abs(line - ref).max()) <= tolerance
+
+    edge = float(np.median(t[0]))
+    while top < n // 3 and flat(t[top], edge):
+        top += 1
+    edge = float(np.median(t[-1]))
+    while bottom > n - n // 3 and flat(t[bottom - 1], edge):
+        bottom -= 1
+    edge = float(np.median(t[top:bottom, 0]))
+    while left < m // 3 and flat(t[top:bottom, left], edge):
+        left += 1
+    edge = float(np.median(t[top:bottom, -1]))
+    while right > m - m // 3 and flat(t[top:bottom, right - 1], edge):
+        right -= 1
+    return top, bottom, left, right
+
+
+def trimmed_phash(thumb: np.ndarray) -> np.ndarray | None:
+    """The pHash (uint8 [8]) of a grey thumbnail without its flat borders (trim_box), or None where it has
+    none: a bordered copy's trimmed hash is its original's."""
+    n, m = thumb.shape
+    top, bottom, left, right = trim_box(thumb)
+    if (top, bottom, left, right) == (0, n, 0, m):
+        return None
+    # one pixel further in: the thumbnail's filter blends the border into the picture's first pixels
+    top, left = top + (top > 0), left + (left > 0)
+    bottom, right = bottom - (bottom < n), right - (right < m)
+    inner = Image.fromarray(np.ascontiguousarray(thumb[top:bottom, left:right]))
+    return _phashes(np.asarray(inner.resize((32, 32), Image.Resampling.BILINEAR), np.float64))[0]
+
+
 def _fitted(width: int, height: int) -> tuple[int, int]:
     """The size of a photo fitted within SIDE x SIDE, as Image.thumbnail makes it."""
     scale = min(1.0, SIDE / max(width, height))
@@ -231,36 +283,68 @@ def compare(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = Non
     return whole_picture(a, b, facts_a, facts_b) or geometric(a, b, facts_a, facts_b)
 
 
+def _normalised(x: np.ndarray) -> np.ndarray:
+    """Colour pixels [n, 3] with each channel at zero mean and unit spread (+8: a flat channel's noise is
+    not stretched)."""
+    x = x.astype(np.float32).reshape(-1, 3)
+    return (x - x.mean(0)) / (x.std(0) + 8)
+
+
+def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Which of two aligned colour pictures' pixels differ once each is normalised (bool [n])."""
+    return np.sqrt(((_normalised(a) - _normalised(b)) ** 2).sum(-1)) > COLOUR_DELTA
+
+
 def colour_difference(a: np.ndarray, b: np.ndarray) -> float:
     """The share of pixels where two aligned colour thumbnails (or the same pixels of each, [n, 3]) differ,
     after each channel of each is brought to zero mean and unit spread (so a brightness or contrast edit is
     no difference)."""
-    za, zb = (x.astype(np.float32).reshape(-1, 3) for x in (a, b))
-    za = (za - za.mean(0)) / (za.std(0) + 8)  # +8: a flat channel's noise is not stretched
-    zb = (zb - zb.mean(0)) / (zb.std(0) + 8)
-    return float((np.sqrt(((za - zb) ** 2).sum(-1)) > COLOUR_DELTA).mean())
+    return float(_differing(a, b).mean())
 
 
 def _colour_edited(a: np.ndarray, b: np.ndarray, spread: bool) -> bool:
-    """Whether aligned colour pixels ([..., 3]) differ in a channel's mean or (spread) its spread:
-    brightness, contrast, colour balance. A fitted picture's pixels are blurred by the fit: means only."""
-    x, y = a.astype(np.float32).reshape(-1, 3), b.astype(np.float32).reshape(-1, 3)
+    """Whether aligned colour pixels ([..., 3]) that agree once normalised differ in a channel's mean or
+    (spread) its spread: brightness, contrast, colour balance. A fitted picture's pixels are blurred by the
+    fit: means only."""
+    agree = ~_differing(a, b)
+    if agree.sum() < 16:
+        return False
+    x, y = a.astype(np.float32).reshape(-1, 3)[agree], b.astype(np.float32).reshape(-1, 3)[agree]
     shift = float(np.abs(x.mean(0) - y.mean(0)).max())
     change = float(np.abs(np.log((x.std(0) + 4) / (y.std(0) + 4))).max()) if spread else 0.0
     return shift > COLOUR_SHIFT or change > SPREAD_CHANGE
 
 
-def _named(first: list[str], a: np.ndarray, b: np.ndarray, facts_a: dict[str, Any],
-           facts_b: dict[str, Any], fallback: str, *, fitted: bool = False) -> str:
+def _overlaid(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two aligned grey thumbnails differ, once normalised, on a small part: text or a logo drawn
+    over the picture (resampling and recompression leave no such pixels at this size)."""
+    za, zb = ((x.astype(np.float32) - x.mean()) / (x.std() + 8) for x in (a, b))
+    return float((np.abs(za - zb) > OVERLAY_DELTA).mean()) >= OVERLAID_AREA
+
+
+def _border_added(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether one of two aligned grey thumbnails has a flat edge (trim_box) that the other lacks even at
+    LOOSE_EDGE (so a row just flat enough in one and not in the other after recompression is no border)."""
+    for x, y in ((a, b), (b, a)):
+        (t, bo, le, r), (lt, lbo, lle, lr) = trim_box(x), trim_box(y, LOOSE_EDGE)
+        if max(t - lt, lbo - bo, le - lle, lr - r) >= BORDER_PX:
+            return True
+    return False
+
+
+def _named(first: list[str], a: np.ndarray, b: np.ndarray, facts_a: dict[str, Any], facts_b: dict[str, Any],
+           fallback: str, grey: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     """The reason: the geometric change found (first), then the format, colour and overlay changes seen on
-    the aligned colour pixels a and b; fallback when none shows (recompressed)."""
+    the aligned colour pixels a and b and (whole pictures) grey thumbnails; fallback when none shows. A
+    fitted picture's pixels (no grey) are blurred by the fit: no spread, and its misfit would pass for an
+    overlay."""
     found = list(first)
     fmt_a, fmt_b = facts_a.get("format"), facts_b.get("format")
     if fmt_a and fmt_b and fmt_a != fmt_b:
         found.append("re-encoded")
-    if _colour_edited(a, b, spread=not fitted):
+    if _colour_edited(a, b, spread=grey is not None):
         found.append("colour edited")
-    elif not fitted and colour_difference(a, b) >= OVERLAID_AREA:  # a fit's own misfit would pass for one
+    elif grey is not None and _overlaid(*grey):
         found.append("overlaid")
     return " + ".join(found or [fallback])
 
@@ -271,12 +355,19 @@ def whole_picture(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None
     degrees or colour edit of the whole picture), or None: then only geometric can tell."""
     fa, fb = facts_a or {}, facts_b or {}
     ph, dh, k = hash_distance(a, b)
-    hashes = ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(np.rot90(a.thumb, k),
-                                                                                 b.thumb) >= THUMB_CORRELATION
+    hashes = ph <= PHASH_MAX and dh <= DHASH_MAX or ph <= PHASH_LOOSE and _zncc(
+        np.rot90(a.thumb, k), b.thumb, drop=OVERLAY_SHARE) >= THUMB_CORRELATION
     turned = np.rot90(a.colour, k)
     if hashes and colour_difference(turned, b.colour) <= COLOUR_DIFFER_MAX:
-        first = ["rotated"] if k else ["resized"] if not _same_shape(fa, fb) and fa.get("width") and fb.get("width") else []
-        return Evidence(_named(first, turned, b.colour, fa, fb, "recompressed"), hash_distance=ph, rotation=90 * k)
+        grey = np.rot90(a.thumb, k), b.thumb
+        if _border_added(*grey):  # a thin frame or letterbox (the size changed with it): no overlay
+            first, grey = ["rotated", "bordered"] if k else ["bordered"], None
+        elif k:
+            first = ["rotated"]
+        else:
+            first = ["resized"] if not _same_shape(fa, fb) and fa.get("width") and fb.get("width") else []
+        reason = _named(first, turned, b.colour, fa, fb, "recompressed", grey)
+        return Evidence(reason, hash_distance=ph, rotation=90 * k)
     return None
 
 
@@ -329,11 +420,13 @@ def geometric(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = N
     # image y points down, so atan2 above turned clockwise on screen; report counter-clockwise degrees
     rotation = (-90 * quarter) % 360
     first = ["rotated"] if rotation else []
-    if covered < CROPPED_BELOW:
-        outside = placed[2]
-        first.append("bordered" if outside is not None and float(outside.std(0).max()) < BORDER_SPREAD else "cropped")
+    outside = placed[2]  # a frame around the picture: flat, however thin (a crop's margin is rarely flat)
+    if outside is not None and float(outside.std(0).max()) < BORDER_SPREAD:
+        first.append("bordered")
+    elif covered < CROPPED_BELOW:
+        first.append("cropped")
     inner_facts, outer_facts = (facts_a or {}, facts_b or {}) if inner is a else (facts_b or {}, facts_a or {})
-    reason = _named(first, placed[1], placed[0], inner_facts, outer_facts, "overlaid", fitted=True)
+    reason = _named(first, placed[1], placed[0], inner_facts, outer_facts, "overlaid")
     return Evidence(reason, hash_distance=ph, inliers=inliers, correlation=round(corr, 4), rotation=rotation)
 
 
@@ -391,9 +484,15 @@ def _placed_colour(inner: Fingerprint, outer: Fingerprint,
     return there[valid], drawn[valid], outer.colour[outside].astype(np.float32) if outside.sum() >= 8 else None
 
 
-def _zncc(x: np.ndarray, y: np.ndarray) -> float:
-    """Zero-mean normalised correlation: 1 for the same picture under any brightness and contrast."""
+def _zncc(x: np.ndarray, y: np.ndarray, drop: float = 0.0) -> float:
+    """Zero-mean normalised correlation: 1 for the same picture under any brightness and contrast. drop:
+    the share of pixels that differ most (once normalised) left out, so that text or a logo over a small
+    part of a flat picture does not hide that the rest is the same."""
     x, y = x.astype(np.float32).ravel(), y.astype(np.float32).ravel()
+    if drop > 0:
+        residual = np.abs((x - x.mean()) / (x.std() + 8) - (y - y.mean()) / (y.std() + 8))
+        keep = residual <= np.quantile(residual, 1.0 - drop)
+        x, y = x[keep], y[keep]
     x, y = x - x.mean(), y - y.mean()
     denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / denom) if denom > 0 else 0.0
