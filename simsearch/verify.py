@@ -411,12 +411,14 @@ def geometric(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = N
         inner, outer, t = b, a, np.linalg.inv(a_to_b)
     else:
         return scene  # overlapping but neither inside the other: another shot of the scene
-    corr = _correlation(inner, outer, t)
-    placed = _placed_colour(inner, outer, t)
-    if corr < MIN_CORRELATION or placed is None or colour_difference(*placed[:2]) > COLOUR_DIFFER_PLACED:
-        return scene  # in place, but what is there differs: the subject moved, another item, recoloured
     scale2 = abs(np.linalg.det(t[:2, :2]))  # area of inner, in outer's pixels, per inner pixel
     covered = inner.width * inner.height * scale2 / (outer.width * outer.height)
+    corr = _correlation(inner, outer, t)
+    placed = _placed_colour(inner, outer, t)
+    # the whole picture drawn over the whole other fits as well as the whole-picture check's thumbnails do
+    limit = COLOUR_DIFFER_MAX if covered >= CROPPED_BELOW else COLOUR_DIFFER_PLACED
+    if corr < MIN_CORRELATION or placed is None or colour_difference(*placed[:2]) > limit:
+        return scene  # in place, but what is there differs: the subject moved, another item, recoloured
     # image y points down, so atan2 above turned clockwise on screen; report counter-clockwise degrees
     rotation = (-90 * quarter) % 360
     first = ["rotated"] if rotation else []
