@@ -138,3 +138,19 @@ def test_a_bf16_store_opened_on_a_cpu_without_bf16_still_answers(tmp_path: Path,
         assert s.embedder.spec.precision == "bf16"  # the store's, run in FP32 here
     said = [r.message for r in caplog.records if "lacks" in r.message]
     assert len(said) == 1 and "running it in FP32" in said[0]
+
+
+@pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
+def test_bf16_keeps_every_trained_vector_within_the_gate(corel_images: Path, trained_embedder: HubEmbedder) -> None:
+    """BF16 with the first depthwise convolution in FP32 (simsearch.runtimes): on the trained stand-in every
+    corel1k photo of 100 within cosine 0.99 of FP32 and the neighbours kept; all-BF16 left one at 0.987."""
+    from simsearch.compiler import compile_module
+    from simsearch.runtimes import Variant, open_compiled
+
+    compiled = compile_module(trained_embedder, Variant())
+    handle = str(trained_embedder.spec.handle)
+    images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[::10][:100]])
+    fp32 = open_compiled(compiled, "openvino", handle, precision="fp32").embed(images)
+    bf16 = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
+    min_cosine, top10 = precisions.fidelity(fp32, bf16)
+    assert min_cosine >= precisions.GATE_MIN_COSINE and top10 >= precisions.GATE_TOP10, (min_cosine, top10)
