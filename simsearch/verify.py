@@ -315,11 +315,17 @@ def _colour_edited(a: np.ndarray, b: np.ndarray, spread: bool) -> bool:
     return shift > COLOUR_SHIFT or change > SPREAD_CHANGE
 
 
+def _grey_residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| per pixel of two aligned grey pictures, each brought to zero mean and unit spread (+8: a flat
+    picture's noise is not stretched), flattened: what differs beyond brightness and contrast."""
+    x, y = a.astype(np.float32).ravel(), b.astype(np.float32).ravel()
+    return np.abs((x - x.mean()) / (x.std() + 8) - (y - y.mean()) / (y.std() + 8))
+
+
 def _overlaid(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two aligned grey thumbnails differ, once normalised, on a small part: text or a logo drawn
     over the picture (resampling and recompression leave no such pixels at this size)."""
-    za, zb = ((x.astype(np.float32) - x.mean()) / (x.std() + 8) for x in (a, b))
-    return float((np.abs(za - zb) > OVERLAY_DELTA).mean()) >= OVERLAID_AREA
+    return float((_grey_residual(a, b) > OVERLAY_DELTA).mean()) >= OVERLAID_AREA
 
 
 def _border_added(a: np.ndarray, b: np.ndarray) -> bool:
@@ -490,11 +496,11 @@ def _zncc(x: np.ndarray, y: np.ndarray, drop: float = 0.0) -> float:
     """Zero-mean normalised correlation: 1 for the same picture under any brightness and contrast. drop:
     the share of pixels that differ most (once normalised) left out, so that text or a logo over a small
     part of a flat picture does not hide that the rest is the same."""
-    x, y = x.astype(np.float32).ravel(), y.astype(np.float32).ravel()
     if drop > 0:
-        residual = np.abs((x - x.mean()) / (x.std() + 8) - (y - y.mean()) / (y.std() + 8))
+        residual = _grey_residual(x, y)
         keep = residual <= np.quantile(residual, 1.0 - drop)
-        x, y = x[keep], y[keep]
+        x, y = x.ravel()[keep], y.ravel()[keep]
+    x, y = x.astype(np.float32).ravel(), y.astype(np.float32).ravel()
     x, y = x - x.mean(), y - y.mean()
     denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
     return float((x * y).sum() / denom) if denom > 0 else 0.0
