@@ -181,13 +181,24 @@ def quality(args: argparse.Namespace, work: Path) -> None:
         print(f"  {t}: " + ", ".join(f"{r} x{n}" for r, n in counts.most_common()))
 
 
-def _own_hashes(fp: bytes, rng: np.random.Generator) -> bytes:
+def _own_parts(fp: bytes, colour_from: bytes, rng: np.random.Generator) -> bytes:
     """A pooled fingerprint with hashes of its own (random), so that photos sharing a pooled one are not
-    all hash candidates of each other: every candidate then comes from the embedding and goes on to ORB."""
-    from simsearch.verify import phashes
+    all hash candidates of each other (every candidate then comes from the embedding or the colours and goes
+    on to ORB), and the colour thumbnail of another pooled photo, so that its colour neighbours are mostly
+    photos with other keypoints, as in a real library."""
+    from dataclasses import replace
 
-    start = fp.index(phashes(fp))
-    return fp[:start] + rng.integers(0, 256, 64, dtype=np.uint8).tobytes() + fp[start + 64 :]
+    from simsearch.verify import Fingerprint
+
+    f = Fingerprint.from_bytes(fp)
+    phash, dhash = rng.integers(0, 256, (2, 4, 8), dtype=np.uint8)
+    return replace(f, phash=phash, dhash=dhash, colour=Fingerprint.from_bytes(colour_from).colour).to_bytes()
+
+
+def _colour_of(i: int, pool: int) -> int:
+    """The pooled photo whose colours photo i takes: never its own keypoints' photo, and never the same for
+    two photos with the same keypoints (that pair would be the same picture, a copy, in every part)."""
+    return (i % pool + 1 + (i // pool) % (pool - 1)) % pool
 
 
 def setup_child(n: int, folder: Path, pool_file: Path) -> None:
@@ -221,7 +232,8 @@ def setup_child(n: int, folder: Path, pool_file: Path) -> None:
                 {"id": i, "path": f"/photos/{i:07d}.jpg", "size": 1, "mtime_ns": 1, "sha256": f"{i:064x}", "width": 640,
                  "height": 480, "format": "JPEG", "indexed_at": datetime(2026, 1, 1), "status": "ok"} for i in ids])
             conn.execute(insert(VectorRecord), [{"image_id": i, "data": v.tobytes()} for i, v in zip(ids, vec)])
-            fps = [_own_hashes(bytes.fromhex(pool[i % len(pool)]), rng) for i in ids]
+            fps = [_own_parts(bytes.fromhex(pool[i % len(pool)]), bytes.fromhex(pool[_colour_of(i, len(pool))]), rng)
+                   for i in ids]
             conn.execute(insert(FingerprintRecord), [{"sha256": f"{i:064x}", "phash": phashes(fp), "data": fp}
                                                      for i, fp in zip(ids, fps)])
         conn.execute(text("UPDATE meta SET value = '1000000' WHERE key = 'vectors_version'"))

@@ -1,14 +1,14 @@
 """Duplicate groups people can trust: candidates from the embedding, verdicts from the pixels.
 
 Candidates are exact copies (same SHA-256), each photo's nearest neighbours above a loose cosine, and
-photos with close perceptual hashes (at any rotation by 90 degrees, or with flat borders trimmed), found a
-chunk of photos at a time, so memory follows the number of candidate pairs, never N x N. Each
-candidate pair is then checked on the photos' stored fingerprints (simsearch.verify): perceptual hashes
-first, then, for the pairs those do not settle, ORB features with RANSAC, taken now from a fresh decode of
-each photo in such a pair that has none yet (and stored: later runs have them), on a thread pool. Only
-verified pairs are linked (union-find) into groups,
-and each pair says why it matched. So the cosine threshold only bounds the work: precision does not
-hang on a number that cannot be calibrated for every model.
+photos with close perceptual hashes (at any rotation by 90 degrees, or with flat borders trimmed), and the
+nearest by colour histogram (a crop keeps its colours), found a chunk of photos at a time, so memory
+follows the number of candidate pairs, never N x N. Each candidate pair is then checked on the photos'
+stored fingerprints (simsearch.verify): perceptual hashes first, then, for the pairs those do not settle,
+ORB features with RANSAC, taken now from a fresh decode of each photo in such a pair that has none yet
+(and stored: later runs have them), on a thread pool. Only verified pairs are linked (union-find) into
+groups, and each pair says why it matched. So the cosine threshold only bounds the work: precision does
+not hang on a number that cannot be calibrated for every model.
 
 A group's id comes from its members' content hashes. A decision ("not duplicates", or "keep this one")
 is recorded in the catalog with the hashes it covered: a group whose members are all covered stays
@@ -34,7 +34,8 @@ from .errors import ChangedError, ImageError, NotFoundError, QueryError, Simsear
 from .files import move_to_trash
 from .paths import display
 from .results import DuplicateGroup, Member, Progress, Undone
-from .verify import PHASH_LOOSE, Evidence, Fingerprint, geometric, trimmed_phash, whole_picture
+from .verify import (HIST_MIN, PHASH_LOOSE, Evidence, Fingerprint, colour_histogram, geometric, trimmed_phash,
+                     whole_picture)
 
 DEFAULT_MIN_COSINE = 0.5  # loose: candidates only, every pair is verified on the pixels
 DEFAULT_NEIGHBOURS = 10
@@ -244,7 +245,8 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
     """(a, b, cosine, photos covered) chunks: each photo's nearest neighbours, then the photos whose pHash,
     at any rotation by 90 degrees, is close to its own (so a turned or recoloured copy is a candidate
     whatever the embedding makes of it; cosine is then the pair's own), then those close to its pHash with
-    flat borders trimmed (a framed or letterboxed copy: verify.trimmed_phash)."""
+    flat borders trimmed (a framed or letterboxed copy: verify.trimmed_phash), then its nearest neighbours
+    by colour histogram (a crop: verify.colour_histogram)."""
     yield from collection.neighbours(neighbours, min_cosine, chunk)
     shas, hashes = collection.catalog.perceptual_hashes()
     if len(shas) < 2:
@@ -266,14 +268,35 @@ def _candidates(collection: Collection, min_cosine: float, neighbours: int,
     for start in range(0, len(shas), chunk):
         part = hashes[start : start + chunk]
         yield *near(np.repeat(ids[start : start + len(part)], 4), part.reshape(-1, 8)), len(part)
-    trimmed_ids, trimmed = [], []
+    trimmed_ids, trimmed, hist_ids, hists = [], [], [], []
     for sha, data in collection.catalog.iter_fingerprints():
         f = _parse(data)
-        if f is not None and id_of.get(sha, -1) >= 0 and (h := trimmed_phash(f.thumb)) is not None:
+        if f is None or id_of.get(sha, -1) < 0:
+            continue
+        hist_ids.append(id_of[sha])
+        hists.append(colour_histogram(f.colour))
+        if (h := trimmed_phash(f.thumb)) is not None:
             trimmed_ids.append(id_of[sha])
             trimmed.append(h)
     if trimmed:
         yield *near(np.array(trimmed_ids, np.int64), np.stack(trimmed)), 0
+    if len(hists) > 1:
+        yield from _colour_neighbours(collection, np.array(hist_ids, np.int64), np.stack(hists), neighbours, chunk)
+
+
+def _colour_neighbours(collection: Collection, ids: np.ndarray, hists: np.ndarray, k: int,
+                       chunk: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Each photo's k nearest by colour histogram at HIST_MIN or more: a crop, which neither the embedding
+    nor a hash of the whole picture may place near its original, keeps its colours."""
+    index = faiss.IndexFlatIP(hists.shape[1])
+    index.add(hists)
+    for start in range(0, len(ids), chunk):
+        scores, found = index.search(hists[start : start + chunk], min(k + 1, len(ids)))
+        a = np.repeat(ids[start : start + chunk], found.shape[1])
+        b = ids[np.maximum(found.ravel(), 0)]
+        keep = (found.ravel() >= 0) & (a != b) & (scores.ravel() >= HIST_MIN)
+        a, b = a[keep], b[keep]
+        yield a, b, collection.cosines(a, b) if len(a) else np.zeros(0, np.float32), 0
 
 
 def find_duplicates(collection: Collection, min_cosine: float = DEFAULT_MIN_COSINE, *,

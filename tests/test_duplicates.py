@@ -597,6 +597,16 @@ def test_http_split_and_bulk_resolve_of_the_sure_groups(store: simsearch.Store) 
     assert empty.status_code == 422
 
 
+def _pairs_found_without_the_embedding(root: Path, tmp_path: Path) -> dict[frozenset[str], str]:
+    """{the two names of each group: its first pair's reason}, with min_cosine=1 leaving the embedding no
+    candidates, so that only the hashes and the colours can propose pairs."""
+    with simsearch.open(tmp_path / "store", model=CallableEmbedder(tiny_image, name="tiny-image",
+                                                                   input_size=(32, 32)), create=True) as s:
+        s.index(root)
+        groups = s.duplicates(min_cosine=1.0)
+    return {frozenset(Path(m.path).name for m in g.members): g.pairs[0]["reason"] for g in groups}
+
+
 def test_a_framed_or_letterboxed_copy_is_a_candidate_whatever_the_embedding(tmp_path: Path,
                                                                            corel_images: Path) -> None:
     """A border moves the whole picture's pHash away (often past the candidate limit): the hash of the copy
@@ -622,13 +632,8 @@ def test_a_framed_or_letterboxed_copy_is_a_candidate_whatever_the_embedding(tmp_
                               fingerprint(framed, keypoints=False).phash[0]).sum()
         far += plain > PHASH_LOOSE
     assert far >= 2, "the borders should hide some copies from the plain pHash, or this tests nothing"
-    with simsearch.open(tmp_path / "store", model=CallableEmbedder(tiny_image, name="tiny-image",
-                                                                   input_size=(32, 32)), create=True) as s:
-        s.index(root)
-        groups = s.duplicates(min_cosine=1.0)
-    got = {frozenset(Path(m.path).name for m in g.members): g.pairs[0]["reason"] for g in groups}
-    assert got == {frozenset({f"o{n}.jpg", f"o{n}-framed.jpg"}): "bordered" for n in range(len(got))}
-    assert len(got) == len(list(root.glob("*-framed.jpg")))
+    assert _pairs_found_without_the_embedding(root, tmp_path) == {
+        frozenset({f"o{n}.jpg", f"o{n}-framed.jpg"}): "bordered" for n in range(len(list(root.glob("*-framed.jpg"))))}
 
 
 def test_each_change_is_named_and_nothing_else(corel_images: Path) -> None:
@@ -694,3 +699,26 @@ def test_a_whole_picture_fitted_by_keypoints_is_held_to_the_whole_picture_colour
     boxed.paste(img, (0, pad))
     verdict = compare(fingerprint(img), fingerprint(as_jpeg(boxed)))
     assert verdict is not None and verdict.kind == "copy" and "bordered" in verdict.reason, verdict
+
+
+def test_a_crop_is_a_candidate_by_its_colours_whatever_the_embedding(tmp_path: Path, corel_images: Path) -> None:
+    """A crop of 70% of each side moves the whole picture's pHash far from its original's, and the
+    embedding may not rank it among the nearest: the colour histogram's neighbours propose it. min_cosine=1
+    leaves the embedding no candidates, so only the hashes and the colours can propose these pairs."""
+    from simsearch.verify import PHASH_LOOSE, fingerprint
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    far = 0
+    for n, f in enumerate(sorted(corel_images.glob("*.jpg"))[5::125]):
+        img = Image.open(f).convert("RGB")
+        img.save(root / f"o{n}.jpg", quality=95)
+        w, h = round(img.width * 0.7), round(img.height * 0.7)
+        x, y = [(0, 0), (img.width - w, 0), (img.width - w, img.height - h), (20, img.height - h)][n % 4]
+        crop = img.crop((x, y, x + w, y + h))
+        crop.save(root / f"o{n}-crop.jpg", quality=90)
+        far += np.unpackbits(fingerprint(img, keypoints=False).phash[0] ^
+                             fingerprint(crop, keypoints=False).phash[0]).sum() > PHASH_LOOSE
+    assert far >= 4, "the crops should be far from their originals in pHash, or this tests nothing"
+    assert _pairs_found_without_the_embedding(root, tmp_path) == {
+        frozenset({f"o{n}.jpg", f"o{n}-crop.jpg"}): "cropped" for n in range(len(list(root.glob("*-crop.jpg"))))}

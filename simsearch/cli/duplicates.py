@@ -21,7 +21,7 @@ def _reason(group: DuplicateGroup, image_id: int) -> str:
               show_default=True, help="Candidates: neighbours at least this similar (loose; every pair is "
                                       "then checked on the pixels).")
 @click.option("--neighbours", type=click.IntRange(1, 100), default=DEFAULT_NEIGHBOURS, show_default=True,
-              help="Candidates: this many nearest neighbours of each photo.")
+              help="Candidates: this many nearest neighbours of each photo, by the model and by colour histogram.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one row per photo as CSV (-o csv).")
 @click.option("--all", "include_resolved", is_flag=True, help="Also list the groups already resolved.")
 @click.option("--similar", is_flag=True,
