@@ -154,3 +154,29 @@ def test_bf16_keeps_every_trained_vector_within_the_gate(corel_images: Path, tra
     bf16 = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
     min_cosine, top10 = precisions.fidelity(fp32, bf16)
     assert min_cosine >= precisions.GATE_MIN_COSINE and top10 >= precisions.GATE_TOP10, (min_cosine, top10)
+
+
+@pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
+def test_the_marked_bf16_graph_is_kept_beside_the_model_and_made_again_when_damaged(
+        corel_images: Path, trained_embedder: HubEmbedder, caplog: pytest.LogCaptureFixture) -> None:
+    """The BF16 graph (its first depthwise convolution marked precise) is written once beside the compiled
+    model, read as it is by later openings, and made again from the model when it cannot be read."""
+    from simsearch.compiler import compile_module
+    from simsearch.runtimes import BF16_DIR, Variant, open_compiled
+
+    compiled = compile_module(trained_embedder, Variant())
+    handle = str(trained_embedder.spec.handle)
+    images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[:4]])
+    first = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
+    kept = compiled.path.parent / BF16_DIR / "model.xml"
+    assert kept.is_file() and 'name="precise"' in kept.read_text()
+    written = kept.stat().st_mtime_ns
+    again = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
+    assert kept.stat().st_mtime_ns == written  # read, not written again
+    np.testing.assert_array_equal(again, first)
+    kept.write_text("<net> half a file")
+    with caplog.at_level(logging.WARNING):
+        repaired = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
+    assert any("cannot be read" in r.getMessage() for r in caplog.records)
+    assert 'name="precise"' in kept.read_text()
+    np.testing.assert_array_equal(repaired, first)
