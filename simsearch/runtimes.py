@@ -194,7 +194,10 @@ def _bf16_graph(core: Any, path: Path) -> Any:
         except Exception as exc:  # a damaged cache file: made again
             log.warning("the BF16 graph kept in %s cannot be read (%s): making it again", cached.parent, exc)
             shutil.rmtree(cached.parent, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".bf16-", dir=path.parent))
+    try:
+        tmp, keep = Path(tempfile.mkdtemp(prefix=".bf16-", dir=path.parent)), True
+    except OSError:  # a cache this user cannot write to (shared, read-only): marked again at each opening
+        tmp, keep = Path(tempfile.mkdtemp(prefix="simsearch-bf16-")), False
     try:
         xml = tmp / "model.xml"
         ov.save_model(core.read_model(str(path)), xml, compress_to_fp16=False)
@@ -207,6 +210,8 @@ def _bf16_graph(core: Any, path: Path) -> Any:
                 rt = ET.SubElement(first, "rt_info")
             ET.SubElement(rt, "attribute", {"name": "precise", "version": "0"})
             tree.write(xml, encoding="utf-8", xml_declaration=True)
+        if not keep:  # read into memory: the folder goes below
+            return core.read_model(xml.read_bytes(), ov.Tensor(np.fromfile(xml.with_suffix(".bin"), np.uint8)))
         publish_dir(tmp, cached.parent)  # or another process did first: the same graph
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -180,3 +180,33 @@ def test_the_marked_bf16_graph_is_kept_beside_the_model_and_made_again_when_dama
     assert any("cannot be read" in r.getMessage() for r in caplog.records)
     assert 'name="precise"' in kept.read_text()
     np.testing.assert_array_equal(repaired, first)
+
+
+@pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
+def test_a_bf16_model_in_a_cache_it_cannot_write_to_still_opens(trained_embedder: HubEmbedder, corel_images: Path,
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache shared read-only (made by another user, baked into an image): the marked graph is made in
+    memory at each opening, with the same vectors as one kept beside the model."""
+    import shutil
+    import tempfile
+
+    from simsearch.compiler import compile_module
+    from simsearch.runtimes import BF16_DIR, CompiledModel, Variant, open_compiled
+
+    compiled = compile_module(trained_embedder, Variant())
+    handle = str(trained_embedder.spec.handle)
+    images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[:2]])
+    kept = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
+    folder = tmp_path / "readonly"
+    shutil.copytree(compiled.folder, folder, ignore=shutil.ignore_patterns(BF16_DIR))
+    real_mkdtemp = tempfile.mkdtemp
+
+    def refused(*args: object, dir: object = None, **kwargs: object) -> str:  # as a folder mode 555 answers
+        if dir is not None and Path(str(dir)) == folder:
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkdtemp(*args, dir=dir, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refused)
+    shared = CompiledModel(folder, compiled.meta)
+    np.testing.assert_array_equal(open_compiled(shared, "openvino", handle, precision="bf16").embed(images), kept)
+    assert not (folder / BF16_DIR).exists()
