@@ -194,11 +194,15 @@ class Verifier:
                 return None  # gone or changed since it was indexed: the pair cannot be verified now
             return geometric(fa, fb, records[pairs[n][0]], records[pairs[n][1]])
 
+        def some(part: list[int]) -> list[Evidence | None]:
+            faiss.omp_set_num_threads(1)  # this thread's own setting: a pair's matching is too small to share
+            return [one(n) for n in part]
+
         # a slice of the pairs per thread (FAISS's matching and OpenCV's RANSAC release the GIL): a task per pair
         # cost as much as checking a pair of photos that do not match
         slices = [open_pairs[w :: self.workers] for w in range(self.workers)]
         with ThreadPoolExecutor(self.workers) as pool:
-            for part, evidence in zip(slices, pool.map(lambda part: [one(n) for n in part], slices)):
+            for part, evidence in zip(slices, pool.map(some, slices)):
                 for n, ev in zip(part, evidence):
                     found[n] = ev
         return found
