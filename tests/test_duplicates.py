@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -597,6 +598,24 @@ def test_http_split_and_bulk_resolve_of_the_sure_groups(store: simsearch.Store) 
     assert empty.status_code == 422
 
 
+def _originals_and_copies(photos: list[Path], root: Path, suffix: str,
+                          make: Callable[[int, Image.Image], Image.Image]) -> int:
+    """Each photo saved as o{n}.jpg beside its copy o{n}-{suffix}.jpg (make(n, photo)); returns how many
+    copies lie further than PHASH_LOOSE from their original in pHash (what the hashes alone would miss)."""
+    from simsearch.verify import PHASH_LOOSE, fingerprint
+
+    root.mkdir()
+    far = 0
+    for n, f in enumerate(photos):
+        img = Image.open(f).convert("RGB")
+        img.save(root / f"o{n}.jpg", quality=95)
+        copy = make(n, img)
+        copy.save(root / f"o{n}-{suffix}.jpg", quality=90)
+        far += np.unpackbits(fingerprint(img, keypoints=False).phash[0] ^
+                             fingerprint(copy, keypoints=False).phash[0]).sum() > PHASH_LOOSE
+    return int(far)
+
+
 def _pairs_found_without_the_embedding(root: Path, tmp_path: Path) -> dict[frozenset[str], str]:
     """{the two names of each group: its first pair's reason}, with min_cosine=1 leaving the embedding no
     candidates, so that only the hashes and the colours can propose pairs."""
@@ -612,28 +631,22 @@ def test_a_framed_or_letterboxed_copy_is_a_candidate_whatever_the_embedding(tmp_
     """A border moves the whole picture's pHash away (often past the candidate limit): the hash of the copy
     with its flat borders trimmed is the original's. min_cosine=1 leaves the embedding no candidates, so
     only the hashes can propose these pairs."""
-    from simsearch.verify import PHASH_LOOSE, fingerprint
-
-    root = tmp_path / "photos"
-    root.mkdir()
-    far = 0
-    for n, f in enumerate(sorted(corel_images.glob("*.jpg"))[7::120]):
-        img = Image.open(f).convert("RGB")
-        img.save(root / f"o{n}.jpg", quality=95)
+    def framed(n: int, img: Image.Image) -> Image.Image:
         pad = round(min(img.size) * 0.15)
         if n % 2:  # a letterbox: black bars above and below
-            framed = Image.new("RGB", (img.width, img.height + 2 * pad), (0, 0, 0))
-            framed.paste(img, (0, pad))
+            out = Image.new("RGB", (img.width, img.height + 2 * pad), (0, 0, 0))
+            out.paste(img, (0, pad))
         else:  # a white frame all round
-            framed = Image.new("RGB", (img.width + 2 * pad, img.height + 2 * pad), (255, 255, 255))
-            framed.paste(img, (pad, pad))
-        framed.save(root / f"o{n}-framed.jpg", quality=90)
-        plain = np.unpackbits(fingerprint(img, keypoints=False).phash[0] ^
-                              fingerprint(framed, keypoints=False).phash[0]).sum()
-        far += plain > PHASH_LOOSE
+            out = Image.new("RGB", (img.width + 2 * pad, img.height + 2 * pad), (255, 255, 255))
+            out.paste(img, (pad, pad))
+        return out
+
+    root = tmp_path / "photos"
+    photos = sorted(corel_images.glob("*.jpg"))[7::120]
+    far = _originals_and_copies(photos, root, "framed", framed)
     assert far >= 2, "the borders should hide some copies from the plain pHash, or this tests nothing"
     assert _pairs_found_without_the_embedding(root, tmp_path) == {
-        frozenset({f"o{n}.jpg", f"o{n}-framed.jpg"}): "bordered" for n in range(len(list(root.glob("*-framed.jpg"))))}
+        frozenset({f"o{n}.jpg", f"o{n}-framed.jpg"}): "bordered" for n in range(len(photos))}
 
 
 def test_each_change_is_named_and_nothing_else(corel_images: Path) -> None:
@@ -705,20 +718,14 @@ def test_a_crop_is_a_candidate_by_its_colours_whatever_the_embedding(tmp_path: P
     """A crop of 70% of each side moves the whole picture's pHash far from its original's, and the
     embedding may not rank it among the nearest: the colour histogram's neighbours propose it. min_cosine=1
     leaves the embedding no candidates, so only the hashes and the colours can propose these pairs."""
-    from simsearch.verify import PHASH_LOOSE, fingerprint
-
-    root = tmp_path / "photos"
-    root.mkdir()
-    far = 0
-    for n, f in enumerate(sorted(corel_images.glob("*.jpg"))[5::125]):
-        img = Image.open(f).convert("RGB")
-        img.save(root / f"o{n}.jpg", quality=95)
+    def cropped(n: int, img: Image.Image) -> Image.Image:
         w, h = round(img.width * 0.7), round(img.height * 0.7)
         x, y = [(0, 0), (img.width - w, 0), (img.width - w, img.height - h), (20, img.height - h)][n % 4]
-        crop = img.crop((x, y, x + w, y + h))
-        crop.save(root / f"o{n}-crop.jpg", quality=90)
-        far += np.unpackbits(fingerprint(img, keypoints=False).phash[0] ^
-                             fingerprint(crop, keypoints=False).phash[0]).sum() > PHASH_LOOSE
+        return img.crop((x, y, x + w, y + h))
+
+    root = tmp_path / "photos"
+    photos = sorted(corel_images.glob("*.jpg"))[5::125]
+    far = _originals_and_copies(photos, root, "crop", cropped)
     assert far >= 4, "the crops should be far from their originals in pHash, or this tests nothing"
     assert _pairs_found_without_the_embedding(root, tmp_path) == {
-        frozenset({f"o{n}.jpg", f"o{n}-crop.jpg"}): "cropped" for n in range(len(list(root.glob("*-crop.jpg"))))}
+        frozenset({f"o{n}.jpg", f"o{n}-crop.jpg"}): "cropped" for n in range(len(photos))}

@@ -18,6 +18,7 @@ from simsearch import precision as precisions
 from simsearch.cli import main
 from simsearch.embedder import HubEmbedder
 from simsearch.images import load_image
+from simsearch.runtimes import CompiledModel, Variant
 
 from .conftest import photo
 
@@ -140,15 +141,22 @@ def test_a_bf16_store_opened_on_a_cpu_without_bf16_still_answers(tmp_path: Path,
     assert len(said) == 1 and "running it in FP32" in said[0]
 
 
+@pytest.fixture()
+def trained_compiled(trained_embedder: HubEmbedder) -> tuple[CompiledModel, str]:
+    """The trained stand-in compiled (ONNX, checked against TensorFlow; cached per session) and its handle."""
+    from simsearch.compiler import compile_module
+
+    return compile_module(trained_embedder, Variant()), str(trained_embedder.spec.handle)
+
+
 @pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
-def test_bf16_keeps_every_trained_vector_within_the_gate(corel_images: Path, trained_embedder: HubEmbedder) -> None:
+def test_bf16_keeps_every_trained_vector_within_the_gate(corel_images: Path,
+                                                         trained_compiled: tuple[CompiledModel, str]) -> None:
     """BF16 with the first depthwise convolution in FP32 (simsearch.runtimes): on the trained stand-in every
     corel1k photo of 100 within cosine 0.99 of FP32 and the neighbours kept; all-BF16 left one at 0.987."""
-    from simsearch.compiler import compile_module
-    from simsearch.runtimes import Variant, open_compiled
+    from simsearch.runtimes import open_compiled
 
-    compiled = compile_module(trained_embedder, Variant())
-    handle = str(trained_embedder.spec.handle)
+    compiled, handle = trained_compiled
     images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[::10][:100]])
     fp32 = open_compiled(compiled, "openvino", handle, precision="fp32").embed(images)
     bf16 = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
@@ -158,14 +166,12 @@ def test_bf16_keeps_every_trained_vector_within_the_gate(corel_images: Path, tra
 
 @pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
 def test_the_marked_bf16_graph_is_kept_beside_the_model_and_made_again_when_damaged(
-        corel_images: Path, trained_embedder: HubEmbedder, caplog: pytest.LogCaptureFixture) -> None:
+        corel_images: Path, trained_compiled: tuple[CompiledModel, str], caplog: pytest.LogCaptureFixture) -> None:
     """The BF16 graph (its first depthwise convolution marked precise) is written once beside the compiled
     model, read as it is by later openings, and made again from the model when it cannot be read."""
-    from simsearch.compiler import compile_module
-    from simsearch.runtimes import BF16_DIR, Variant, open_compiled
+    from simsearch.runtimes import BF16_DIR, open_compiled
 
-    compiled = compile_module(trained_embedder, Variant())
-    handle = str(trained_embedder.spec.handle)
+    compiled, handle = trained_compiled
     images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[:4]])
     first = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
     kept = compiled.path.parent / BF16_DIR / "model.xml"
@@ -183,18 +189,17 @@ def test_the_marked_bf16_graph_is_kept_beside_the_model_and_made_again_when_dama
 
 
 @pytest.mark.skipif(not cpu.has_bf16(), reason="this CPU has no BF16 units (AVX512_BF16 or AMX): BF16 would run as FP32")
-def test_a_bf16_model_in_a_cache_it_cannot_write_to_still_opens(trained_embedder: HubEmbedder, corel_images: Path,
-                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bf16_model_in_a_cache_it_cannot_write_to_still_opens(trained_compiled: tuple[CompiledModel, str],
+                                                                 corel_images: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A cache shared read-only (made by another user, baked into an image): the marked graph is made in
     memory at each opening, with the same vectors as one kept beside the model."""
     import shutil
     import tempfile
 
-    from simsearch.compiler import compile_module
-    from simsearch.runtimes import BF16_DIR, CompiledModel, Variant, open_compiled
+    from simsearch.runtimes import BF16_DIR, open_compiled
 
-    compiled = compile_module(trained_embedder, Variant())
-    handle = str(trained_embedder.spec.handle)
+    compiled, handle = trained_compiled
     images = np.stack([load_image(p, (224, 224))[0] for p in sorted(corel_images.glob("*.jpg"))[:2]])
     kept = open_compiled(compiled, "openvino", handle, precision="bf16").embed(images)
     folder = tmp_path / "readonly"
